@@ -1,0 +1,566 @@
+//! `flotilla-agent`: the node agent. For now the offline image commands (`image ...`) and bundle
+//! creation for the runtime (`bundle ...`); the daemon (`serve`) comes later.
+use std::collections::{BTreeSet, HashMap};
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_agent::image::{
+    self, bundle, digest, ConfigChange, Credentials, ImageRecord, ImageStore, PullOptions,
+    PullProgress, PushOptions, PushProgress, StoreConfig, DEFAULT_ROOT,
+};
+
+/// `println!` that ends the process quietly when stdout is a closed pipe (`| head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: write to stdout: {e}");
+            std::process::exit(1);
+        }
+    }};
+}
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla-agent",
+    version,
+    about = "flotilla node agent: local image store and container bundles",
+    long_about = "flotilla node agent. `image` manages the local OCI image store (pull and push with \
+                  registries, OCI layout archives, rootfs imports, garbage collection); `bundle` turns \
+                  an image into an OCI runtime bundle for flotilla-runtime (or runc). Only one process \
+                  uses a store at a time."
+)]
+struct Cli {
+    /// Root directory of the image store.
+    #[arg(long, global = true, default_value = DEFAULT_ROOT, env = "FLOTILLA_IMAGE_ROOT")]
+    root: PathBuf,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `flotilla_agent=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage images in the local store.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Create and remove OCI runtime bundles from images.
+    #[command(subcommand)]
+    Bundle(BundleCmd),
+}
+
+#[derive(Subcommand)]
+enum ImageCmd {
+    /// Pull an image from a registry (progress on stderr, manifest digest on stdout).
+    #[command(after_help = "Examples:\n  flotilla-agent image pull busybox:1.36\n  \
+        flotilla-agent image pull 127.0.0.1:5000/busybox:latest\n  \
+        echo secret | flotilla-agent image pull --username me --password-stdin reg.example:5000/app:1\n\n\
+        Registries on 127.0.0.0/8 or localhost are reached over plain http, all others over https \
+        unless listed with --insecure-registry.")]
+    Pull {
+        /// Image reference: NAME[:TAG] or NAME@sha256:DIGEST (docker-style, docker.io by default).
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Print only the manifest digest, no progress.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Push a local image to the registry its name points at (tag it first to push elsewhere).
+    Push {
+        /// Local image reference; its registry part says where to push.
+        reference: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// List images.
+    #[command(alias = "list")]
+    Ls {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Print only image ids (short, one per image).
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show an image's record, manifest and config as JSON.
+    Inspect {
+        /// Image reference or id.
+        reference: String,
+    },
+    /// Remove images; content no other image or container uses is deleted.
+    #[command(alias = "remove")]
+    Rm {
+        /// Image references or ids.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Existing image reference or id.
+        source: String,
+        /// New reference.
+        target: String,
+    },
+    /// Load images from an OCI image layout archive (tar, optionally gzip/zstd compressed).
+    Load {
+        /// The archive.
+        #[arg(short, long)]
+        input: PathBuf,
+        /// Name for the image when the archive holds one image with only a bare tag (skopeo's
+        /// oci-archive does) or when it should be loaded under another name.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Save images as an OCI image layout archive.
+    Save {
+        /// The archive to write.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Image references or ids.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Create a single-layer image from a root filesystem tarball (tar, tar.gz or tar.zst).
+    #[command(
+        after_help = "Changes use Dockerfile keys: CMD, ENTRYPOINT, ENV, WORKDIR, USER, as \
+        KEY=VALUE or KEY VALUE; lists are a JSON array or whitespace-separated:\n  \
+        flotilla-agent image import rootfs.tar myimg:1 --change 'CMD=[\"/bin/sh\",\"-c\",\"echo hi\"]' \
+        --change ENV=FOO=bar --change WORKDIR=/srv"
+    )]
+    Import {
+        /// The rootfs tarball.
+        file: PathBuf,
+        /// Name of the new image.
+        reference: String,
+        /// Config change (repeatable).
+        #[arg(short, long = "change")]
+        changes: Vec<String>,
+    },
+    /// Delete blobs and layers that no image or container uses.
+    Gc,
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Registry user name.
+    #[arg(long, short)]
+    username: Option<String>,
+    /// Read the password (or token) from stdin; needs --username.
+    #[arg(long, requires = "username")]
+    password_stdin: bool,
+    /// Registry (HOST:PORT) to reach over plain http; repeatable. Loopback registries always are.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    insecure_registries: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum BundleCmd {
+    /// Mount a fresh rootfs of an image and write an OCI bundle config.json for it.
+    #[command(
+        after_help = "Example:\n  flotilla-agent bundle create busybox --id c1 --bundle /run/c1 -- sh -c 'echo hi'\n  \
+        flotilla-runtime run --bundle /run/c1 c1\n  flotilla-agent bundle rm --id c1"
+    )]
+    Create {
+        /// Image reference or id.
+        image: String,
+        /// Container id (names the rootfs snapshot).
+        #[arg(long)]
+        id: String,
+        /// Bundle directory (created if needed); gets config.json.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Arguments replacing the image's Cmd (its Entrypoint stays).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Unmount and delete a container's rootfs (and the config.json bundle create wrote).
+    Rm {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Aligned columns.
+    Table,
+    /// A JSON array of image records.
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause a message already quotes.
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let open = |insecure: Vec<String>| -> Result<ImageStore> {
+        let mut config = StoreConfig::with_root(&cli.root);
+        config.insecure_registries = insecure;
+        ImageStore::open(config).with_context(|| format!("open image store {}", cli.root.display()))
+    };
+    match cli.cmd {
+        Cmd::Image(cmd) => match cmd {
+            ImageCmd::Pull {
+                reference,
+                registry,
+                quiet,
+            } => {
+                let credentials = registry.credentials()?;
+                let store = open(registry.insecure_registries)?;
+                let opts = PullOptions {
+                    credentials,
+                    ..Default::default()
+                };
+                let printer = PullPrinter::default();
+                let report = |p: PullProgress| {
+                    if !quiet {
+                        printer.print(&p)
+                    }
+                };
+                let record = runtime()?
+                    .block_on(store.pull(&reference, &opts, &report))
+                    .with_context(|| format!("pull {reference}"))?;
+                outln!("{}", record.manifest_digest);
+            }
+            ImageCmd::Push {
+                reference,
+                registry,
+            } => {
+                let credentials = registry.credentials()?;
+                let store = open(registry.insecure_registries)?;
+                let opts = PushOptions {
+                    credentials,
+                    ..Default::default()
+                };
+                let report = |p: PushProgress| match p {
+                    PushProgress::BlobExists { digest } => {
+                        eprintln!("{}: already in the registry", digest::short(&digest))
+                    }
+                    PushProgress::BlobPushed { digest, size } => {
+                        eprintln!("{}: pushed {}", digest::short(&digest), human(size))
+                    }
+                    PushProgress::ManifestPushed { reference, digest } => {
+                        eprintln!("{reference}: manifest {digest} pushed")
+                    }
+                };
+                let digest = runtime()?
+                    .block_on(store.push(&reference, &opts, &report))
+                    .with_context(|| format!("push {reference}"))?;
+                outln!("{digest}");
+            }
+            ImageCmd::Ls { format, quiet } => {
+                let store = open(Vec::new())?;
+                let records = store.list();
+                if quiet {
+                    let ids: BTreeSet<String> = records
+                        .iter()
+                        .map(|r| digest::short(r.id()).to_string())
+                        .collect();
+                    for id in ids {
+                        outln!("{id}");
+                    }
+                } else if format == Format::Json {
+                    let list: Vec<serde_json::Value> = records.iter().map(record_json).collect();
+                    outln!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print_table(&records);
+                }
+            }
+            ImageCmd::Inspect { reference } => {
+                let store = open(Vec::new())?;
+                let inspect = store.inspect(&reference)?;
+                outln!("{}", serde_json::to_string_pretty(&inspect)?);
+            }
+            ImageCmd::Rm { references } => {
+                let store = open(Vec::new())?;
+                let mut failed = false;
+                for r in &references {
+                    match store.remove(r) {
+                        Ok(report) => {
+                            outln!("untagged: {}", report.untagged);
+                            for d in report.deleted_blobs {
+                                outln!("deleted blob: {d}");
+                            }
+                            for d in report.deleted_layers {
+                                outln!("deleted layer: {d}");
+                            }
+                        }
+                        Err(e) => {
+                            eprintln!("error: remove {r}: {e}");
+                            failed = true;
+                        }
+                    }
+                }
+                if failed {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            ImageCmd::Tag { source, target } => {
+                let store = open(Vec::new())?;
+                let record = store
+                    .tag(&source, &target)
+                    .with_context(|| format!("tag {source} as {target}"))?;
+                outln!("{}", record.reference);
+            }
+            ImageCmd::Load { input, name } => {
+                let store = open(Vec::new())?;
+                let records = store
+                    .load(&input, name.as_deref())
+                    .with_context(|| format!("load {}", input.display()))?;
+                for r in records {
+                    outln!("loaded: {} ({})", r.reference, r.manifest_digest);
+                }
+            }
+            ImageCmd::Save { output, references } => {
+                let store = open(Vec::new())?;
+                let refs: Vec<&str> = references.iter().map(String::as_str).collect();
+                store
+                    .save(&refs, &output)
+                    .with_context(|| format!("save to {}", output.display()))?;
+                eprintln!("saved {} image(s) to {}", refs.len(), output.display());
+            }
+            ImageCmd::Import {
+                file,
+                reference,
+                changes,
+            } => {
+                let changes = changes
+                    .iter()
+                    .map(|c| ConfigChange::parse(c))
+                    .collect::<image::Result<Vec<_>>>()?;
+                let store = open(Vec::new())?;
+                let record = store
+                    .import(&file, &reference, &changes)
+                    .with_context(|| format!("import {}", file.display()))?;
+                outln!("{} {}", record.reference, record.id());
+            }
+            ImageCmd::Gc => {
+                let store = open(Vec::new())?;
+                let report = store.gc()?;
+                for d in &report.deleted_blobs {
+                    outln!("deleted blob: {d}");
+                }
+                for d in &report.deleted_layers {
+                    outln!("deleted layer: {d}");
+                }
+                eprintln!(
+                    "gc: {} blob(s), {} layer(s) deleted, {} freed",
+                    report.deleted_blobs.len(),
+                    report.deleted_layers.len(),
+                    human(report.freed_blob_bytes)
+                );
+            }
+        },
+        Cmd::Bundle(cmd) => match cmd {
+            BundleCmd::Create {
+                image,
+                id,
+                bundle: dir,
+                args,
+            } => {
+                let store = open(Vec::new())?;
+                let args = (!args.is_empty()).then_some(args);
+                let config = bundle::create(&store, &image, &id, &dir, args)
+                    .with_context(|| format!("create bundle {id} from {image}"))?;
+                outln!("{}", config.display());
+            }
+            BundleCmd::Rm { id } => {
+                let store = open(Vec::new())?;
+                bundle::remove(&store, &id).with_context(|| format!("remove bundle {id}"))?;
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+impl RegistryArgs {
+    fn credentials(&self) -> Result<Credentials> {
+        let Some(username) = self.username.clone() else {
+            return Ok(Credentials::Anonymous);
+        };
+        if !self.password_stdin {
+            bail!(
+                "--username needs --password-stdin (passwords are never taken on the command line)"
+            );
+        }
+        if std::io::stdin().is_terminal() {
+            eprint!("password for {username}: ");
+            std::io::stderr().flush().ok();
+        }
+        let mut password = String::new();
+        std::io::stdin()
+            .read_to_string(&mut password)
+            .context("read password from stdin")?;
+        let password = password.trim_end_matches(['\n', '\r']).to_string();
+        if password.is_empty() {
+            bail!("empty password on stdin");
+        }
+        Ok(Credentials::Basic { username, password })
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start async runtime")
+}
+
+/// Progress lines of a pull, on stderr: one per layer event, byte counts every quarter.
+#[derive(Default)]
+struct PullPrinter {
+    quarters: Mutex<HashMap<String, u64>>,
+}
+
+impl PullPrinter {
+    fn print(&self, p: &PullProgress) {
+        match p {
+            PullProgress::Resolved {
+                reference,
+                manifest_digest,
+                layers,
+                total_bytes,
+            } => eprintln!(
+                "{reference}: resolved to {manifest_digest} ({layers} layer(s), {})",
+                human(*total_bytes)
+            ),
+            PullProgress::LayerAlreadyPresent { digest, .. } => {
+                eprintln!("{}: already present", digest::short(digest))
+            }
+            PullProgress::LayerStarted { digest, size } => {
+                eprintln!("{}: downloading {}", digest::short(digest), human(*size))
+            }
+            PullProgress::LayerBytes {
+                digest,
+                downloaded,
+                size,
+            } => {
+                let quarter = if *size == 0 { 4 } else { downloaded * 4 / size };
+                let mut q = self.quarters.lock().unwrap_or_else(|p| p.into_inner());
+                let last = q.entry(digest.clone()).or_insert(0);
+                if quarter > *last && quarter < 4 {
+                    *last = quarter;
+                    eprintln!(
+                        "{}: {} / {}",
+                        digest::short(digest),
+                        human(*downloaded),
+                        human(*size)
+                    );
+                }
+            }
+            PullProgress::LayerDownloaded { digest } => {
+                eprintln!("{}: downloaded", digest::short(digest))
+            }
+            PullProgress::LayerDone { digest, .. } => {
+                eprintln!("{}: unpacked", digest::short(digest))
+            }
+            PullProgress::Done {
+                reference,
+                downloaded_bytes,
+                ..
+            } => eprintln!(
+                "{reference}: pulled ({} downloaded)",
+                human(*downloaded_bytes)
+            ),
+        }
+    }
+}
+
+fn record_json(r: &ImageRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(r).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("id".into(), r.id().into());
+        o.insert("size".into(), r.size().into());
+    }
+    v
+}
+
+fn print_table(records: &[ImageRecord]) {
+    let rows: Vec<[String; 4]> = records
+        .iter()
+        .map(|r| {
+            [
+                r.reference.clone(),
+                digest::short(r.id()).to_string(),
+                r.created
+                    .as_deref()
+                    .map(|c| c.chars().take(19).collect::<String>().replace('T', " "))
+                    .unwrap_or_else(|| "-".into()),
+                human(r.size()),
+            ]
+        })
+        .collect();
+    let header = ["REFERENCE", "IMAGE ID", "CREATED", "SIZE"].map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        let line = row
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("   ");
+        outln!("{}", line.trim_end());
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}

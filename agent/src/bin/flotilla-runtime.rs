@@ -1,0 +1,325 @@
+//! `flotilla-runtime`: an OCI runtime with runc's command line, so engines and benchmarks can swap
+//! it for runc or crun on the same bundle.
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use flotilla_agent::runtime::container::{self, CreateOptions, DEFAULT_ROOT};
+use flotilla_agent::runtime::{spec, state};
+
+#[derive(Parser)]
+#[command(
+    name = "flotilla-runtime",
+    version,
+    about = "Run OCI containers (runc-compatible command line)",
+    long_about = "Run containers from OCI bundles (a directory with config.json and a root filesystem), \
+                  with namespaces, cgroups v1/v2, capabilities and seccomp. The commands and flags \
+                  follow runc, so flotilla-runtime can stand in for runc or crun."
+)]
+struct Cli {
+    /// Directory for container state (tmpfs recommended).
+    #[arg(long, global = true, default_value = DEFAULT_ROOT)]
+    root: PathBuf,
+    /// Write logs to this file instead of stderr (accepted for runc compatibility).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// Log format: text or json.
+    #[arg(long, global = true, default_value = "text")]
+    log_format: String,
+    /// Verbose logging.
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Mount point of the cgroup filesystems.
+    #[arg(long, global = true, default_value = "/sys/fs/cgroup", hide = true)]
+    cgroup_root: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a container from a bundle; its process waits until `start`.
+    Create {
+        /// Path to the bundle (contains config.json).
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Write the container init's pid to this file.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Unix socket to receive the pty master (process.terminal=true).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Do not use pivot_root (accepted for runc compatibility; pivot_root is always used).
+        #[arg(long, hide = true)]
+        no_pivot: bool,
+        id: String,
+    },
+    /// Start a created container's process.
+    Start { id: String },
+    /// Create and start a container, wait for it and delete it (unless --detach).
+    Run {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Return after start, leaving the container running.
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Keep the container's state after it exits (runc --keep).
+        #[arg(long)]
+        keep: bool,
+        id: String,
+    },
+    /// Print the OCI state of a container as JSON.
+    State { id: String },
+    /// Send a signal (default TERM) to the container's init, or to all its processes.
+    Kill {
+        id: String,
+        #[arg(default_value = "TERM")]
+        signal: String,
+        /// Signal every process in the container's cgroup.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Delete a container: its cgroup and state. Running containers need --force.
+    Delete {
+        #[arg(short, long)]
+        force: bool,
+        id: String,
+    },
+    /// List containers.
+    #[command(alias = "ls")]
+    List {
+        /// table or json.
+        #[arg(short, long, default_value = "table")]
+        format: String,
+        /// Only ids.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Freeze every process of a container.
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// List the pids of a container's processes.
+    Ps {
+        id: String,
+        #[arg(short, long, default_value = "table")]
+        format: String,
+    },
+    /// Print resource usage (cgroup statistics) as JSON.
+    Events {
+        id: String,
+        /// Print the statistics once and exit (the only mode supported).
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Write a default config.json (flotilla's defaults: Docker's capabilities, masked paths).
+    Spec {
+        #[arg(short, long, default_value = ".")]
+        bundle: PathBuf,
+        /// Process arguments (default: sh).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match real_main(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            tracing::debug!(error = ?e, "command failed");
+            let _ = writeln!(std::io::stderr(), "flotilla-runtime: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let filter = if cli.debug { "debug" } else { "warn" };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let file = cli.log.as_ref().and_then(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
+    });
+    match (file, cli.log_format.as_str()) {
+        (Some(f), "json") => builder.json().with_writer(std::sync::Mutex::new(f)).init(),
+        (Some(f), _) => builder
+            .with_ansi(false)
+            .with_writer(std::sync::Mutex::new(f))
+            .init(),
+        (None, _) => builder.with_writer(std::io::stderr).init(),
+    }
+}
+
+fn no_terminal(console_socket: &Option<PathBuf>, bundle: &Path) -> Result<()> {
+    let s = spec::load(bundle)?;
+    let terminal = s
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if terminal || console_socket.is_some() {
+        anyhow::bail!(
+            "process.terminal=true and --console-socket are not supported yet by flotilla-runtime; \
+             set \"terminal\": false in {}",
+            bundle.join("config.json").display()
+        );
+    }
+    Ok(())
+}
+
+fn real_main(cli: Cli) -> Result<u8> {
+    let root = cli.root.as_path();
+    let cg = cli.cgroup_root.as_path();
+    match cli.cmd {
+        Cmd::Create {
+            bundle,
+            pid_file,
+            console_socket,
+            no_pivot: _,
+            id,
+        } => {
+            no_terminal(&console_socket, &bundle)?;
+            let opts = CreateOptions {
+                root,
+                id: &id,
+                bundle: &bundle,
+                pid_file: pid_file.as_deref(),
+                cgroup_root: cg,
+            };
+            container::create(&opts)?;
+        }
+        Cmd::Start { id } => container::start(root, &id, cg)?,
+        Cmd::Run {
+            bundle,
+            pid_file,
+            detach,
+            console_socket,
+            keep,
+            id,
+        } => {
+            no_terminal(&console_socket, &bundle)?;
+            let opts = CreateOptions {
+                root,
+                id: &id,
+                bundle: &bundle,
+                pid_file: pid_file.as_deref(),
+                cgroup_root: cg,
+            };
+            if detach || keep {
+                let pid = container::create(&opts)?;
+                container::start(root, &id, cg)?;
+                if detach {
+                    return Ok(0);
+                }
+                let code = container::wait_forwarding(pid)?;
+                return Ok(code.clamp(0, 255) as u8);
+            }
+            let exit = container::run(&opts)?;
+            if exit.oom_killed {
+                eprintln!("flotilla-runtime: container {id} was killed by the kernel: out of memory (memory limit reached)");
+            }
+            return Ok(exit.code.clamp(0, 255) as u8);
+        }
+        Cmd::State { id } => {
+            let st = container::oci_state(root, &id, cg)?;
+            println!("{}", serde_json::to_string_pretty(&st)?);
+        }
+        Cmd::Kill { id, signal, all } => {
+            let sig = container::parse_signal(&signal)?;
+            container::kill(root, &id, sig, all, cg)?;
+        }
+        Cmd::Delete { force, id } => container::delete(root, &id, force, cg)?,
+        Cmd::List { format, quiet } => {
+            let ids = state::list_ids(root)?;
+            if quiet {
+                for id in &ids {
+                    println!("{id}");
+                }
+                return Ok(0);
+            }
+            let mut states = Vec::new();
+            let mut broken = Vec::new();
+            for id in ids {
+                match container::oci_state(root, &id, cg) {
+                    Ok(s) => states.push(s),
+                    Err(e) => broken.push((id, e.to_string())),
+                }
+            }
+            if format == "json" {
+                println!("{}", serde_json::to_string(&states)?);
+            } else {
+                println!(
+                    "{:<20} {:<8} {:<10} {:<40} {:<31} OWNER",
+                    "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+                );
+                for s in &states {
+                    println!(
+                        "{:<20} {:<8} {:<10} {:<40} {:<31} {}",
+                        s.id,
+                        s.pid,
+                        s.status.to_string(),
+                        s.bundle.display(),
+                        s.created,
+                        s.owner
+                    );
+                }
+                for (id, _) in &broken {
+                    println!("{id:<20} {:<8} {:<10}", 0, "unknown");
+                }
+            }
+            for (id, e) in &broken {
+                eprintln!("flotilla-runtime: {id}: {e}");
+            }
+        }
+        Cmd::Pause { id } => container::pause(root, &id, cg)?,
+        Cmd::Resume { id } => container::resume(root, &id, cg)?,
+        Cmd::Ps { id, format } => {
+            let pids = container::pids(root, &id, cg)?;
+            if format == "json" {
+                println!("{}", serde_json::to_string(&pids)?);
+            } else {
+                println!("PID");
+                for p in pids {
+                    println!("{p}");
+                }
+            }
+        }
+        Cmd::Events { id, stats: _ } => {
+            let s = container::stats(root, &id, cg)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"type": "stats", "id": id, "data": s})
+                )?
+            );
+        }
+        Cmd::Spec { bundle, args } => {
+            let path = bundle.join("config.json");
+            if path.exists() {
+                anyhow::bail!("{} already exists; remove it first", path.display());
+            }
+            let args = if args.is_empty() {
+                vec!["sh".to_string()]
+            } else {
+                args
+            };
+            let s = spec::default_spec(args);
+            std::fs::write(&path, serde_json::to_vec_pretty(&s)?)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+    }
+    Ok(0)
+}

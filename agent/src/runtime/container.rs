@@ -1,0 +1,620 @@
+//! Container lifecycle: create, start, run, kill, delete, pause/resume, state, list.
+//!
+//! `create` claims `<root>/<id>` (mkdir is the lock), records each step in `state.json` before
+//! taking it, sets up the cgroup, then forks a helper that joins the namespaces given by path and
+//! clones the init with `CLONE_PARENT` (so init is the creator's child and `run` can wait for it)
+//! into its new namespaces. Any failure undoes what was done; a creator killed midway leaves a
+//! record from which `delete` removes the process, the cgroup and the directory.
+//! This code forks: it must run in a single-threaded process (the `flotilla-runtime` binary).
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+use serde::Serialize;
+
+use super::cgroups::{self, CgroupConfig, CgroupManager};
+use super::error::RuntimeError;
+use super::init::{self, InitConfig, MSG_ERR, MSG_GO, MSG_READY};
+use super::namespaces;
+use super::seccomp::Filter;
+use super::spec;
+use super::state::{self, Observed, Record, Status, EXEC_FIFO};
+
+pub const DEFAULT_ROOT: &str = "/run/flotilla-runtime";
+/// Parent cgroup of containers that do not name one: containers never land in the caller's cgroup.
+pub const DEFAULT_CGROUP_PARENT: &str = "flotilla";
+
+pub struct CreateOptions<'a> {
+    pub root: &'a Path,
+    pub id: &'a str,
+    pub bundle: &'a Path,
+    pub pid_file: Option<&'a Path>,
+    pub cgroup_root: &'a Path,
+}
+
+/// The OCI state of a container (what `state` prints).
+#[derive(Debug, Serialize)]
+pub struct OciState {
+    #[serde(rename = "ociVersion")]
+    pub oci_version: String,
+    pub id: String,
+    pub status: Status,
+    pub pid: i32,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    pub owner: String,
+    pub annotations: std::collections::HashMap<String, String>,
+}
+
+pub fn cgroup_manager(
+    cgroup_root: &Path,
+    rel: &Path,
+) -> Result<Box<dyn CgroupManager>, RuntimeError> {
+    let layout = cgroups::detect(cgroup_root)?;
+    Ok(cgroups::new_manager(CgroupConfig {
+        root: cgroup_root.to_path_buf(),
+        layout,
+        path: rel.to_path_buf(),
+    }))
+}
+
+fn cgroup_rel_path(spec: &Spec, id: &str) -> PathBuf {
+    let p = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    match p {
+        Some(p) => p.strip_prefix("/").map(Path::to_path_buf).unwrap_or(p),
+        None => Path::new(DEFAULT_CGROUP_PARENT).join(id),
+    }
+}
+
+/// Creates the container and leaves its init waiting for `start`. Returns the init pid.
+pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
+    state::validate_id(opts.id)?;
+    let bundle = std::fs::canonicalize(opts.bundle)
+        .map_err(|e| RuntimeError::io("open bundle", opts.bundle, e))?;
+    let spec = spec::load(&bundle)?;
+    let rootfs = spec::rootfs_path(&spec, &bundle);
+    if !rootfs.is_dir() {
+        return Err(RuntimeError::InvalidSpec {
+            path: bundle.join("config.json"),
+            reason: format!("root.path {} is not a directory", rootfs.display()),
+        });
+    }
+    std::fs::create_dir_all(opts.root)
+        .map_err(|e| RuntimeError::io("create the runtime root", opts.root, e))?;
+    let dir = state::dir(opts.root, opts.id);
+    match std::fs::create_dir(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(RuntimeError::Exists(opts.id.into()))
+        }
+        Err(e) => return Err(RuntimeError::io("create the state directory", &dir, e)),
+    }
+    let mut rec = Record {
+        id: opts.id.into(),
+        bundle: bundle.clone(),
+        rootfs: rootfs.clone(),
+        creator_pid: std::process::id() as i32,
+        pid: None,
+        pid_start: None,
+        cgroup_path: cgroup_rel_path(&spec, opts.id),
+        created: false,
+        created_at: state::now_rfc3339(),
+        owner: nix::unistd::User::from_uid(nix::unistd::getuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| "root".into()),
+        annotations: spec.annotations().clone().unwrap_or_default(),
+    };
+    let result = state::save(opts.root, &rec).and_then(|_| create_inner(opts, &spec, &mut rec));
+    match result {
+        Ok(pid) => Ok(pid),
+        Err(e) => {
+            let _ = destroy(opts.root, &rec, opts.cgroup_root);
+            Err(e)
+        }
+    }
+}
+
+fn create_inner(
+    opts: &CreateOptions<'_>,
+    spec: &Spec,
+    rec: &mut Record,
+) -> Result<i32, RuntimeError> {
+    let dir = state::dir(opts.root, opts.id);
+    let fifo = dir.join(EXEC_FIFO);
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
+        .map_err(|e| RuntimeError::sys(format!("mkfifo {}", fifo.display()), e))?;
+
+    let linux = spec.linux().clone().unwrap_or_default();
+    let cg = cgroup_manager(opts.cgroup_root, &rec.cgroup_path)?;
+    let resources = linux.resources().clone().unwrap_or_default();
+    cg.create()?;
+    cg.apply(&resources)?;
+
+    let seccomp = linux.seccomp().as_ref().map(Filter::compile).transpose()?;
+    let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default());
+    let joins = namespaces::open_joins(&ns)?;
+    let caps = super::capabilities::plan(
+        spec.process()
+            .as_ref()
+            .and_then(|p| p.capabilities().as_ref()),
+        &super::capabilities::kernel_caps(),
+    );
+    for c in &caps.unknown {
+        tracing::warn!(capability = %c, "the kernel does not know this capability; ignored");
+    }
+
+    let (child_rx, parent_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe", e))?;
+    let (parent_rx, child_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| RuntimeError::sys("pipe", e))?;
+
+    // SAFETY: flotilla-runtime is single-threaded (see module doc), so the child may allocate.
+    let helper = match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::sys("fork", e))? {
+        nix::unistd::ForkResult::Child => {
+            drop(parent_tx);
+            drop(parent_rx);
+            let cfg = InitConfig {
+                spec,
+                rootfs: rec.rootfs.clone(),
+                ns: &ns,
+                caps,
+                seccomp: seccomp.as_ref(),
+                exec_fifo: fifo.clone(),
+                from_parent: child_rx,
+                to_parent: child_tx,
+            };
+            helper_main(cfg, &joins)
+        }
+        nix::unistd::ForkResult::Parent { child } => child,
+    };
+    drop(child_rx);
+    drop(child_tx);
+    drop(joins);
+    let mut rx = std::fs::File::from(parent_rx);
+    let mut tx = std::fs::File::from(parent_tx);
+    let helper_status =
+        waitpid(helper, None).map_err(|e| RuntimeError::sys("wait for the clone helper", e))?;
+    let mut pid_buf = [0u8; 4];
+    let pid = match rx.read_exact(&mut pid_buf) {
+        Ok(()) if helper_status == WaitStatus::Exited(helper, 0) => i32::from_ne_bytes(pid_buf),
+        _ => {
+            let mut msg = String::new();
+            let _ = rx.read_to_string(&mut msg);
+            return Err(RuntimeError::InitFailed {
+                id: rec.id.clone(),
+                reason: message_or(msg, "the clone helper failed"),
+            });
+        }
+    };
+    rec.pid = Some(pid);
+    rec.pid_start = state::proc_start_time(pid);
+    state::save(opts.root, rec)?;
+
+    if ns.new_userns() {
+        let uid = namespaces::id_map_text(linux.uid_mappings().as_deref().unwrap_or_default());
+        let gid = namespaces::id_map_text(linux.gid_mappings().as_deref().unwrap_or_default());
+        write_proc(pid, "uid_map", &uid)?;
+        write_proc(pid, "gid_map", &gid)?;
+    }
+    cg.add_process(pid)?;
+    if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
+        write_proc(pid, "oom_score_adj", &adj.to_string())?;
+    }
+    tx.write_all(&[MSG_GO])
+        .map_err(|e| RuntimeError::io("signal the container init", "pipe", e))?;
+    // READY is one byte and the pipe stays open until exec; ERR is followed by a message and EOF.
+    let mut reply = vec![0u8; 1];
+    if rx.read_exact(&mut reply).is_err() {
+        reply.clear();
+    } else if reply[0] == MSG_ERR {
+        let _ = rx.read_to_end(&mut reply);
+    }
+    match reply.first() {
+        Some(&MSG_READY) => {}
+        Some(&MSG_ERR) => {
+            return Err(RuntimeError::InitFailed {
+                id: rec.id.clone(),
+                reason: String::from_utf8_lossy(&reply[1..]).into_owned(),
+            })
+        }
+        _ => {
+            return Err(RuntimeError::InitFailed {
+                id: rec.id.clone(),
+                reason: "the container init exited during setup".into(),
+            })
+        }
+    }
+    if let Some(pf) = opts.pid_file {
+        write_atomic(pf, &pid.to_string())?;
+    }
+    rec.created = true;
+    state::save(opts.root, rec)?;
+    Ok(pid)
+}
+
+fn message_or(msg: String, default: &str) -> String {
+    if msg.is_empty() {
+        default.to_string()
+    } else {
+        msg
+    }
+}
+
+/// In the forked helper: join namespaces, clone the init, report its pid, exit.
+fn helper_main(
+    cfg: InitConfig<'_>,
+    joins: &[(oci_spec::runtime::LinuxNamespaceType, OwnedFd)],
+) -> ! {
+    let mut tx = match cfg.to_parent.try_clone() {
+        Ok(fd) => std::fs::File::from(fd),
+        // SAFETY: _exit in a forked child.
+        Err(_) => unsafe { libc::_exit(1) },
+    };
+    if let Err(e) = namespaces::enter(joins) {
+        let _ = tx.write_all(e.to_string().as_bytes());
+        // SAFETY: _exit in a forked child.
+        unsafe { libc::_exit(1) }
+    }
+    let flags = cfg.ns.clone_flags.bits() as libc::c_ulong
+        | libc::CLONE_PARENT as libc::c_ulong
+        | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: a raw clone without CLONE_VM and with a NULL stack behaves like fork(2): the child gets
+    // a copy of this single-threaded process and continues from here.
+    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if rc == 0 {
+        drop(tx);
+        init::run(cfg)
+    }
+    if rc < 0 {
+        let e = nix::Error::last();
+        let _ =
+            tx.write_all(format!("clone with namespaces {:?}: {e}", cfg.ns.clone_flags).as_bytes());
+        // SAFETY: _exit in a forked child.
+        unsafe { libc::_exit(1) }
+    }
+    let _ = tx.write_all(&(rc as i32).to_ne_bytes());
+    // SAFETY: _exit in a forked child.
+    unsafe { libc::_exit(0) }
+}
+
+fn write_proc(pid: i32, file: &str, data: &str) -> Result<(), RuntimeError> {
+    let path = PathBuf::from(format!("/proc/{pid}/{file}"));
+    std::fs::write(&path, data).map_err(|e| RuntimeError::io("write", path, e))
+}
+
+fn write_atomic(path: &Path, data: &str) -> Result<(), RuntimeError> {
+    let tmp = path.with_extension("tmp-flotilla");
+    std::fs::write(&tmp, data)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| RuntimeError::io("write", path, e))
+}
+
+/// The container's current status, derived from the record and the system.
+pub fn status(root: &Path, rec: &Record, cgroup_root: &Path) -> Status {
+    let frozen = cgroup_manager(cgroup_root, &rec.cgroup_path)
+        .ok()
+        .and_then(|cg| cg.state_frozen().ok())
+        .unwrap_or(false);
+    let obs = Observed {
+        creator_alive: rec.creator_pid != std::process::id() as i32
+            && state::proc_start_time(rec.creator_pid).is_some(),
+        pid_start: rec.pid.and_then(state::proc_start_time),
+        fifo_exists: state::dir(root, &rec.id).join(EXEC_FIFO).exists(),
+        frozen,
+    };
+    state::derive_status(rec, &obs)
+}
+
+pub fn oci_state(root: &Path, id: &str, cgroup_root: &Path) -> Result<OciState, RuntimeError> {
+    let rec = state::load(root, id)?;
+    let st = status(root, &rec, cgroup_root);
+    Ok(OciState {
+        oci_version: "1.2.0".into(),
+        id: rec.id.clone(),
+        status: st,
+        pid: if st == Status::Stopped {
+            0
+        } else {
+            rec.pid.unwrap_or(0)
+        },
+        bundle: rec.bundle,
+        rootfs: rec.rootfs,
+        created: rec.created_at,
+        owner: rec.owner,
+        annotations: rec.annotations,
+    })
+}
+
+/// Lets a created container's init exec the user process.
+pub fn start(root: &Path, id: &str, cgroup_root: &Path) -> Result<(), RuntimeError> {
+    let rec = state::load(root, id)?;
+    let st = status(root, &rec, cgroup_root);
+    if st != Status::Created {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: st.to_string(),
+            hint: "only a created container can be started",
+        });
+    }
+    let fifo = state::dir(root, id).join(EXEC_FIFO);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .map_err(|e| RuntimeError::io("open the exec fifo", &fifo, e))?;
+    let pid = rec.pid.unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&f),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let n = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(100u16)).unwrap_or(0);
+        if n > 0 {
+            let mut b = [0u8; 1];
+            match nix::unistd::read(&f, &mut b) {
+                Ok(1) => break,
+                Ok(_) | Err(nix::Error::EAGAIN) => {}
+                Err(e) => return Err(RuntimeError::sys("read the exec fifo", e)),
+            }
+        }
+        if state::proc_start_time(pid).is_none() {
+            return Err(RuntimeError::InitFailed {
+                id: id.into(),
+                reason: "the container init exited before it could start".into(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(RuntimeError::InitFailed {
+                id: id.into(),
+                reason: "the container init did not answer within 10 s".into(),
+            });
+        }
+    }
+    std::fs::remove_file(&fifo).map_err(|e| RuntimeError::io("remove the exec fifo", &fifo, e))
+}
+
+use std::os::unix::fs::OpenOptionsExt;
+
+/// Parses `KILL`, `SIGKILL`, `9`.
+pub fn parse_signal(s: &str) -> Result<Signal, RuntimeError> {
+    use std::str::FromStr;
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| RuntimeError::InvalidSignal(s.into()));
+    }
+    let up = s.to_ascii_uppercase();
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
+    Signal::from_str(&name).map_err(|_| RuntimeError::InvalidSignal(s.into()))
+}
+
+pub fn kill(
+    root: &Path,
+    id: &str,
+    sig: Signal,
+    all: bool,
+    cgroup_root: &Path,
+) -> Result<(), RuntimeError> {
+    let rec = state::load(root, id)?;
+    let st = status(root, &rec, cgroup_root);
+    if matches!(st, Status::Stopped | Status::Creating) {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: st.to_string(),
+            hint: "there is no process to signal",
+        });
+    }
+    if all {
+        let cg = cgroup_manager(cgroup_root, &rec.cgroup_path)?;
+        return Ok(cg.kill_all(sig as i32)?);
+    }
+    let pid = rec.pid.unwrap_or(0);
+    nix::sys::signal::kill(Pid::from_raw(pid), sig)
+        .map_err(|e| RuntimeError::sys(format!("send {sig} to {pid}"), e))
+}
+
+pub fn pause(root: &Path, id: &str, cgroup_root: &Path) -> Result<(), RuntimeError> {
+    let rec = state::load(root, id)?;
+    let st = status(root, &rec, cgroup_root);
+    if st != Status::Running {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: st.to_string(),
+            hint: "only a running container can be paused",
+        });
+    }
+    Ok(cgroup_manager(cgroup_root, &rec.cgroup_path)?.freeze()?)
+}
+
+pub fn resume(root: &Path, id: &str, cgroup_root: &Path) -> Result<(), RuntimeError> {
+    let rec = state::load(root, id)?;
+    let st = status(root, &rec, cgroup_root);
+    if st != Status::Paused {
+        return Err(RuntimeError::WrongState {
+            id: id.into(),
+            status: st.to_string(),
+            hint: "only a paused container can be resumed",
+        });
+    }
+    Ok(cgroup_manager(cgroup_root, &rec.cgroup_path)?.thaw()?)
+}
+
+pub fn pids(root: &Path, id: &str, cgroup_root: &Path) -> Result<Vec<i32>, RuntimeError> {
+    let rec = state::load(root, id)?;
+    Ok(cgroup_manager(cgroup_root, &rec.cgroup_path)?.pids()?)
+}
+
+pub fn stats(root: &Path, id: &str, cgroup_root: &Path) -> Result<cgroups::Stats, RuntimeError> {
+    let rec = state::load(root, id)?;
+    Ok(cgroup_manager(cgroup_root, &rec.cgroup_path)?.stats()?)
+}
+
+/// Removes a container. Running or paused containers need `force` (they are killed first).
+pub fn delete(root: &Path, id: &str, force: bool, cgroup_root: &Path) -> Result<(), RuntimeError> {
+    let rec = match state::load(root, id) {
+        Err(RuntimeError::CorruptState { .. }) if force => {
+            let d = state::dir(root, id);
+            return std::fs::remove_dir_all(&d).map_err(|e| RuntimeError::io("remove", d, e));
+        }
+        r => r?,
+    };
+    let st = status(root, &rec, cgroup_root);
+    match st {
+        Status::Running | Status::Paused if !force => {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.to_string(),
+                hint: "stop it first or use --force",
+            })
+        }
+        Status::Creating if !force => {
+            return Err(RuntimeError::WrongState {
+                id: id.into(),
+                status: st.to_string(),
+                hint: "it is being created; use --force",
+            })
+        }
+        _ => {}
+    }
+    destroy(root, &rec, cgroup_root)
+}
+
+/// Kills whatever is left of the container, removes its cgroup and its state directory.
+fn destroy(root: &Path, rec: &Record, cgroup_root: &Path) -> Result<(), RuntimeError> {
+    let live = rec
+        .pid
+        .filter(|p| rec.pid_start.is_some() && state::proc_start_time(*p) == rec.pid_start);
+    if let Ok(cg) = cgroup_manager(cgroup_root, &rec.cgroup_path) {
+        let _ = cg.thaw();
+        let _ = cg.kill_all(libc::SIGKILL);
+    }
+    if let Some(pid) = live {
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while state::proc_start_time(pid).is_some() && Instant::now() < deadline {
+            // Reap it if it is our child (run, or a failed create); otherwise its parent will.
+            let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    if let Ok(cg) = cgroup_manager(cgroup_root, &rec.cgroup_path) {
+        cg.destroy()?;
+    }
+    let d = state::dir(root, &rec.id);
+    match std::fs::remove_dir_all(&d) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RuntimeError::io("remove", d, e)),
+        _ => Ok(()),
+    }
+}
+
+/// How a container's init ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Shell-style code: the exit status, or 128 + signal number.
+    pub code: i32,
+    pub oom_killed: bool,
+}
+
+static FORWARD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn record_signal(sig: libc::c_int) {
+    FORWARD.store(sig, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Waits for our child `pid` (the init after `run`), forwarding INT/TERM/HUP/QUIT/USR1/USR2 to it.
+pub fn wait_forwarding(pid: i32) -> Result<i32, RuntimeError> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
+    let forwarded = [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ];
+    let act = SigAction::new(
+        SigHandler::Handler(record_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for s in forwarded {
+        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
+        unsafe { sigaction(s, &act) }
+            .map_err(|e| RuntimeError::sys(format!("install a {s} handler"), e))?;
+    }
+    loop {
+        match waitpid(Pid::from_raw(pid), None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => {
+                let sig = FORWARD.swap(0, std::sync::atomic::Ordering::SeqCst);
+                if sig != 0 {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::try_from(sig).ok());
+                }
+            }
+            Err(e) => {
+                return Err(RuntimeError::sys(
+                    format!("wait for container process {pid}"),
+                    e,
+                ))
+            }
+        }
+    }
+}
+
+/// create + start + wait + delete, as `runc run` does. Returns how the init ended.
+pub fn run(opts: &CreateOptions<'_>) -> Result<Exit, RuntimeError> {
+    let pid = create(opts)?;
+    if let Err(e) = start(opts.root, opts.id, opts.cgroup_root) {
+        let _ = delete(opts.root, opts.id, true, opts.cgroup_root);
+        return Err(e);
+    }
+    let code = wait_forwarding(pid);
+    let rec = state::load(opts.root, opts.id)?;
+    let oom_killed = cgroup_manager(opts.cgroup_root, &rec.cgroup_path)
+        .ok()
+        .and_then(|cg| cg.oom_kills().ok())
+        .is_some_and(|n| n > 0);
+    delete(opts.root, opts.id, true, opts.cgroup_root)?;
+    Ok(Exit {
+        code: code?,
+        oom_killed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse_by_name_and_number() {
+        assert_eq!(parse_signal("KILL").expect("KILL"), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigterm").expect("sigterm"), Signal::SIGTERM);
+        assert_eq!(parse_signal("9").expect("9"), Signal::SIGKILL);
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("999").is_err());
+    }
+
+    #[test]
+    fn default_cgroup_path_is_under_the_flotilla_parent() {
+        let spec = spec::default_spec(vec!["/bin/true".into()]);
+        assert_eq!(cgroup_rel_path(&spec, "c1"), PathBuf::from("flotilla/c1"));
+        let mut spec = spec;
+        if let Some(l) = spec.linux_mut().as_mut() {
+            l.set_cgroups_path(Some("/custom/x".into()));
+        }
+        assert_eq!(cgroup_rel_path(&spec, "c1"), PathBuf::from("custom/x"));
+    }
+}

@@ -1,0 +1,347 @@
+//! The container's first process, from clone(2) to execve(2).
+//!
+//! Runs in the child created by `container::create`, inside its new namespaces, in the
+//! single-threaded `flotilla-runtime` process (so allocating here is safe). Protocol with the
+//! creator over two pipes: wait for `GO` (uid/gid maps written, cgroup joined), set everything up,
+//! send `READY` (or `ERR` + message), then block opening the exec fifo until `start`, then drop
+//! privileges and exec. If the creator dies before `GO`, the pipe reads EOF and init exits quietly.
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use nix::sched::CloneFlags;
+use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+
+use super::capabilities::{self, CapPlan};
+use super::error::RuntimeError;
+use super::namespaces::NsPlan;
+use super::rootfs::{self, RootfsContext};
+use super::seccomp::Filter;
+use super::syscall::{LinuxSyscall, Syscall};
+
+pub const MSG_GO: u8 = b'G';
+pub const MSG_READY: u8 = b'R';
+pub const MSG_ERR: u8 = b'E';
+
+/// Everything init needs, prepared by the creator before cloning.
+pub struct InitConfig<'a> {
+    pub spec: &'a Spec,
+    pub rootfs: PathBuf,
+    pub ns: &'a NsPlan,
+    pub caps: CapPlan,
+    pub seccomp: Option<&'a Filter>,
+    pub exec_fifo: PathBuf,
+    pub from_parent: OwnedFd,
+    pub to_parent: OwnedFd,
+}
+
+/// Never returns: execs the user process or exits.
+pub fn run(cfg: InitConfig<'_>) -> ! {
+    let mut to_parent = std::fs::File::from(cfg.to_parent.try_clone().unwrap_or_else(|_| exit(1)));
+    match setup(&cfg, &mut to_parent) {
+        Ok(never) => match never {},
+        Err(Failure::Quiet) => exit(1),
+        Err(Failure::BeforeReady(e)) => {
+            let mut msg = vec![MSG_ERR];
+            msg.extend_from_slice(e.to_string().as_bytes());
+            let _ = to_parent.write_all(&msg);
+            exit(1)
+        }
+        Err(Failure::AfterReady(e)) => {
+            let _ = writeln!(std::io::stderr(), "flotilla-runtime: {e}");
+            exit(127)
+        }
+    }
+}
+
+enum Failure {
+    Quiet,
+    BeforeReady(RuntimeError),
+    AfterReady(RuntimeError),
+}
+
+fn exit(code: i32) -> ! {
+    // SAFETY: _exit never returns and runs no destructors or atexit handlers of the parent's copy.
+    unsafe { libc::_exit(code) }
+}
+
+fn setup(cfg: &InitConfig<'_>, to_parent: &mut std::fs::File) -> Result<Infallible, Failure> {
+    let mut from_parent =
+        std::fs::File::from(cfg.from_parent.try_clone().map_err(|_| Failure::Quiet)?);
+    let mut go = [0u8; 1];
+    match from_parent.read(&mut go) {
+        Ok(1) if go[0] == MSG_GO => {}
+        _ => return Err(Failure::Quiet),
+    }
+    let before = Failure::BeforeReady;
+    let fifo = prepare(cfg).map_err(before)?;
+    to_parent
+        .write_all(&[MSG_READY])
+        .map_err(|_| Failure::Quiet)?;
+    drop(from_parent);
+
+    // Block until `start` opens the fifo for reading, then tell it we are going.
+    let reopen = PathBuf::from(format!("/proc/self/fd/{}", fifo.as_raw_fd()));
+    let mut w = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&reopen)
+        .map_err(|e| Failure::AfterReady(RuntimeError::io("open the exec fifo", &reopen, e)))?;
+    let _ = w.write_all(b"0");
+    drop(w);
+    drop(fifo);
+    finalize_and_exec(cfg).map_err(Failure::AfterReady)
+}
+
+/// Namespaces, rootfs, hostname, rlimits, cwd; returns the exec fifo opened O_PATH before pivot_root.
+fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
+    let sys = LinuxSyscall;
+    let spec = cfg.spec;
+    if cfg.ns.new_cgroupns {
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
+            .map_err(|e| RuntimeError::sys("unshare the cgroup namespace", e))?;
+    }
+    if cfg.ns.has(LinuxNamespaceType::Uts) {
+        if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+            sys.sethostname(h)?;
+        }
+        if let Some(d) = spec.domainname().as_deref().filter(|d| !d.is_empty()) {
+            sys.setdomainname(d)?;
+        }
+    }
+    if !cfg.ns.has(LinuxNamespaceType::Mount) {
+        return Err(RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: "a mount namespace is required".into(),
+        });
+    }
+    let ctx = RootfsContext {
+        rootfs: &cfg.rootfs,
+        in_userns: cfg.ns.has(LinuxNamespaceType::User),
+        new_netns: cfg.ns.new_netns(),
+        readlink: rootfs::real_readlink(),
+    };
+    rootfs::prepare(&sys, spec, &ctx)?;
+    let fifo = nix::fcntl::open(
+        &cfg.exec_fifo,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| RuntimeError::sys(format!("open {}", cfg.exec_fifo.display()), e))?;
+    rootfs::finish(&sys, spec, &cfg.rootfs)?;
+
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: "no process".into(),
+        })?;
+    for rl in process.rlimits().as_deref().unwrap_or_default() {
+        set_rlimit(rl.typ(), rl.soft(), rl.hard())?;
+    }
+    let cwd = process.cwd();
+    if sys.kind(cwd) == super::syscall::FileKind::Missing {
+        sys.mkdir_all(cwd, 0o755)?;
+    }
+    sys.chdir(cwd)?;
+    // Resolve the executable now so a typo fails `create`, not a later `start`.
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let first = args.first().map(String::as_str).unwrap_or_default();
+    find_executable(first, env, cwd).ok_or_else(|| RuntimeError::InvalidSpec {
+        path: "config.json".into(),
+        reason: format!(
+            "executable {first:?} not found in the container's $PATH or not executable"
+        ),
+    })?;
+    Ok(fifo)
+}
+
+fn finalize_and_exec(cfg: &InitConfig<'_>) -> Result<Infallible, RuntimeError> {
+    let spec = cfg.spec;
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: "no process".into(),
+        })?;
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (cfg.seccomp, nnp) {
+        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we still have it.
+        f.load()?;
+    }
+    capabilities::apply_bounding(&cfg.caps)?;
+    let user = process.user();
+    let in_userns = cfg.ns.has(LinuxNamespaceType::User);
+    if let Some(gids) = user.additional_gids().as_deref() {
+        let gids: Vec<nix::unistd::Gid> = gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids).map_err(|e| RuntimeError::sys("set additional groups", e))?;
+    } else if !in_userns {
+        nix::unistd::setgroups(&[]).map_err(|e| RuntimeError::sys("clear additional groups", e))?;
+    }
+    // Keep the permitted set across the uid change; the effective set is restored below.
+    prctl(libc::PR_SET_KEEPCAPS, 1, "keep capabilities across setuid")?;
+    let gid = nix::unistd::Gid::from_raw(user.gid());
+    let uid = nix::unistd::Uid::from_raw(user.uid());
+    nix::unistd::setresgid(gid, gid, gid)
+        .map_err(|e| RuntimeError::sys(format!("setgid {gid}"), e))?;
+    nix::unistd::setresuid(uid, uid, uid)
+        .map_err(|e| RuntimeError::sys(format!("setuid {uid}"), e))?;
+    prctl(libc::PR_SET_KEEPCAPS, 0, "reset keep-capabilities")?;
+    capabilities::apply_sets(&cfg.caps)?;
+    if let Some(mask) = user.umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    }
+    if nnp {
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")?;
+    }
+    let args = process.args().as_deref().unwrap_or_default();
+    let env = process.env().as_deref().unwrap_or_default();
+    let first = args.first().map(String::as_str).unwrap_or_default();
+    let exe =
+        find_executable(first, env, process.cwd()).ok_or_else(|| RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: format!("executable {first:?} not found"),
+        })?;
+    let cexe = CString::new(exe.as_os_str().as_bytes()).map_err(|_| nul("executable"))?;
+    let cargs: Vec<CString> = args
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| nul("args"))?;
+    let cenv: Vec<CString> = env
+        .iter()
+        .map(|a| CString::new(a.as_str()))
+        .collect::<Result<_, _>>()
+        .map_err(|_| nul("env"))?;
+    if let (Some(f), true) = (cfg.seccomp, nnp) {
+        // Last step before exec, so the filter only has to allow execve itself.
+        f.load()?;
+    }
+    let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
+    Err(RuntimeError::sys(format!("exec {}", exe.display()), e))
+}
+
+fn nul(what: &str) -> RuntimeError {
+    RuntimeError::InvalidSpec {
+        path: "config.json".into(),
+        reason: format!("process {what} contain a NUL byte"),
+    }
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<(), RuntimeError> {
+    // SAFETY: these prctl options take integer arguments only.
+    let rc = unsafe { libc::prctl(option, arg, 0, 0, 0) };
+    if rc != 0 {
+        return Err(RuntimeError::sys(what, nix::Error::last()));
+    }
+    Ok(())
+}
+
+fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), RuntimeError> {
+    let resource = rlimit_resource(t);
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: lim is a valid rlimit for the duration of the call.
+    let rc = unsafe { libc::setrlimit(resource, &lim) };
+    if rc != 0 {
+        return Err(RuntimeError::sys(
+            format!("set rlimit {t:?} to {soft}/{hard}"),
+            nix::Error::last(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+    match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }
+}
+
+/// `name` as execvp would find it: a path with '/' is taken as is (relative to cwd), else each
+/// directory of the container's PATH (from `env`, default the usual one) is tried.
+pub fn find_executable(name: &str, env: &[String], cwd: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if name.is_empty() {
+        return None;
+    }
+    if name.contains('/') {
+        let p = if name.starts_with('/') {
+            PathBuf::from(name)
+        } else {
+            cwd.join(name)
+        };
+        return is_exec(&p).then_some(p);
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    path.split(':')
+        .filter(|d| !d.is_empty())
+        .map(|d| Path::new(d).join(name))
+        .find(|p| is_exec(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executables_are_found_on_path_or_by_path() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("mkdir");
+        let tool = bin.join("tool");
+        std::fs::write(&tool, "#!/bin/sh\n").expect("write");
+        std::fs::write(bin.join("data"), "x").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let env = vec![format!("PATH=/nonexistent:{}", bin.display())];
+        assert_eq!(
+            find_executable("tool", &env, Path::new("/")),
+            Some(tool.clone())
+        );
+        assert_eq!(find_executable("data", &env, Path::new("/")), None);
+        assert_eq!(find_executable("missing", &env, Path::new("/")), None);
+        assert_eq!(
+            find_executable("bin/tool", &[], dir.path()),
+            Some(tool.clone())
+        );
+        assert_eq!(
+            find_executable(tool.to_str().expect("utf8"), &[], Path::new("/")),
+            Some(tool)
+        );
+        assert_eq!(find_executable("", &env, Path::new("/")), None);
+    }
+}

@@ -1,0 +1,1 @@
+//! gRPC protocol definitions for flotilla. The agent API (`flotilla.agent.v1`), the control API and raft transport land here with the agent and controller issues; this crate holds generated code and pure conversions only.

@@ -1,0 +1,1 @@
+//! Machine drivers and the SSH bootstrap. Empty until the provisioning issue.

@@ -1,0 +1,3 @@
+//! flotilla's test lab: real components started by tests and torn down even when a test fails.
+pub mod registry;
+pub mod runtime;

@@ -1,0 +1,204 @@
+//! OCI lifecycle through the runc-compatible CLI: create, start, state, kill, pause, delete, list.
+use std::time::{Duration, Instant};
+
+use flotilla_tests::runtime::{stderr, stdout, RuntimeLab};
+
+fn wait_status(lab: &RuntimeLab, id: &str, want: &str) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = lab.state(id).expect("state");
+        if st["status"] == want || Instant::now() > deadline {
+            return st;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn cgroup_dirs(id: &str) -> Vec<std::path::PathBuf> {
+    ["memory", "pids", "cpu", "freezer", "unified"]
+        .iter()
+        .map(|c| {
+            std::path::Path::new("/sys/fs/cgroup")
+                .join(c)
+                .join("flotilla")
+                .join(id)
+        })
+        .filter(|p| p.exists())
+        .collect()
+}
+
+#[test]
+fn create_start_kill_delete() {
+    let lab = RuntimeLab::new().expect("lab");
+    let b = lab
+        .bundle("life", &["sleep", "60"], |_| {})
+        .expect("bundle");
+    let pidfile = lab.work.path().join("life.pid");
+    let out = lab
+        .rt()
+        .args(["create", "--bundle"])
+        .arg(&b)
+        .arg("--pid-file")
+        .arg(&pidfile)
+        .arg("life")
+        .output()
+        .expect("create");
+    assert!(out.status.success(), "create: {}", stderr(&out));
+    let st = lab.state("life").expect("state");
+    assert_eq!(st["status"], "created");
+    let pid = st["pid"].as_i64().expect("pid");
+    assert!(pid > 0);
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).expect("pid file"),
+        pid.to_string()
+    );
+    assert!(!cgroup_dirs("life").is_empty(), "cgroup created");
+
+    let out = lab.rt().args(["start", "life"]).output().expect("start");
+    assert!(out.status.success(), "start: {}", stderr(&out));
+    assert_eq!(lab.state("life").expect("state")["status"], "running");
+    // Starting twice is refused.
+    let out = lab
+        .rt()
+        .args(["start", "life"])
+        .output()
+        .expect("start again");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("running"), "{}", stderr(&out));
+
+    let out = lab.rt().args(["pause", "life"]).output().expect("pause");
+    assert!(out.status.success(), "pause: {}", stderr(&out));
+    assert_eq!(lab.state("life").expect("state")["status"], "paused");
+    let out = lab.rt().args(["resume", "life"]).output().expect("resume");
+    assert!(out.status.success(), "resume: {}", stderr(&out));
+    assert_eq!(lab.state("life").expect("state")["status"], "running");
+
+    let ps = lab
+        .rt()
+        .args(["ps", "--format", "json", "life"])
+        .output()
+        .expect("ps");
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).expect("ps json");
+    assert!(pids.contains(&pid), "ps lists init {pid}: {pids:?}");
+
+    // A running container is not deleted without --force.
+    let out = lab.rt().args(["delete", "life"]).output().expect("delete");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+
+    let out = lab
+        .rt()
+        .args(["kill", "life", "KILL"])
+        .output()
+        .expect("kill");
+    assert!(out.status.success(), "kill: {}", stderr(&out));
+    assert_eq!(wait_status(&lab, "life", "stopped")["status"], "stopped");
+    let out = lab.rt().args(["delete", "life"]).output().expect("delete");
+    assert!(out.status.success(), "delete: {}", stderr(&out));
+    assert!(lab.ids().expect("ids").is_empty());
+    assert!(
+        cgroup_dirs("life").is_empty(),
+        "cgroups left: {:?}",
+        cgroup_dirs("life")
+    );
+    let out = lab.rt().args(["state", "life"]).output().expect("state");
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+}
+
+#[test]
+fn run_returns_the_exit_code_and_output() {
+    let lab = RuntimeLab::new().expect("lab");
+    let b = lab
+        .bundle(
+            "exit7",
+            &["sh", "-c", "echo out; echo err >&2; exit 7"],
+            |_| {},
+        )
+        .expect("bundle");
+    let out = lab.run("exit7", &b).expect("run");
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(stdout(&out), "out");
+    assert!(stderr(&out).contains("err"));
+    assert!(cgroup_dirs("exit7").is_empty());
+}
+
+#[test]
+fn detached_run_and_list() {
+    let lab = RuntimeLab::new().expect("lab");
+    let b = lab.bundle("det", &["sleep", "30"], |_| {}).expect("bundle");
+    let out = lab
+        .rt()
+        .args(["run", "-d", "--bundle"])
+        .arg(&b)
+        .arg("det")
+        .output()
+        .expect("run -d");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list = lab
+        .rt()
+        .args(["list", "--format", "json"])
+        .output()
+        .expect("list");
+    let v: serde_json::Value = serde_json::from_slice(&list.stdout).expect("list json");
+    assert_eq!(v[0]["id"], "det");
+    assert_eq!(v[0]["status"], "running");
+    let out = lab
+        .rt()
+        .args(["delete", "--force", "det"])
+        .output()
+        .expect("delete -f");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(lab.ids().expect("ids").is_empty());
+    assert!(cgroup_dirs("det").is_empty());
+}
+
+#[test]
+fn a_killed_create_leaves_nothing_delete_cannot_clean() {
+    let lab = RuntimeLab::new().expect("lab");
+    let b = lab.bundle("crash", &["true"], |_| {}).expect("bundle");
+    // Kill the creator at different moments of its work.
+    for (i, delay_us) in [0u64, 200, 500, 1000, 2000, 3000, 5000, 8000, 12000, 20000]
+        .iter()
+        .enumerate()
+    {
+        let id = format!("crash{i}");
+        let mut child = lab
+            .rt()
+            .args(["create", "--bundle"])
+            .arg(&b)
+            .arg(&id)
+            .spawn()
+            .expect("spawn create");
+        std::thread::sleep(Duration::from_micros(*delay_us));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        if lab.ids().expect("ids").contains(&id) {
+            let out = lab
+                .rt()
+                .args(["delete", "--force", &id])
+                .output()
+                .expect("delete");
+            assert!(
+                out.status.success(),
+                "delete after crash {i}: {}",
+                stderr(&out)
+            );
+        }
+        assert!(
+            !lab.ids().expect("ids").contains(&id),
+            "state left for {id}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cgroup_dirs(&id).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            cgroup_dirs(&id).is_empty(),
+            "cgroup left for {id}: {:?}",
+            cgroup_dirs(&id)
+        );
+    }
+}
