@@ -127,6 +127,31 @@ impl RuntimeLab {
             .output()?)
     }
 
+    /// Runs `flotilla-runtime ARGS` for commands that leave a container process behind (`create`,
+    /// `run -d`): that process inherits stdio, so output goes to files rather than pipes that would
+    /// never reach EOF. Returns the exit status and what was written to stderr.
+    pub fn detached(
+        &self,
+        args: &[&std::ffi::OsStr],
+    ) -> Result<(std::process::ExitStatus, String)> {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tag = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let err_path = self
+            .work
+            .path()
+            .join(format!("stderr-{}-{tag}", std::process::id()));
+        let err = std::fs::File::create(&err_path)?;
+        let status = self
+            .rt()
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(err)
+            .status()?;
+        let text = std::fs::read_to_string(&err_path).unwrap_or_default();
+        Ok((status, text))
+    }
+
     /// The OCI state JSON of a container.
     pub fn state(&self, id: &str) -> Result<serde_json::Value> {
         let out = self.rt().args(["state", id]).output()?;

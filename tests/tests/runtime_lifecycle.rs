@@ -34,16 +34,17 @@ fn create_start_kill_delete() {
         .bundle("life", &["sleep", "60"], |_| {})
         .expect("bundle");
     let pidfile = lab.work.path().join("life.pid");
-    let out = lab
-        .rt()
-        .args(["create", "--bundle"])
-        .arg(&b)
-        .arg("--pid-file")
-        .arg(&pidfile)
-        .arg("life")
-        .output()
+    let (status, err) = lab
+        .detached(&[
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            b.as_os_str(),
+            "--pid-file".as_ref(),
+            pidfile.as_os_str(),
+            "life".as_ref(),
+        ])
         .expect("create");
-    assert!(out.status.success(), "create: {}", stderr(&out));
+    assert!(status.success(), "create: {err}");
     let st = lab.state("life").expect("state");
     assert_eq!(st["status"], "created");
     let pid = st["pid"].as_i64().expect("pid");
@@ -126,14 +127,16 @@ fn run_returns_the_exit_code_and_output() {
 fn detached_run_and_list() {
     let lab = RuntimeLab::new().expect("lab");
     let b = lab.bundle("det", &["sleep", "30"], |_| {}).expect("bundle");
-    let out = lab
-        .rt()
-        .args(["run", "-d", "--bundle"])
-        .arg(&b)
-        .arg("det")
-        .output()
+    let (status, err) = lab
+        .detached(&[
+            "run".as_ref(),
+            "-d".as_ref(),
+            "--bundle".as_ref(),
+            b.as_os_str(),
+            "det".as_ref(),
+        ])
         .expect("run -d");
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(status.success(), "{err}");
     let list = lab
         .rt()
         .args(["list", "--format", "json"])
@@ -167,6 +170,8 @@ fn a_killed_create_leaves_nothing_delete_cannot_clean() {
             .args(["create", "--bundle"])
             .arg(&b)
             .arg(&id)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn create");
         std::thread::sleep(Duration::from_micros(*delay_us));

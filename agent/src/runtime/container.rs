@@ -131,6 +131,10 @@ fn create_inner(
     let fifo = dir.join(EXEC_FIFO);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
         .map_err(|e| RuntimeError::sys(format!("mkfifo {}", fifo.display()), e))?;
+    // mkfifo honours the umask; the init may run as a user-namespaced root that needs "other" write.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o622))
+        .map_err(|e| RuntimeError::io("chmod", &fifo, e))?;
 
     let linux = spec.linux().clone().unwrap_or_default();
     let cg = cgroup_manager(opts.cgroup_root, &rec.cgroup_path)?;

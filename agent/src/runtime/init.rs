@@ -99,6 +99,16 @@ fn setup(cfg: &InitConfig<'_>, to_parent: &mut std::fs::File) -> Result<Infallib
 fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     let sys = LinuxSyscall;
     let spec = cfg.spec;
+    if cfg.ns.new_userns() {
+        // The maps are written now; until we switch, our kernel ids are still the host's, which the
+        // new namespace does not map (files we create would fail with EOVERFLOW).
+        let root_g = nix::unistd::Gid::from_raw(0);
+        let root_u = nix::unistd::Uid::from_raw(0);
+        nix::unistd::setresgid(root_g, root_g, root_g)
+            .map_err(|e| RuntimeError::sys("become gid 0 in the user namespace", e))?;
+        nix::unistd::setresuid(root_u, root_u, root_u)
+            .map_err(|e| RuntimeError::sys("become uid 0 in the user namespace", e))?;
+    }
     if cfg.ns.new_cgroupns {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| RuntimeError::sys("unshare the cgroup namespace", e))?;
