@@ -110,6 +110,20 @@ pub fn apply_sets(p: &CapPlan) -> Result<(), RuntimeError> {
 mod tests {
     use super::*;
 
+    fn empty() -> LinuxCapabilities {
+        let mut s = LinuxCapabilities::default();
+        for f in [
+            LinuxCapabilities::set_bounding,
+            LinuxCapabilities::set_effective,
+            LinuxCapabilities::set_permitted,
+            LinuxCapabilities::set_inheritable,
+            LinuxCapabilities::set_ambient,
+        ] {
+            f(&mut s, None);
+        }
+        s
+    }
+
     fn set(v: &[Capability]) -> Option<HashSet<Capability>> {
         Some(v.iter().copied().collect())
     }
@@ -130,7 +144,7 @@ mod tests {
 
     #[test]
     fn capabilities_the_kernel_lacks_are_reported_not_applied() {
-        let mut s = LinuxCapabilities::default();
+        let mut s = empty();
         s.set_bounding(set(&[Capability::Bpf, Capability::Kill]));
         let known: CapsHashSet = [KCap::CAP_KILL].into_iter().collect();
         let p = plan(Some(&s), &known);

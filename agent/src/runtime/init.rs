@@ -95,10 +95,16 @@ fn setup(cfg: &InitConfig<'_>, to_parent: &mut std::fs::File) -> Result<Infallib
     finalize_and_exec(cfg).map_err(Failure::AfterReady)
 }
 
-/// Namespaces, rootfs, hostname, rlimits, cwd; returns the exec fifo opened O_PATH before pivot_root.
+/// Namespaces, loopback, rootfs, hostname, rlimits, cwd; returns the exec fifo opened O_PATH
+/// before pivot_root.
 fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     let sys = LinuxSyscall;
     let spec = cfg.spec;
+    if cfg.ns.new_netns() {
+        // A new network namespace starts with `lo` down; runc and crun bring it up, and
+        // containers expect to reach themselves on 127.0.0.1. Joined namespaces are left alone.
+        sys.link_up("lo")?;
+    }
     if cfg.ns.new_userns() {
         // The maps are written now; until we switch, our kernel ids are still the host's, which the
         // new namespace does not map (files we create would fail with EOVERFLOW).

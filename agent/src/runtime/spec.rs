@@ -109,6 +109,25 @@ fn validate(spec: &Spec, path: &Path) -> Result<(), RuntimeError> {
             ));
         }
     }
+    if let Some(h) = spec.hooks() {
+        let any = [
+            h.prestart().as_ref().map(Vec::len),
+            h.create_runtime().as_ref().map(Vec::len),
+            h.create_container().as_ref().map(Vec::len),
+            h.start_container().as_ref().map(Vec::len),
+            h.poststart().as_ref().map(Vec::len),
+            h.poststop().as_ref().map(Vec::len),
+        ]
+        .into_iter()
+        .flatten()
+        .any(|n| n > 0);
+        if any {
+            // Refused rather than ignored: a hook usually sets up something the process relies on.
+            return Err(invalid(
+                "hooks are not supported by flotilla-runtime yet".into(),
+            ));
+        }
+    }
     for m in spec.mounts().as_deref().unwrap_or_default() {
         if !m.destination().is_absolute() {
             return Err(invalid(format!(
@@ -213,6 +232,18 @@ mod tests {
             .expect_err("relative cwd")
             .to_string();
         assert!(err.contains("cwd"), "{err}");
+    }
+
+    #[test]
+    fn hooks_are_refused_not_ignored() {
+        let mut v = serde_json::to_value(default_spec(vec!["/bin/true".into()])).expect("json");
+        v["hooks"] = serde_json::json!({"prestart": [{"path": "/bin/true"}]});
+        let err = load(write_bundle(&v.to_string()).path())
+            .expect_err("hooks")
+            .to_string();
+        assert!(err.contains("hooks"), "{err}");
+        v["hooks"] = serde_json::json!({"prestart": []});
+        load(write_bundle(&v.to_string()).path()).expect("empty hook lists are fine");
     }
 
     #[test]

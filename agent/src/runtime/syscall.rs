@@ -49,6 +49,8 @@ pub trait Syscall {
     fn sethostname(&self, name: &str) -> Result<(), RuntimeError>;
     fn setdomainname(&self, name: &str) -> Result<(), RuntimeError>;
     fn write_file(&self, path: &Path, data: &str) -> Result<(), RuntimeError>;
+    /// Sets `IFF_UP` on network interface `name` of the current network namespace.
+    fn link_up(&self, name: &str) -> Result<(), RuntimeError>;
 }
 
 /// The real system calls.
@@ -202,6 +204,38 @@ impl Syscall for LinuxSyscall {
     fn write_file(&self, path: &Path, data: &str) -> Result<(), RuntimeError> {
         std::fs::write(path, data).map_err(|e| RuntimeError::io("write", path, e))
     }
+
+    fn link_up(&self, name: &str) -> Result<(), RuntimeError> {
+        use std::os::fd::AsRawFd;
+        let what = || format!("bring up network interface {name}");
+        if name.is_empty() || name.len() >= libc::IFNAMSIZ {
+            return Err(RuntimeError::sys(what(), nix::Error::EINVAL));
+        }
+        // SAFETY: ifreq is plain old data, for which all zeroes is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let sock = nix::sys::socket::socket(
+            nix::sys::socket::AddressFamily::Inet,
+            nix::sys::socket::SockType::Datagram,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| RuntimeError::sys(what(), e))?;
+        // SAFETY: SIOCGIFFLAGS reads the name from `req` and writes the flags into it; `req` outlives
+        // the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) } != 0 {
+            return Err(RuntimeError::sys(what(), nix::Error::last()));
+        }
+        // SAFETY: the kernel has just filled the flags member of the union.
+        unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+        // SAFETY: SIOCSIFFLAGS only reads `req`, which outlives the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) } != 0 {
+            return Err(RuntimeError::sys(what(), nix::Error::last()));
+        }
+        Ok(())
+    }
 }
 
 /// One recorded call, with the arguments that matter to the tests.
@@ -232,6 +266,7 @@ pub enum Call {
     Hostname(String),
     Domainname(String),
     WriteFile(PathBuf, String),
+    LinkUp(String),
 }
 
 /// Test double: records calls; `kinds` answers `kind()`; `fail_mount_on` makes mounts on a target fail.
@@ -334,6 +369,10 @@ impl Syscall for RecordingSyscall {
     }
     fn write_file(&self, path: &Path, data: &str) -> Result<(), RuntimeError> {
         self.push(Call::WriteFile(path.to_path_buf(), data.into()));
+        Ok(())
+    }
+    fn link_up(&self, name: &str) -> Result<(), RuntimeError> {
+        self.push(Call::LinkUp(name.into()));
         Ok(())
     }
 }

@@ -1,9 +1,11 @@
 //! cgroup v1: one hierarchy per controller under `root/<controller>`; also the hybrid layout,
 //! which adds a controller-less cgroup2 directory under `root/unified`.
 //!
-//! Invariants: a controller is used when `root/<controller>` is a directory (co-mounted
+//! Invariants: a controller is used when `root/<controller>` is the root of a mounted hierarchy,
+//! recognised by its `cgroup.procs` (a bare directory of that name, such as one left on the
+//! `/sys/fs/cgroup` tmpfs after a hierarchy was unmounted, is never written to). Co-mounted
 //! hierarchies such as `cpu,cpuacct` are reached through their per-controller symlinks, so the
-//! same directory may be visited twice: harmless for mkdir, writes of a pid, and rmdir). Limits
+//! same directory may be visited twice: harmless for mkdir, writes of a pid, and rmdir. Limits
 //! are written to v1 only. On hybrid hosts the unified directory is created, joined, frozen and
 //! killed, and removed with the others. Memory and memory+swap limits are written in the order
 //! that keeps `memsw >= limit` true at every step, as the kernel requires.
@@ -53,6 +55,12 @@ enum Freezer {
     V2(V2Group),
 }
 
+/// True when `dir` is the root of a mounted cgroup hierarchy: every hierarchy root has
+/// `cgroup.procs`, a plain directory does not.
+fn is_hierarchy(dir: &Path) -> bool {
+    fs::exists(&dir.join("cgroup.procs"))
+}
+
 impl V1Manager {
     pub(super) fn new(root: PathBuf, path: PathBuf, hybrid: bool) -> Self {
         Self { root, path, hybrid }
@@ -62,7 +70,7 @@ impl V1Manager {
         CONTROLLERS
             .iter()
             .copied()
-            .filter(|c| self.root.join(c).is_dir())
+            .filter(|c| is_hierarchy(&self.root.join(c)))
             .collect()
     }
 
@@ -70,7 +78,7 @@ impl V1Manager {
     fn controller_dir(&self, c: &str) -> Result<Option<PathBuf>, CgroupError> {
         let rel = relative_path(&self.path)?;
         let base = self.root.join(c);
-        Ok(base.is_dir().then(|| base.join(rel)))
+        Ok(is_hierarchy(&base).then(|| base.join(rel)))
     }
 
     /// Like [`controller_dir`](Self::controller_dir), but a missing hierarchy is an error.
@@ -489,6 +497,9 @@ impl CgroupManager for V1Manager {
         super::check_pid(pid)?;
         let value = pid.to_string();
         for dir in self.all_dirs()? {
+            // A hierarchy mounted after `create` (e.g. hugetlb bound to v1 for crun) has no
+            // directory for us yet.
+            fs::mkdir_all(&dir)?;
             fs::write(&dir.join("cgroup.procs"), &value)?;
         }
         Ok(())
@@ -670,13 +681,19 @@ mod tests {
         "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids",
     ];
 
+    /// A hierarchy root as a mount shows it: a directory with `cgroup.procs`.
+    fn mk_hierarchy(dir: &Path) {
+        stdfs::create_dir(dir).expect("mkdir controller");
+        stdfs::write(dir.join("cgroup.procs"), "").expect("seed cgroup.procs");
+    }
+
     /// A v1 (or hybrid) root as the kernel shows it: controller hierarchies with their root
     /// files, and the container's directory in each with the files the kernel creates.
     fn fake(hybrid: bool) -> (TempDir, Box<dyn CgroupManager>) {
         let t = tempfile::tempdir().expect("tempdir");
         let root = t.path();
         for c in MOUNTED {
-            stdfs::create_dir(root.join(c)).expect("mkdir controller");
+            mk_hierarchy(&root.join(c));
         }
         let seed = |dir: &Path, files: &[(&str, &str)]| {
             stdfs::create_dir_all(dir).expect("mkdir");
@@ -794,7 +811,7 @@ mod tests {
     fn create_makes_every_hierarchy_and_fills_cpuset() {
         let t = tempfile::tempdir().expect("tempdir");
         for c in MOUNTED {
-            stdfs::create_dir(t.path().join(c)).expect("mkdir");
+            mk_hierarchy(&t.path().join(c));
         }
         stdfs::create_dir(t.path().join("systemd")).expect("named hierarchy");
         stdfs::write(t.path().join("cpuset/cpuset.cpus"), "0-3\n").expect("seed");
@@ -1195,7 +1212,7 @@ mod tests {
     fn destroy_removes_every_hierarchy_and_is_idempotent() {
         let t = tempfile::tempdir().expect("tempdir");
         for c in MOUNTED {
-            stdfs::create_dir(t.path().join(c)).expect("mkdir");
+            mk_hierarchy(&t.path().join(c));
         }
         stdfs::create_dir(t.path().join("unified")).expect("mkdir");
         let m = new_manager(CgroupConfig {
@@ -1218,5 +1235,28 @@ mod tests {
         m.destroy().expect("destroy again");
         assert_eq!(m.pids().expect("no cgroup, no pids"), Vec::<i32>::new());
         m.kill_all(libc::SIGTERM).expect("nothing to kill");
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_mounted_hierarchy_is_left_alone() {
+        let t = tempfile::tempdir().expect("tempdir");
+        for c in ["memory", "pids"] {
+            mk_hierarchy(&t.path().join(c));
+        }
+        // What an unmounted hierarchy leaves on the /sys/fs/cgroup tmpfs: an empty directory.
+        stdfs::create_dir(t.path().join("hugetlb")).expect("mkdir");
+        let m = new_manager(CgroupConfig {
+            root: t.path().to_path_buf(),
+            layout: Layout::V1,
+            path: PathBuf::from("flotilla/ctr1"),
+        });
+        m.create().expect("create");
+        m.add_process(777).expect("add");
+        assert_eq!(read(&t, "pids/flotilla/ctr1/cgroup.procs"), "777");
+        assert!(
+            !t.path().join("hugetlb/flotilla").exists(),
+            "cgroups made in a plain directory"
+        );
+        m.destroy().expect("destroy");
     }
 }
