@@ -1,7 +1,8 @@
 //! `flotilla-runtime`: an OCI runtime with runc's command line, so engines and benchmarks can swap
 //! it for runc or crun on the same bundle.
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -163,21 +164,16 @@ fn init_logging(cli: &Cli) {
     }
 }
 
-fn no_terminal(console_socket: &Option<PathBuf>, bundle: &Path) -> Result<()> {
-    let s = spec::load(bundle)?;
-    let terminal = s
-        .process()
-        .as_ref()
-        .and_then(|p| p.terminal())
-        .unwrap_or(false);
-    if terminal || console_socket.is_some() {
-        anyhow::bail!(
-            "process.terminal=true and --console-socket are not supported yet by flotilla-runtime; \
-             set \"terminal\": false in {}",
-            bundle.join("config.json").display()
-        );
+/// The console socket for `create`: connected to --console-socket when given.
+fn console_for(console_socket: &Option<PathBuf>) -> Result<Option<OwnedFd>> {
+    match console_socket {
+        Some(p) => {
+            let s = std::os::unix::net::UnixStream::connect(p)
+                .with_context(|| format!("connect to console socket {}", p.display()))?;
+            Ok(Some(OwnedFd::from(s)))
+        }
+        None => Ok(None),
     }
-    Ok(())
 }
 
 fn real_main(cli: Cli) -> Result<u8> {
@@ -191,13 +187,13 @@ fn real_main(cli: Cli) -> Result<u8> {
             no_pivot: _,
             id,
         } => {
-            no_terminal(&console_socket, &bundle)?;
             let opts = CreateOptions {
                 root,
                 id: &id,
                 bundle: &bundle,
                 pid_file: pid_file.as_deref(),
                 cgroup_root: cg,
+                console: console_for(&console_socket)?,
             };
             container::create(&opts)?;
         }
@@ -210,13 +206,32 @@ fn real_main(cli: Cli) -> Result<u8> {
             keep,
             id,
         } => {
-            no_terminal(&console_socket, &bundle)?;
+            // A foreground run with a terminal and no console socket of the caller's: we take the
+            // pty ourselves and copy it to our stdio.
+            let terminal = spec::load(&bundle)?
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false);
+            let (console, peer) = if terminal && console_socket.is_none() && !detach {
+                let (ours, theirs) = nix::sys::socket::socketpair(
+                    nix::sys::socket::AddressFamily::Unix,
+                    nix::sys::socket::SockType::Stream,
+                    None,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .context("socketpair for the terminal")?;
+                (Some(theirs), Some(ours))
+            } else {
+                (console_for(&console_socket)?, None)
+            };
             let opts = CreateOptions {
                 root,
                 id: &id,
                 bundle: &bundle,
                 pid_file: pid_file.as_deref(),
                 cgroup_root: cg,
+                console,
             };
             if detach || keep {
                 let pid = container::create(&opts)?;
@@ -227,7 +242,7 @@ fn real_main(cli: Cli) -> Result<u8> {
                 let code = container::wait_forwarding(pid)?;
                 return Ok(code.clamp(0, 255) as u8);
             }
-            let exit = container::run(&opts)?;
+            let exit = container::run(&opts, peer)?;
             if exit.oom_killed {
                 eprintln!("flotilla-runtime: container {id} was killed by the kernel: out of memory (memory limit reached)");
             }

@@ -35,6 +35,8 @@ pub struct CreateOptions<'a> {
     pub bundle: &'a Path,
     pub pid_file: Option<&'a Path>,
     pub cgroup_root: &'a Path,
+    /// A connected unix socket that receives the pty master; required when `process.terminal`.
+    pub console: Option<OwnedFd>,
 }
 
 /// The OCI state of a container (what `state` prints).
@@ -136,6 +138,27 @@ fn create_inner(
     std::fs::set_permissions(&fifo, std::fs::Permissions::from_mode(0o622))
         .map_err(|e| RuntimeError::io("chmod", &fifo, e))?;
 
+    let terminal = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    match (terminal, opts.console.is_some()) {
+        (true, false) => {
+            return Err(RuntimeError::InvalidSpec {
+                path: rec.bundle.join("config.json"),
+                reason: "process.terminal is true: pass --console-socket to receive the terminal"
+                    .into(),
+            })
+        }
+        (false, true) => {
+            return Err(RuntimeError::InvalidSpec {
+                path: rec.bundle.join("config.json"),
+                reason: "--console-socket given but process.terminal is false".into(),
+            })
+        }
+        _ => {}
+    }
     let linux = spec.linux().clone().unwrap_or_default();
     let cg = cgroup_manager(opts.cgroup_root, &rec.cgroup_path)?;
     let resources = linux.resources().clone().unwrap_or_default();
@@ -174,6 +197,7 @@ fn create_inner(
                 exec_fifo: fifo.clone(),
                 from_parent: child_rx,
                 to_parent: child_tx,
+                console: opts.console.as_ref(),
             };
             helper_main(cfg, &joins)
         }
@@ -579,13 +603,28 @@ pub fn wait_forwarding(pid: i32) -> Result<i32, RuntimeError> {
 }
 
 /// create + start + wait + delete, as `runc run` does. Returns how the init ended.
-pub fn run(opts: &CreateOptions<'_>) -> Result<Exit, RuntimeError> {
+/// `terminal_peer`: our end of the socket given as `opts.console`; the pty it receives is copied
+/// to and from our stdio.
+pub fn run(opts: &CreateOptions<'_>, terminal_peer: Option<OwnedFd>) -> Result<Exit, RuntimeError> {
     let pid = create(opts)?;
+    let proxy = match terminal_peer {
+        Some(peer) => match super::console::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&peer))
+            .and_then(super::console::proxy)
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                let _ = delete(opts.root, opts.id, true, opts.cgroup_root);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     if let Err(e) = start(opts.root, opts.id, opts.cgroup_root) {
         let _ = delete(opts.root, opts.id, true, opts.cgroup_root);
         return Err(e);
     }
     let code = wait_forwarding(pid);
+    drop(proxy);
     let rec = state::load(opts.root, opts.id)?;
     let oom_killed = cgroup_manager(opts.cgroup_root, &rec.cgroup_path)
         .ok()

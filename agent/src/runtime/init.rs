@@ -36,6 +36,8 @@ pub struct InitConfig<'a> {
     pub exec_fifo: PathBuf,
     pub from_parent: OwnedFd,
     pub to_parent: OwnedFd,
+    /// Where to send the pty master when `process.terminal` is true.
+    pub console: Option<&'a OwnedFd>,
 }
 
 /// Never returns: execs the user process or exits.
@@ -147,6 +149,14 @@ fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     )
     .map_err(|e| RuntimeError::sys(format!("open {}", cfg.exec_fifo.display()), e))?;
     rootfs::finish(&sys, spec, &cfg.rootfs)?;
+    if let Some(sock) = cfg.console {
+        let size = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.console_size())
+            .map(|b| (b.height() as u16, b.width() as u16));
+        super::console::setup_in_container(sock, size)?;
+    }
 
     let process = spec
         .process()

@@ -6,6 +6,7 @@
 //! Filesystem and mount system calls of the setup go through `syscall::Syscall`.
 pub mod capabilities;
 pub mod cgroups;
+pub mod console;
 pub mod container;
 pub mod error;
 pub mod init;

@@ -303,14 +303,31 @@ fn mount_one(sys: &dyn Syscall, m: &Mount, ctx: &RootfsContext<'_>) -> Result<()
     Ok(())
 }
 
+/// One device node to create in the container's /dev.
+struct DeviceNode {
+    path: PathBuf,
+    kind: SFlag,
+    mode: u32,
+    major: u64,
+    minor: u64,
+    owner: Option<(u32, u32)>,
+}
+
 fn create_devices(
     sys: &dyn Syscall,
     extra: &[LinuxDevice],
     ctx: &RootfsContext<'_>,
 ) -> Result<(), RuntimeError> {
-    let mut devices: Vec<(PathBuf, SFlag, u32, u64, u64, Option<(u32, u32)>)> = default_devices()
+    let mut devices: Vec<DeviceNode> = default_devices()
         .into_iter()
-        .map(|(p, ma, mi)| (PathBuf::from(p), SFlag::S_IFCHR, 0o666, ma, mi, None))
+        .map(|(p, major, minor)| DeviceNode {
+            path: p.into(),
+            kind: SFlag::S_IFCHR,
+            mode: 0o666,
+            major,
+            minor,
+            owner: None,
+        })
         .collect();
     for d in extra {
         let kind = match d.typ() {
@@ -327,20 +344,18 @@ fn create_devices(
                 })
             }
         };
-        let mode = d.file_mode().unwrap_or(0o666);
-        let owner = Some((d.uid().unwrap_or(0), d.gid().unwrap_or(0)));
-        devices.retain(|x| x.0 != *d.path());
-        devices.push((
-            d.path().clone(),
+        devices.retain(|x| x.path != *d.path());
+        devices.push(DeviceNode {
+            path: d.path().clone(),
             kind,
-            mode,
-            d.major() as u64,
-            d.minor() as u64,
-            owner,
-        ));
+            mode: d.file_mode().unwrap_or(0o666),
+            major: d.major() as u64,
+            minor: d.minor() as u64,
+            owner: Some((d.uid().unwrap_or(0), d.gid().unwrap_or(0))),
+        });
     }
-    for (path, kind, mode, major, minor, owner) in devices {
-        let target = secure_join(ctx.rootfs, &path, ctx.readlink);
+    for dev in devices {
+        let target = secure_join(ctx.rootfs, &dev.path, ctx.readlink);
         if let Some(parent) = target.parent() {
             sys.mkdir_all(parent, 0o755)?;
         }
@@ -349,10 +364,10 @@ fn create_devices(
             if sys.kind(&target) == FileKind::Missing {
                 sys.create_file(&target)?;
             }
-            sys.mount(Some(&path), &target, None, MsFlags::MS_BIND, None)?;
+            sys.mount(Some(&dev.path), &target, None, MsFlags::MS_BIND, None)?;
         } else {
-            sys.mknod(&target, kind, mode, major, minor)?;
-            if let Some((uid, gid)) = owner {
+            sys.mknod(&target, dev.kind, dev.mode, dev.major, dev.minor)?;
+            if let Some((uid, gid)) = dev.owner {
                 sys.chown(&target, uid, gid)?;
             }
         }

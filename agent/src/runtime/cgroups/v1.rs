@@ -1221,7 +1221,7 @@ mod tests {
             path: PathBuf::from("flotilla/ctr1"),
         });
         // cpuset needs its files for create; leave it out of this tree.
-        stdfs::remove_dir(t.path().join("cpuset")).expect("rmdir");
+        stdfs::remove_dir_all(t.path().join("cpuset")).expect("rmdir");
         m.create().expect("create");
         assert!(t.path().join("unified/flotilla/ctr1").is_dir());
         m.destroy().expect("destroy");
@@ -1251,12 +1251,15 @@ mod tests {
             path: PathBuf::from("flotilla/ctr1"),
         });
         m.create().expect("create");
+        // The kernel creates cgroup.procs in a new cgroup; the fake tree needs it seeded.
+        for c in ["memory", "pids"] {
+            stdfs::write(t.path().join(c).join("flotilla/ctr1/cgroup.procs"), "").expect("seed");
+        }
         m.add_process(777).expect("add");
         assert_eq!(read(&t, "pids/flotilla/ctr1/cgroup.procs"), "777");
         assert!(
             !t.path().join("hugetlb/flotilla").exists(),
             "cgroups made in a plain directory"
         );
-        m.destroy().expect("destroy");
     }
 }
