@@ -13,9 +13,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sched::CloneFlags;
-use oci_spec::runtime::{LinuxNamespaceType, PosixRlimitType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
-use super::capabilities::{self, CapPlan};
+use super::capabilities::CapPlan;
 use super::error::RuntimeError;
 use super::namespaces::NsPlan;
 use super::rootfs::{self, RootfsContext};
@@ -110,12 +110,8 @@ fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     if cfg.ns.new_userns() {
         // The maps are written now; until we switch, our kernel ids are still the host's, which the
         // new namespace does not map (files we create would fail with EOVERFLOW).
-        let root_g = nix::unistd::Gid::from_raw(0);
-        let root_u = nix::unistd::Uid::from_raw(0);
-        nix::unistd::setresgid(root_g, root_g, root_g)
-            .map_err(|e| RuntimeError::sys("become gid 0 in the user namespace", e))?;
-        nix::unistd::setresuid(root_u, root_u, root_u)
-            .map_err(|e| RuntimeError::sys("become uid 0 in the user namespace", e))?;
+        sys.set_gid(0)?;
+        sys.set_uid(0)?;
     }
     if cfg.ns.new_cgroupns {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP)
@@ -166,7 +162,7 @@ fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
             reason: "no process".into(),
         })?;
     for rl in process.rlimits().as_deref().unwrap_or_default() {
-        set_rlimit(rl.typ(), rl.soft(), rl.hard())?;
+        sys.set_rlimit(rl.typ(), rl.soft(), rl.hard())?;
     }
     let cwd = process.cwd();
     if sys.kind(cwd) == super::syscall::FileKind::Missing {
@@ -186,48 +182,60 @@ fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     Ok(fifo)
 }
 
+/// Switches to the spec's user and privileges. The order is what makes it work: a filter that
+/// must be loaded without no_new_privs goes in while CAP_SYS_ADMIN is still held; the bounding set
+/// shrinks while CAP_SETPCAP is held; KEEPCAPS carries the permitted set across setuid; with
+/// no_new_privs the filter is loaded last (by the caller, right before exec).
+pub fn drop_privileges(
+    sys: &dyn Syscall,
+    process: &Process,
+    caps: &CapPlan,
+    seccomp: Option<&Filter>,
+    in_userns: bool,
+) -> Result<(), RuntimeError> {
+    let nnp = process.no_new_privileges().unwrap_or(false);
+    if let (Some(f), false) = (seccomp, nnp) {
+        sys.load_seccomp(f)?;
+    }
+    sys.drop_bounding_caps(caps)?;
+    let user = process.user();
+    match user.additional_gids().as_deref() {
+        Some(gids) => sys.set_groups(gids)?,
+        // setgroups may be denied in a user namespace; there is nothing to clear there anyway.
+        None if !in_userns => sys.set_groups(&[])?,
+        None => {}
+    }
+    sys.set_keep_caps(true)?;
+    sys.set_gid(user.gid())?;
+    sys.set_uid(user.uid())?;
+    sys.set_keep_caps(false)?;
+    sys.set_caps(caps)?;
+    if let Some(mask) = user.umask() {
+        sys.set_umask(mask);
+    }
+    if nnp {
+        sys.set_no_new_privs()?;
+    }
+    Ok(())
+}
+
 fn finalize_and_exec(cfg: &InitConfig<'_>) -> Result<Infallible, RuntimeError> {
-    let spec = cfg.spec;
-    let process = spec
+    let sys = LinuxSyscall;
+    let process = cfg
+        .spec
         .process()
         .as_ref()
         .ok_or_else(|| RuntimeError::InvalidSpec {
             path: "config.json".into(),
             reason: "no process".into(),
         })?;
-    let nnp = process.no_new_privileges().unwrap_or(false);
-    if let (Some(f), false) = (cfg.seccomp, nnp) {
-        // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: do it while we still have it.
-        f.load()?;
-    }
-    capabilities::apply_bounding(&cfg.caps)?;
-    let user = process.user();
-    let in_userns = cfg.ns.has(LinuxNamespaceType::User);
-    if let Some(gids) = user.additional_gids().as_deref() {
-        let gids: Vec<nix::unistd::Gid> = gids
-            .iter()
-            .map(|g| nix::unistd::Gid::from_raw(*g))
-            .collect();
-        nix::unistd::setgroups(&gids).map_err(|e| RuntimeError::sys("set additional groups", e))?;
-    } else if !in_userns {
-        nix::unistd::setgroups(&[]).map_err(|e| RuntimeError::sys("clear additional groups", e))?;
-    }
-    // Keep the permitted set across the uid change; the effective set is restored below.
-    prctl(libc::PR_SET_KEEPCAPS, 1, "keep capabilities across setuid")?;
-    let gid = nix::unistd::Gid::from_raw(user.gid());
-    let uid = nix::unistd::Uid::from_raw(user.uid());
-    nix::unistd::setresgid(gid, gid, gid)
-        .map_err(|e| RuntimeError::sys(format!("setgid {gid}"), e))?;
-    nix::unistd::setresuid(uid, uid, uid)
-        .map_err(|e| RuntimeError::sys(format!("setuid {uid}"), e))?;
-    prctl(libc::PR_SET_KEEPCAPS, 0, "reset keep-capabilities")?;
-    capabilities::apply_sets(&cfg.caps)?;
-    if let Some(mask) = user.umask() {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
-    }
-    if nnp {
-        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")?;
-    }
+    drop_privileges(
+        &sys,
+        process,
+        &cfg.caps,
+        cfg.seccomp,
+        cfg.ns.has(LinuxNamespaceType::User),
+    )?;
     let args = process.args().as_deref().unwrap_or_default();
     let env = process.env().as_deref().unwrap_or_default();
     let first = args.first().map(String::as_str).unwrap_or_default();
@@ -247,9 +255,9 @@ fn finalize_and_exec(cfg: &InitConfig<'_>) -> Result<Infallible, RuntimeError> {
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
         .map_err(|_| nul("env"))?;
-    if let (Some(f), true) = (cfg.seccomp, nnp) {
+    if let (Some(f), true) = (cfg.seccomp, process.no_new_privileges().unwrap_or(false)) {
         // Last step before exec, so the filter only has to allow execve itself.
-        f.load()?;
+        sys.load_seccomp(f)?;
     }
     let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
     Err(RuntimeError::sys(format!("exec {}", exe.display()), e))
@@ -259,53 +267,6 @@ fn nul(what: &str) -> RuntimeError {
     RuntimeError::InvalidSpec {
         path: "config.json".into(),
         reason: format!("process {what} contain a NUL byte"),
-    }
-}
-
-fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<(), RuntimeError> {
-    // SAFETY: these prctl options take integer arguments only.
-    let rc = unsafe { libc::prctl(option, arg, 0, 0, 0) };
-    if rc != 0 {
-        return Err(RuntimeError::sys(what, nix::Error::last()));
-    }
-    Ok(())
-}
-
-fn set_rlimit(t: PosixRlimitType, soft: u64, hard: u64) -> Result<(), RuntimeError> {
-    let resource = rlimit_resource(t);
-    let lim = libc::rlimit {
-        rlim_cur: soft,
-        rlim_max: hard,
-    };
-    // SAFETY: lim is a valid rlimit for the duration of the call.
-    let rc = unsafe { libc::setrlimit(resource, &lim) };
-    if rc != 0 {
-        return Err(RuntimeError::sys(
-            format!("set rlimit {t:?} to {soft}/{hard}"),
-            nix::Error::last(),
-        ));
-    }
-    Ok(())
-}
-
-pub fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
-    match t {
-        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
-        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
-        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
-        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
-        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
-        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
-        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
-        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
-        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
-        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
-        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
-        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
-        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
-        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
-        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
-        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
     }
 }
 
@@ -341,7 +302,56 @@ pub fn find_executable(name: &str, env: &[String], cwd: &Path) -> Option<PathBuf
 
 #[cfg(test)]
 mod tests {
+    use super::super::syscall::{Call, RecordingSyscall};
     use super::*;
+
+    fn process(v: serde_json::Value) -> Process {
+        serde_json::from_value(v).expect("process")
+    }
+
+    #[test]
+    fn privileges_drop_in_a_working_order() {
+        let sys = RecordingSyscall::default();
+        let p = process(
+            serde_json::json!({"cwd": "/", "args": ["x"], "noNewPrivileges": true,
+            "user": {"uid": 1000, "gid": 100, "additionalGids": [5, 6], "umask": 18}}),
+        );
+        drop_privileges(&sys, &p, &CapPlan::default(), None, false).expect("drop");
+        assert_eq!(
+            sys.take(),
+            vec![
+                Call::DropBounding,
+                Call::SetGroups(vec![5, 6]),
+                Call::KeepCaps(true),
+                Call::SetGid(100),
+                Call::SetUid(1000),
+                Call::KeepCaps(false),
+                Call::SetCaps,
+                Call::Umask(18),
+                Call::NoNewPrivs,
+            ]
+        );
+    }
+
+    #[test]
+    fn without_no_new_privs_seccomp_loads_first_and_userns_keeps_groups() {
+        let sys = RecordingSyscall::default();
+        let p = process(
+            serde_json::json!({"cwd": "/", "args": ["x"], "noNewPrivileges": false, "user": {"uid": 0, "gid": 0}}),
+        );
+        let spec: oci_spec::runtime::LinuxSeccomp =
+            serde_json::from_value(serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW"}))
+                .expect("seccomp");
+        let f = Filter::compile(&spec).expect("compile");
+        drop_privileges(&sys, &p, &CapPlan::default(), Some(&f), true).expect("drop");
+        let calls = sys.take();
+        assert_eq!(calls[0], Call::LoadSeccomp, "{calls:?}");
+        assert!(
+            !calls.iter().any(|c| matches!(c, Call::SetGroups(_))),
+            "{calls:?}"
+        );
+        assert!(!calls.contains(&Call::NoNewPrivs));
+    }
 
     #[test]
     fn executables_are_found_on_path_or_by_path() {

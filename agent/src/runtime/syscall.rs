@@ -1,6 +1,7 @@
 //! Every system call the container setup makes, behind one trait.
 //!
-//! `LinuxSyscall` is the real thing; `RecordingSyscall` (tests only) records each call and answers
+//! Mounts and files, then process identity and privileges (ids, capabilities, no_new_privs,
+//! seccomp, rlimits). `LinuxSyscall` is the real thing; `RecordingSyscall` (tests only) records each call and answers
 //! file-type questions from a table, so the mount, device and identity logic is unit-tested without
 //! root. The setup code runs in the container's init after fork in the single-threaded
 //! `flotilla-runtime` process, so allocation there is safe.
@@ -11,7 +12,11 @@ use std::path::{Path, PathBuf};
 use nix::mount::{MntFlags, MsFlags};
 use nix::sys::stat::{Mode, SFlag};
 
+use oci_spec::runtime::PosixRlimitType;
+
+use super::capabilities::{self, CapPlan};
 use super::error::RuntimeError;
+use super::seccomp::Filter;
 
 /// What is at a path, as far as mount setup cares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +56,22 @@ pub trait Syscall {
     fn write_file(&self, path: &Path, data: &str) -> Result<(), RuntimeError>;
     /// Sets `IFF_UP` on network interface `name` of the current network namespace.
     fn link_up(&self, name: &str) -> Result<(), RuntimeError>;
+    // Process identity and privileges.
+    fn set_groups(&self, gids: &[u32]) -> Result<(), RuntimeError>;
+    fn set_gid(&self, gid: u32) -> Result<(), RuntimeError>;
+    fn set_uid(&self, uid: u32) -> Result<(), RuntimeError>;
+    fn set_keep_caps(&self, keep: bool) -> Result<(), RuntimeError>;
+    fn drop_bounding_caps(&self, caps: &CapPlan) -> Result<(), RuntimeError>;
+    fn set_caps(&self, caps: &CapPlan) -> Result<(), RuntimeError>;
+    fn set_no_new_privs(&self) -> Result<(), RuntimeError>;
+    fn load_seccomp(&self, filter: &Filter) -> Result<(), RuntimeError>;
+    fn set_rlimit(
+        &self,
+        resource: PosixRlimitType,
+        soft: u64,
+        hard: u64,
+    ) -> Result<(), RuntimeError>;
+    fn set_umask(&self, mask: u32);
 }
 
 /// The real system calls.
@@ -236,6 +257,100 @@ impl Syscall for LinuxSyscall {
         }
         Ok(())
     }
+
+    fn set_groups(&self, gids: &[u32]) -> Result<(), RuntimeError> {
+        let gids: Vec<nix::unistd::Gid> = gids
+            .iter()
+            .map(|g| nix::unistd::Gid::from_raw(*g))
+            .collect();
+        nix::unistd::setgroups(&gids)
+            .map_err(|e| RuntimeError::sys(format!("set additional groups {gids:?}"), e))
+    }
+
+    fn set_gid(&self, gid: u32) -> Result<(), RuntimeError> {
+        let g = nix::unistd::Gid::from_raw(gid);
+        nix::unistd::setresgid(g, g, g).map_err(|e| RuntimeError::sys(format!("setgid {gid}"), e))
+    }
+
+    fn set_uid(&self, uid: u32) -> Result<(), RuntimeError> {
+        let u = nix::unistd::Uid::from_raw(uid);
+        nix::unistd::setresuid(u, u, u).map_err(|e| RuntimeError::sys(format!("setuid {uid}"), e))
+    }
+
+    fn set_keep_caps(&self, keep: bool) -> Result<(), RuntimeError> {
+        prctl(libc::PR_SET_KEEPCAPS, keep.into(), "set keep-capabilities")
+    }
+
+    fn drop_bounding_caps(&self, caps: &CapPlan) -> Result<(), RuntimeError> {
+        capabilities::apply_bounding(caps)
+    }
+
+    fn set_caps(&self, caps: &CapPlan) -> Result<(), RuntimeError> {
+        capabilities::apply_sets(caps)
+    }
+
+    fn set_no_new_privs(&self) -> Result<(), RuntimeError> {
+        prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")
+    }
+
+    fn load_seccomp(&self, filter: &Filter) -> Result<(), RuntimeError> {
+        Ok(filter.load()?)
+    }
+
+    fn set_rlimit(
+        &self,
+        resource: PosixRlimitType,
+        soft: u64,
+        hard: u64,
+    ) -> Result<(), RuntimeError> {
+        let lim = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: hard,
+        };
+        // SAFETY: lim is a valid rlimit for the duration of the call.
+        let rc = unsafe { libc::setrlimit(rlimit_resource(resource), &lim) };
+        if rc != 0 {
+            return Err(RuntimeError::sys(
+                format!("set rlimit {resource:?} to {soft}/{hard}"),
+                nix::Error::last(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn set_umask(&self, mask: u32) {
+        nix::sys::stat::umask(Mode::from_bits_truncate(mask));
+    }
+}
+
+fn prctl(option: libc::c_int, arg: libc::c_ulong, what: &str) -> Result<(), RuntimeError> {
+    // SAFETY: these prctl options take integer arguments only.
+    let rc = unsafe { libc::prctl(option, arg, 0, 0, 0) };
+    if rc != 0 {
+        return Err(RuntimeError::sys(what, nix::Error::last()));
+    }
+    Ok(())
+}
+
+pub fn rlimit_resource(t: PosixRlimitType) -> libc::__rlimit_resource_t {
+    match t {
+        PosixRlimitType::RlimitCpu => libc::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => libc::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => libc::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => libc::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => libc::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => libc::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => libc::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => libc::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => libc::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => libc::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => libc::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => libc::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => libc::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => libc::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => libc::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => libc::RLIMIT_RTTIME,
+    }
 }
 
 /// One recorded call, with the arguments that matter to the tests.
@@ -267,6 +382,16 @@ pub enum Call {
     Domainname(String),
     WriteFile(PathBuf, String),
     LinkUp(String),
+    SetGroups(Vec<u32>),
+    SetGid(u32),
+    SetUid(u32),
+    KeepCaps(bool),
+    DropBounding,
+    SetCaps,
+    NoNewPrivs,
+    LoadSeccomp,
+    Rlimit(PosixRlimitType, u64, u64),
+    Umask(u32),
 }
 
 /// Test double: records calls; `kinds` answers `kind()`; `fail_mount_on` makes mounts on a target fail.
@@ -374,5 +499,49 @@ impl Syscall for RecordingSyscall {
     fn link_up(&self, name: &str) -> Result<(), RuntimeError> {
         self.push(Call::LinkUp(name.into()));
         Ok(())
+    }
+    fn set_groups(&self, gids: &[u32]) -> Result<(), RuntimeError> {
+        self.push(Call::SetGroups(gids.to_vec()));
+        Ok(())
+    }
+    fn set_gid(&self, gid: u32) -> Result<(), RuntimeError> {
+        self.push(Call::SetGid(gid));
+        Ok(())
+    }
+    fn set_uid(&self, uid: u32) -> Result<(), RuntimeError> {
+        self.push(Call::SetUid(uid));
+        Ok(())
+    }
+    fn set_keep_caps(&self, keep: bool) -> Result<(), RuntimeError> {
+        self.push(Call::KeepCaps(keep));
+        Ok(())
+    }
+    fn drop_bounding_caps(&self, _caps: &CapPlan) -> Result<(), RuntimeError> {
+        self.push(Call::DropBounding);
+        Ok(())
+    }
+    fn set_caps(&self, _caps: &CapPlan) -> Result<(), RuntimeError> {
+        self.push(Call::SetCaps);
+        Ok(())
+    }
+    fn set_no_new_privs(&self) -> Result<(), RuntimeError> {
+        self.push(Call::NoNewPrivs);
+        Ok(())
+    }
+    fn load_seccomp(&self, _filter: &Filter) -> Result<(), RuntimeError> {
+        self.push(Call::LoadSeccomp);
+        Ok(())
+    }
+    fn set_rlimit(
+        &self,
+        resource: PosixRlimitType,
+        soft: u64,
+        hard: u64,
+    ) -> Result<(), RuntimeError> {
+        self.push(Call::Rlimit(resource, soft, hard));
+        Ok(())
+    }
+    fn set_umask(&self, mask: u32) {
+        self.push(Call::Umask(mask));
     }
 }
