@@ -130,9 +130,9 @@ impl RuntimeLab {
     /// Runs `flotilla-runtime ARGS` for commands that leave a container process behind (`create`,
     /// `run -d`): that process inherits stdio, so output goes to files rather than pipes that would
     /// never reach EOF. Returns the exit status and what was written to stderr.
-    pub fn detached(
+    pub fn detached<S: AsRef<std::ffi::OsStr>>(
         &self,
-        args: &[&std::ffi::OsStr],
+        args: &[S],
     ) -> Result<(std::process::ExitStatus, String)> {
         static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let tag = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -178,6 +178,24 @@ impl Drop for RuntimeLab {
             }
         }
     }
+}
+
+/// A container id unique to this test process: the cgroup path `flotilla/<id>` is shared by every
+/// runtime root on the host, so fixed ids would collide with other test runs.
+pub fn unique_id(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+/// The container's cgroup directories that still exist, in every hierarchy.
+pub fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path().join("flotilla").join(id))
+                .filter(|p| p.exists())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// stdout as a trimmed string.

@@ -3,28 +3,10 @@
 //!
 //! Container ids carry the test process id: the cgroup path `flotilla/<id>` is shared by every
 //! runtime root on the host, so fixed ids would collide with other test runs.
-use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
-use flotilla_tests::runtime::{stderr, RuntimeLab};
+use flotilla_tests::runtime::{cgroup_dirs, stderr, unique_id, RuntimeLab};
 use serde_json::json;
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
-
-/// The container's cgroup directories that still exist, in every hierarchy.
-fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path().join("flotilla").join(id))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 /// Processes whose command line mentions `needle` (a container init keeps its creator's).
 fn processes_mentioning(needle: &Path) -> Vec<String> {
@@ -66,25 +48,6 @@ fn assert_nothing_left(lab: &RuntimeLab, id: &str, bundle: &Path) {
     assert!(procs.is_empty(), "processes left: {procs:?}");
 }
 
-/// `flotilla-runtime ARGS` for a command that may leave a container process holding its stdio:
-/// output goes to files, not pipes that would stay open. Returns the status and stderr.
-fn rt_to_files(lab: &RuntimeLab, args: &[&str]) -> (ExitStatus, String) {
-    static CALLS: AtomicUsize = AtomicUsize::new(0);
-    let n = CALLS.fetch_add(1, Ordering::SeqCst);
-    let err_path = lab.work.path().join(format!("stderr-{n}"));
-    let err = std::fs::File::create(&err_path).expect("stderr file");
-    let status = lab
-        .rt()
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .status()
-        .expect("flotilla-runtime");
-    let text = std::fs::read_to_string(&err_path).expect("read stderr");
-    (status, text)
-}
-
 /// `run` of `bundle` must fail, name each of `names` and leave nothing behind.
 fn assert_run_refused(lab: &RuntimeLab, id: &str, bundle: &Path, names: &[&str]) {
     let out = lab.run(id, bundle).expect("run");
@@ -102,7 +65,7 @@ fn assert_run_refused(lab: &RuntimeLab, id: &str, bundle: &Path, names: &[&str])
 #[test]
 fn malformed_config_json_is_refused() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("malformed");
+    let id = unique_id("malformed");
     let b = lab.bundle("malformed", &["true"], |_| {}).expect("bundle");
     std::fs::write(
         b.join("config.json"),
@@ -115,7 +78,7 @@ fn malformed_config_json_is_refused() {
 #[test]
 fn unknown_namespace_type_is_refused() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("bogusns");
+    let id = unique_id("bogusns");
     let b = lab
         .bundle("bogusns", &["true"], |v| {
             v["linux"]["namespaces"]
@@ -130,7 +93,7 @@ fn unknown_namespace_type_is_refused() {
 #[test]
 fn missing_rootfs_is_refused() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("norootfs");
+    let id = unique_id("norootfs");
     let b = lab
         .bundle("norootfs", &["true"], |v| {
             v["root"]["path"] = json!("no-such-rootfs");
@@ -142,14 +105,13 @@ fn missing_rootfs_is_refused() {
 #[test]
 fn missing_executable_fails_create() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("noexe");
+    let id = unique_id("noexe");
     let b = lab
         .bundle("noexe", &["no-such-tool", "--flag"], |_| {})
         .expect("bundle");
-    let (status, err) = rt_to_files(
-        &lab,
-        &["create", "--bundle", &b.to_string_lossy(), id.as_str()],
-    );
+    let (status, err) = lab
+        .detached(&["create", "--bundle", &b.to_string_lossy(), id.as_str()])
+        .expect("flotilla-runtime");
     assert!(!status.success(), "create accepted a missing executable");
     assert!(err.contains("\"no-such-tool\""), "{err}");
     assert!(err.contains("not found"), "{err}");
@@ -159,15 +121,19 @@ fn missing_executable_fails_create() {
 #[test]
 fn duplicate_container_id_is_refused_and_the_first_keeps_running() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("dup");
+    let id = unique_id("dup");
     let b = lab.bundle("dup", &["sleep", "30"], |_| {}).expect("bundle");
     let bundle = b.to_string_lossy().into_owned();
-    let (status, err) = rt_to_files(&lab, &["run", "-d", "--bundle", &bundle, &id]);
+    let (status, err) = lab
+        .detached(&["run", "-d", "--bundle", &bundle, &id])
+        .expect("flotilla-runtime");
     assert!(status.success(), "first run: {err}");
     let first = lab.state(&id).expect("state");
     assert_eq!(first["status"], "running");
 
-    let (status, err) = rt_to_files(&lab, &["create", "--bundle", &bundle, &id]);
+    let (status, err) = lab
+        .detached(&["create", "--bundle", &bundle, &id])
+        .expect("flotilla-runtime");
     assert!(!status.success(), "a second container took the same id");
     assert!(err.contains(&id) && err.contains("already exists"), "{err}");
     let now = lab.state(&id).expect("state after the refused create");
@@ -176,7 +142,7 @@ fn duplicate_container_id_is_refused_and_the_first_keeps_running() {
         "the first container was disturbed"
     );
     assert_eq!(now["pid"], first["pid"]);
-    assert_eq!(lab.ids().expect("ids"), [id.clone()]);
+    assert_eq!(lab.ids().expect("ids"), std::slice::from_ref(&id));
 
     let out = lab
         .rt()
@@ -185,6 +151,37 @@ fn duplicate_container_id_is_refused_and_the_first_keeps_running() {
         .expect("delete");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_nothing_left(&lab, &id, &b);
+}
+
+#[test]
+fn a_cgroup_in_use_by_another_root_is_not_adopted() {
+    let first = RuntimeLab::new().expect("lab");
+    let second = RuntimeLab::new().expect("second lab");
+    let id = unique_id("shared");
+    let b = first
+        .bundle("shared", &["sleep", "30"], |_| {})
+        .expect("bundle");
+    let bundle = b.to_string_lossy().into_owned();
+    let (status, err) = first
+        .detached(&["run", "-d", "--bundle", &bundle, &id])
+        .expect("flotilla-runtime");
+    assert!(status.success(), "first run: {err}");
+    let before = first.state(&id).expect("state");
+    let (status, err) = second
+        .detached(&["run", "-d", "--bundle", &bundle, &id])
+        .expect("flotilla-runtime");
+    assert!(!status.success(), "a second root adopted a busy cgroup");
+    assert!(err.contains("already holds processes"), "{err}");
+    assert!(
+        second.ids().expect("ids").is_empty(),
+        "the refused create left state behind"
+    );
+    let after = first.state(&id).expect("state");
+    assert_eq!(
+        after["status"], "running",
+        "the first container was disturbed"
+    );
+    assert_eq!(after["pid"], before["pid"]);
 }
 
 #[test]
@@ -209,11 +206,13 @@ fn invalid_container_id_is_refused() {
 #[test]
 fn unknown_signal_is_refused_and_the_container_keeps_running() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("badsig");
+    let id = unique_id("badsig");
     let b = lab
         .bundle("badsig", &["sleep", "30"], |_| {})
         .expect("bundle");
-    let (status, err) = rt_to_files(&lab, &["run", "-d", "--bundle", &b.to_string_lossy(), &id]);
+    let (status, err) = lab
+        .detached(&["run", "-d", "--bundle", &b.to_string_lossy(), &id])
+        .expect("flotilla-runtime");
     assert!(status.success(), "run -d: {err}");
 
     let out = lab
@@ -237,7 +236,7 @@ fn unknown_signal_is_refused_and_the_container_keeps_running() {
 #[test]
 fn start_of_a_missing_container_is_refused() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("ghost");
+    let id = unique_id("ghost");
     let out = lab.rt().args(["start", &id]).output().expect("start");
     assert!(!out.status.success(), "started a missing container");
     assert!(

@@ -1,7 +1,7 @@
 //! OCI lifecycle through the runc-compatible CLI: create, start, state, kill, pause, delete, list.
 use std::time::{Duration, Instant};
 
-use flotilla_tests::runtime::{stderr, stdout, RuntimeLab};
+use flotilla_tests::runtime::{cgroup_dirs, stderr, stdout, RuntimeLab};
 
 fn wait_status(lab: &RuntimeLab, id: &str, want: &str) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -12,19 +12,6 @@ fn wait_status(lab: &RuntimeLab, id: &str, want: &str) -> serde_json::Value {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn cgroup_dirs(id: &str) -> Vec<std::path::PathBuf> {
-    ["memory", "pids", "cpu", "freezer", "unified"]
-        .iter()
-        .map(|c| {
-            std::path::Path::new("/sys/fs/cgroup")
-                .join(c)
-                .join("flotilla")
-                .join(id)
-        })
-        .filter(|p| p.exists())
-        .collect()
 }
 
 #[test]

@@ -3,28 +3,11 @@
 //!
 //! Container ids carry the test process id: the cgroup path `flotilla/<id>` is shared by every
 //! runtime root on the host, so fixed ids would collide with other test runs.
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use flotilla_tests::runtime::{stderr, stdout, RuntimeLab};
+use flotilla_tests::runtime::{cgroup_dirs, stderr, stdout, unique_id, RuntimeLab};
 use serde_json::json;
-
-fn unique(name: &str) -> String {
-    format!("{name}-{}", std::process::id())
-}
-
-/// The container's cgroup directories that still exist, in every hierarchy.
-fn cgroup_dirs(id: &str) -> Vec<PathBuf> {
-    std::fs::read_dir("/sys/fs/cgroup")
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| e.path().join("flotilla").join(id))
-                .filter(|p| p.exists())
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn assert_nothing_left(lab: &RuntimeLab, id: &str) {
     assert!(
@@ -46,7 +29,7 @@ fn assert_nothing_left(lab: &RuntimeLab, id: &str) {
 #[test]
 fn memory_limit_oom_kills_a_process_that_allocates_past_it() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("oom");
+    let id = unique_id("oom");
     // The shell keeps the 64 MiB command substitution in its own heap.
     let script = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); echo done ${#x}";
     let b = lab
@@ -74,7 +57,7 @@ fn memory_limit_oom_kills_a_process_that_allocates_past_it() {
 #[test]
 fn pids_limit_stops_a_fork_loop() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("pids");
+    let id = unique_id("pids");
     // Start 40 sleepers from a subshell (whose fork failure ends only the subshell), then count
     // the processes with shell builtins only: no fork is left for a command substitution.
     let script = "( for i in $(seq 40); do sleep 5 & done ) 2>/dev/null; \
@@ -100,7 +83,7 @@ fn pids_limit_stops_a_fork_loop() {
 #[test]
 fn cpu_quota_throttles_a_busy_loop() {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique("cpu");
+    let id = unique_id("cpu");
     let b = lab
         .bundle("cpu", &["sh", "-c", "while :; do :; done"], |v| {
             v["linux"]["resources"]["cpu"] = json!({"quota": 10000, "period": 100000});
@@ -144,7 +127,7 @@ fn cpu_quota_throttles_a_busy_loop() {
 /// `run` with `resources` edited by `edit` must fail, name `field` and leave nothing behind.
 fn assert_refused(name: &str, field: &str, edit: impl FnOnce(&mut serde_json::Value)) {
     let lab = RuntimeLab::new().expect("lab");
-    let id = unique(name);
+    let id = unique_id(name);
     let b = lab
         .bundle(name, &["true"], |v| edit(&mut v["linux"]["resources"]))
         .expect("bundle");

@@ -97,6 +97,23 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
         }
         Err(e) => return Err(RuntimeError::io("create the state directory", &dir, e)),
     }
+    // Never adopt a cgroup that already has processes (another root's container with this id):
+    // our cleanup would kill them.
+    let cgroup_path = cgroup_rel_path(&spec, opts.id);
+    let in_use = cgroup_manager(opts.cgroup_root, &cgroup_path).and_then(|cg| Ok(cg.pids()?));
+    match in_use {
+        Ok(pids) if pids.is_empty() => {}
+        other => {
+            let _ = std::fs::remove_dir(&dir);
+            return Err(match other {
+                Ok(pids) => RuntimeError::CgroupInUse {
+                    path: cgroup_path,
+                    pids,
+                },
+                Err(e) => e,
+            });
+        }
+    }
     let mut rec = Record {
         id: opts.id.into(),
         bundle: bundle.clone(),
@@ -104,7 +121,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
         creator_pid: std::process::id() as i32,
         pid: None,
         pid_start: None,
-        cgroup_path: cgroup_rel_path(&spec, opts.id),
+        cgroup_path,
         created: false,
         created_at: state::now_rfc3339(),
         owner: nix::unistd::User::from_uid(nix::unistd::getuid())

@@ -24,6 +24,8 @@ pub enum RuntimeError {
     InvalidId(String),
     #[error("container {0} already exists")]
     Exists(String),
+    #[error("cgroup {path} already holds processes (pids {pids:?}): another container uses it; choose another id or linux.cgroupsPath")]
+    CgroupInUse { path: PathBuf, pids: Vec<i32> },
     #[error("container {0} does not exist")]
     NotFound(String),
     #[error("container {id} is {status}: {hint}")]
@@ -34,7 +36,7 @@ pub enum RuntimeError {
     },
     #[error("invalid signal {0:?}: use a name such as TERM, SIGKILL or a number 1-64")]
     InvalidSignal(String),
-    #[error("container {id} failed to start: {reason}")]
+    #[error("cannot create container {id}: {reason}")]
     InitFailed { id: String, reason: String },
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
