@@ -10,12 +10,19 @@
 #   3. builds two OCI layouts with umoci, no network: busybox (busybox-static + applet symlinks) and
 #      "big": 5 layers of 20 MiB each (one 16 MiB file + 256 files of 16 KiB, all from
 #      /dev/urandom, so gzip cannot shrink them); pushes both with skopeo;
-#   4. times, with hyperfine -N (a fresh, synced destination before every run, so each run really
-#      downloads): `flotilla-agent --root <fresh> image pull` (downloads, verifies, unpacks every
-#      layer into its store) vs `skopeo copy docker://… oci:<fresh>` (downloads and verifies, does
-#      NOT unpack) and, as a transfer floor, curl fetching the same blobs to /dev/null;
+#   4. times, with hyperfine -N, into a fresh destination every run (so each run really downloads;
+#      the previous destination is renamed aside, untimed, and deleted only at exit, because
+#      deleting ~1,300 files right before a run makes ext4's inode allocator dominate it):
+#      `flotilla-agent --root <fresh> image pull` (downloads, verifies, unpacks every layer into
+#      its store, fsyncs) vs `skopeo copy docker://… oci:<fresh>` (downloads and verifies, does NOT
+#      unpack, does not sync), `skopeo copy; sync` (its durable equivalent) and, as a transfer
+#      floor, curl fetching the same blobs to /dev/null. Each image runs in $ROUNDS interleaved
+#      rounds whose runs are merged, so a busy spell of a shared machine hits every client alike;
+#      the big image is measured once more with every destination on a tmpfs;
 #   5. separates flotilla's download phase from the progress lines it prints on stderr ("<layer>:
-#      downloaded"), time-stamped as they arrive: time to the last layer downloaded, and the rest.
+#      downloaded"), time-stamped as they arrive: time to the last layer downloaded, and the rest;
+#   6. measures flotilla-agent's fixed per-process cost of parsing an image reference.
+#   Needs 12 GiB free under BENCH_TMP (the renamed-aside destinations).
 # Environment: RUNS_SMALL (30), RUNS_BIG (15), split in ROUNDS (3) hyperfine calls per
 # image (merged), WARMUP (2, per round), MAX_LOAD (1.5: waits up to WAIT_S=300 s
 # for the 1-minute load average to drop below it), BENCH_OUT (directory to keep hyperfine's JSON),
@@ -45,6 +52,8 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+free_kb=$(df -Pk "$work" | awk 'NR==2 {print $4}')
+((free_kb > 12 * 1024 * 1024)) || { echo "pull bench: needs 12 GiB free under $(dirname "$work")" >&2; exit 1; }
 
 load1() { cut -d' ' -f1 /proc/loadavg; }
 wait_quiet() {
@@ -140,8 +149,6 @@ mv "$work/check" "$work/check-skopeo" "$work/old/" # not deleted before the end:
 # Destinations are never deleted between runs on the disk: the previous one is renamed aside and
 # everything is removed at exit. Deleting ~1,300 files before each run made ext4's inode allocator
 # (recently_deleted/find_inode_bit, visible with perf) dominate the next runs' file creations.
-free_kb=$(df -Pk "$work" | awk 'NR==2 {print $4}')
-((free_kb > 12 * 1024 * 1024)) || { echo "pull bench: needs 12 GiB free under $(dirname "$work")" >&2; exit 1; }
 mkdir -p "$work/old"
 tmpfs="$work/tmpfs"
 mkdir -p "$tmpfs"

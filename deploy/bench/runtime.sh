@@ -10,11 +10,13 @@
 #      config.json from `flotilla-runtime spec -- /bin/true`, terminal false); runc and crun read
 #      that same config.json (the script checks that each accepts it);
 #   3. times `flotilla-runtime run`, `runc run`, `crun run` and the floor
-#      `unshare -m -u -i -n -p -f --mount-proc chroot rootfs /bin/true` with hyperfine
-#      (-N, $WARMUP warm-up runs, $RUNS runs). Each run gets a new container id: every command is
-#      started through `idexec`, a 10-line static C wrapper (compiled here) that replaces the
-#      argument @ID@ by "fbench<its pid>" and execs; the floor goes through it too so that every
-#      command pays the same wrapper cost (reported on its own row);
+#      `unshare -m -u -i -n -p -f --mount-proc chroot rootfs /bin/true` with hyperfine -N:
+#      $WARMUP warm-up and $RUNS runs back to back, then $RUNS_SPACED runs each after an untimed
+#      $GAP_S s idle gap (when starts are spaced, the kernel makes every cgroup.procs write wait
+#      for an RCU grace period). Each run gets a new container id: every command is started
+#      through `idexec`, a 10-line static C wrapper compiled here that replaces the argument @ID@
+#      by "fbench<its pid>" and execs; the floor goes through it too, so every row includes the
+#      wrapper's cost, which is reported on its own row;
 #   4. crun 1.8 refuses hybrid hosts whose cgroup2 still holds hugetlb. If crun cannot run, the
 #      host's own layout is measured first without crun, then hugetlb is bound to cgroup v1
 #      (only if it is not mounted already) and all four are measured again side by side. The
@@ -23,13 +25,15 @@
 #      which each runtime still starts /bin/true, and probes the kernel's own minimum;
 #   6. runs `flotilla-runtime run` $LOOP times in a row: counts non-zero exits and checks that no
 #      state directory and no cgroup directory is left behind.
-# Environment: RUNS (200), WARMUP (10), LOOP (1000), MAX_LOAD (1.5: waits up to WAIT_S=300 s for
-# the 1-minute load average to drop below it), BENCH_OUT (directory to keep hyperfine's JSON).
+# Environment: RUNS (200), WARMUP (10), RUNS_SPACED (100), GAP_S (0.05), LOOP (1000),
+# MAX_LOAD (1.5: waits up to WAIT_S=300 s for the 1-minute load average to drop below it),
+# BENCH_OUT (directory to keep hyperfine's JSON exports and the report).
 # Everything it starts or mounts is removed on exit, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "runtime bench: run as root" >&2; exit 1; }
-RUNS=${RUNS:-200} WARMUP=${WARMUP:-10} LOOP=${LOOP:-1000} MAX_LOAD=${MAX_LOAD:-1.5} WAIT_S=${WAIT_S:-300}
+RUNS=${RUNS:-200} WARMUP=${WARMUP:-10} RUNS_SPACED=${RUNS_SPACED:-100} GAP_S=${GAP_S:-0.05}
+LOOP=${LOOP:-1000} MAX_LOAD=${MAX_LOAD:-1.5} WAIT_S=${WAIT_S:-300}
 CG=/sys/fs/cgroup
 HUGETLB=$CG/hugetlb
 
@@ -44,7 +48,7 @@ bin="$CARGO_TARGET_DIR/release"
 flot="$bin/flotilla-runtime"
 
 work=$(mktemp -d /tmp/flotilla-bench-runtime.XXXXXX)
-tmpfs_mounted=0 hugetlb_mounted=0 hugetlb_dir_made=0
+tmpfs_mounted=0 hugetlb_mounted=0 hugetlb_dir_made=0 kp=""
 hugetlb_cgroups() { awk '$1 == "hugetlb" {print $3}' /proc/cgroups; }
 # undo_hugetlb: remove this script's cgroups from the hugetlb v1 hierarchy it mounted, then
 # unmount it so that the kernel gives hugetlb back to cgroup2. The kernel keeps a v1 hierarchy
@@ -61,7 +65,9 @@ undo_hugetlb() {
   for attempt in 1 2 3; do
     for i in $(seq 50); do [ "$(hugetlb_cgroups)" = 1 ] && break; sleep 0.1; done
     umount "$HUGETLB" || return 1
-    for i in $(seq 50); do grep -qw hugetlb "$CG/unified/cgroup.controllers" && break; sleep 0.1; done
+    # A mount namespace made while the hierarchy was mounted (any container started meanwhile,
+    # by anyone) keeps it alive until that namespace goes: wait for it.
+    for i in $(seq 300); do grep -qw hugetlb "$CG/unified/cgroup.controllers" && break; sleep 0.1; done
     if grep -qw hugetlb "$CG/unified/cgroup.controllers"; then
       hugetlb_mounted=0
       [ "$hugetlb_dir_made" = 1 ] && rmdir "$HUGETLB" && hugetlb_dir_made=0
@@ -77,6 +83,7 @@ undo_hugetlb() {
 cleanup() {
   set +e
   local st
+  if [ -n "$kp" ]; then kill "$kp" 2>/dev/null; wait "$kp" 2>/dev/null; fi # the kernel-minimum probe
   # Containers left by an interrupted run (normally none: `run` deletes them).
   for st in "$work"/state/*; do
     [ -d "$st" ] || continue
@@ -115,10 +122,11 @@ chmod 1777 "$b/rootfs/tmp"
 echo 'root:x:0:0:root:/root:/bin/sh' > "$b/rootfs/etc/passwd"
 echo 'root:x:0:' > "$b/rootfs/etc/group"
 "$flot" spec --bundle "$b" -- /bin/true
-[ "$(jq -r .process.terminal "$b/config.json")" = false ] || { echo "runtime bench: spec has terminal true" >&2; exit 1; }
+# terminal false (flotilla's default already; runc's own `spec` would say true and fail without a tty).
+jq '.process.terminal = false' "$b/config.json" > "$b/config.json.new" && mv "$b/config.json.new" "$b/config.json"
 cat > "$work/idexec.c" <<'C'
-/* idexec CMD ARG...: replaces each argument "@ID@" by "fbench<pid>" and execs CMD. The pid is new for
-   every run, so every container gets a fresh id without a shell in the measured path. */
+/* idexec CMD ARG...: replaces each argument "@ID@" by "fbench<pid>" and execs CMD. The pid is
+   new for every run, so every container gets a fresh id without a shell in the measured path. */
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -194,7 +202,7 @@ table() {
 }
 verdict() { # JSON: the two targets
   jq -r '
-    def r2: (. * 100 | round) / 100 | tostring;
+    def r2: (. * 1000 | round) / 1000 | tostring;
     (.results | map({key: .command, value: .median}) | from_entries) as $m
     | (if $m.runc then "- target flotilla ≤ 0.5× runc: \($m.flotilla / $m.runc | r2)× → "
          + (if $m.flotilla <= 0.5 * $m.runc then "**met**" else "**not met**" end)
@@ -205,13 +213,17 @@ verdict() { # JSON: the two targets
 }
 
 # measure JSON NAME...: one hyperfine invocation over the named commands.
+# With SPACED=1: $RUNS_SPACED runs, each after an untimed idle gap of $GAP_S seconds.
 measure() {
   local json=$1; shift
-  local args=() n
+  local args=() n runs=$RUNS what="back to back"
   for n in "$@"; do args+=(-n "$n" "$(cmd_of "$n")"); done
+  if [ "${SPACED:-0}" = 1 ]; then
+    args=(--prepare "sleep $GAP_S" "${args[@]}"); runs=$RUNS_SPACED; what="${GAP_S}s apart"
+  fi
   wait_quiet
-  log "measuring $* (load $(load1)): $WARMUP warm-up + $RUNS runs each"
-  hyperfine -N -i --style basic --warmup "$WARMUP" --runs "$RUNS" --export-json "$json" "${args[@]}" >&2
+  log "measuring $* (load $(load1)), $what: $WARMUP warm-up + $runs runs each"
+  hyperfine -N -i --style basic --warmup "$WARMUP" --runs "$runs" --export-json "$json" "${args[@]}" >&2
 }
 
 report=$work/report.md
@@ -247,7 +259,7 @@ measure "$work/host.json" "${names[@]}"
   echo
   verdict "$work/host.json"
 } >> "$report"
-final_json="$work/host.json"
+final_names=("${names[@]}")
 
 # --- Phase B: hugetlb bound to v1 so that crun runs ----------------------------------------------
 crun_note=""
@@ -271,12 +283,25 @@ if [ "${status[crun]}" != ok ] && [ "$(stat -f -c %T "$CG")" != cgroup2fs ]; the
       echo
       verdict "$work/hugetlb.json"
     } >> "$report"
-    final_json="$work/hugetlb.json"
+    final_names=("${names[@]}")
   else
     crun_note="crun could not run: $err"
     printf '\n%s\n' "$crun_note" >> "$report"
   fi
 fi
+# The same side by side, with an idle gap before every run (untimed), as when containers start
+# now and then rather than in a tight loop: the kernel then makes every cgroup.procs write wait
+# for an RCU grace period (percpu_down_write -> rcu_sync_enter -> synchronize_rcu), which a
+# back-to-back loop mostly skips.
+SPACED=1 measure "$work/spaced.json" "${final_names[@]}"
+{
+  echo
+  echo "### Same commands, started ${GAP_S}s apart ($RUNS_SPACED runs each; the gap is a --prepare sleep, not timed)"
+  echo
+  table "$work/spaced.json"
+  echo
+  verdict "$work/spaced.json"
+} >> "$report"
 {
   echo
   echo "Rows: \`floor\` = \`unshare -m -u -i -n -p -f --mount-proc chroot rootfs /bin/true\` (namespaces, no cgroups,"
@@ -336,6 +361,7 @@ if [ -d "$CG/memory" ] && [ "$(stat -f -c %T "$CG")" != cgroup2fs ]; then
   kusage=$(cat "$kd/memory.usage_in_bytes")
   if echo "$page" > "$kd/memory.limit_in_bytes" 2>/dev/null; then kbusy="accepted"; else kbusy="refused (EBUSY)"; fi
   kill "$kp" 2>/dev/null; wait "$kp" 2>/dev/null || true
+  kp=""
   rmdir "$kd" 2>/dev/null || { sleep 0.5; rmdir "$kd"; }
   kmin="Kernel (cgroup v1 memory.limit_in_bytes): on an empty cgroup any value is accepted and rounded down to the $page-byte page (1 → $k1, $page → $k2), so the kernel's floor is one page; with a process inside (usage $kusage bytes) a limit of $page is $kbusy: a limit can only be lowered to what is already charged. OCI's 0 means \"no limit\", so the smallest meaningful limit is one page."
 fi
