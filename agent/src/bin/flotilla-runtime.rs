@@ -331,7 +331,7 @@ fn real_main(cli: Cli) -> Result<u8> {
             } else {
                 args
             };
-            let s = spec::default_spec(args);
+            let s = spec::to_stable_json(&spec::default_spec(args))?;
             std::fs::write(&path, serde_json::to_vec_pretty(&s)?)
                 .with_context(|| format!("write {}", path.display()))?;
         }

@@ -174,6 +174,23 @@ pub fn default_spec(args: Vec<String>) -> Spec {
     spec
 }
 
+/// The spec as JSON with capability sets sorted: `oci-spec` keeps them in hash sets, so plain
+/// serialisation would differ from one run to the next.
+pub fn to_stable_json(spec: &Spec) -> Result<serde_json::Value, serde_json::Error> {
+    let mut v = serde_json::to_value(spec)?;
+    if let Some(sets) = v
+        .pointer_mut("/process/capabilities")
+        .and_then(|c| c.as_object_mut())
+    {
+        for set in sets.values_mut() {
+            if let Some(list) = set.as_array_mut() {
+                list.sort_by(|a, b| a.as_str().cmp(&b.as_str()));
+            }
+        }
+    }
+    Ok(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,6 +217,21 @@ mod tests {
             .as_ref()
             .is_some_and(|c| !c.contains(&Capability::SysAdmin)));
         assert_eq!(cap_name(Capability::NetAdmin), "CAP_NET_ADMIN");
+    }
+
+    #[test]
+    fn stable_json_sorts_capabilities() {
+        let v = to_stable_json(&default_spec(vec!["/bin/true".into()])).expect("json");
+        let bounding: Vec<&str> = v["process"]["capabilities"]["bounding"]
+            .as_array()
+            .expect("bounding")
+            .iter()
+            .filter_map(|c| c.as_str())
+            .collect();
+        let mut sorted = bounding.clone();
+        sorted.sort();
+        assert_eq!(bounding, sorted);
+        assert_eq!(bounding.len(), 14);
     }
 
     #[test]
