@@ -20,7 +20,7 @@ cleanup() {
 trap cleanup EXIT
 
 # 1. A registry of our own on a free loopback port.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(comm -23 <(seq 20000 40000 | sort) <(ss -Htan | awk '{n=split($4,a,":"); print a[n]}' | sort -u) | shuf -n 1)
 mkdir -p "$work/registry"
 cat > "$work/registry.yml" <<YML
 version: 0.1
