@@ -66,11 +66,12 @@ pub fn cgroup_manager(
     }))
 }
 
-fn cgroup_rel_path(spec: &Spec, id: &str) -> PathBuf {
-    let p = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
-    match p {
-        Some(p) => p.strip_prefix("/").map(Path::to_path_buf).unwrap_or(p),
-        None => Path::new(DEFAULT_CGROUP_PARENT).join(id),
+/// The container's cgroup, relative to each hierarchy: `linux.cgroupsPath` (checked: no `..`) or
+/// `flotilla/<id>`.
+fn cgroup_rel_path(spec: &Spec, id: &str) -> Result<PathBuf, RuntimeError> {
+    match spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
+        Some(p) => Ok(cgroups::relative_path(&p)?),
+        None => Ok(Path::new(DEFAULT_CGROUP_PARENT).join(id)),
     }
 }
 
@@ -100,14 +101,21 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
     // Never adopt a cgroup that already has processes (another root's container with this id):
     // our cleanup would kill them.
     let cgroup_path = cgroup_rel_path(&spec, opts.id);
-    let in_use = cgroup_manager(opts.cgroup_root, &cgroup_path).and_then(|cg| Ok(cg.pids()?));
+    let in_use = cgroup_path
+        .as_ref()
+        .map_err(|e| RuntimeError::InvalidSpec {
+            path: bundle.join("config.json"),
+            reason: e.to_string(),
+        })
+        .and_then(|p| cgroup_manager(opts.cgroup_root, p))
+        .and_then(|cg| Ok(cg.pids()?));
     match in_use {
         Ok(pids) if pids.is_empty() => {}
         other => {
             let _ = std::fs::remove_dir(&dir);
             return Err(match other {
                 Ok(pids) => RuntimeError::CgroupInUse {
-                    path: cgroup_path,
+                    path: cgroup_path.unwrap_or_default(),
                     pids,
                 },
                 Err(e) => e,
@@ -121,7 +129,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
         creator_pid: std::process::id() as i32,
         pid: None,
         pid_start: None,
-        cgroup_path,
+        cgroup_path: cgroup_path.unwrap_or_default(),
         created: false,
         created_at: state::now_rfc3339(),
         owner: nix::unistd::User::from_uid(nix::unistd::getuid())
@@ -670,11 +678,24 @@ mod tests {
     #[test]
     fn default_cgroup_path_is_under_the_flotilla_parent() {
         let spec = spec::default_spec(vec!["/bin/true".into()]);
-        assert_eq!(cgroup_rel_path(&spec, "c1"), PathBuf::from("flotilla/c1"));
+        assert_eq!(
+            cgroup_rel_path(&spec, "c1").expect("default"),
+            PathBuf::from("flotilla/c1")
+        );
         let mut spec = spec;
         if let Some(l) = spec.linux_mut().as_mut() {
             l.set_cgroups_path(Some("/custom/x".into()));
         }
-        assert_eq!(cgroup_rel_path(&spec, "c1"), PathBuf::from("custom/x"));
+        assert_eq!(
+            cgroup_rel_path(&spec, "c1").expect("custom"),
+            PathBuf::from("custom/x")
+        );
+        if let Some(l) = spec.linux_mut().as_mut() {
+            l.set_cgroups_path(Some("/../../escape".into()));
+        }
+        assert!(
+            cgroup_rel_path(&spec, "c1").is_err(),
+            "a cgroupsPath with .. is refused"
+        );
     }
 }
