@@ -161,6 +161,24 @@ impl RuntimeLab {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// Asserts that container `id` left no record, state directory or cgroup behind.
+    pub fn assert_nothing_left(&self, id: &str) {
+        assert!(
+            self.ids().expect("ids").is_empty(),
+            "containers left: {:?}",
+            self.ids()
+        );
+        assert!(
+            !self.root.path().join(id).exists(),
+            "state directory of {id} left"
+        );
+        assert!(
+            cgroup_dirs(id).is_empty(),
+            "cgroups left: {:?}",
+            cgroup_dirs(id)
+        );
+    }
+
     pub fn ids(&self) -> Result<Vec<String>> {
         let out = self.rt().args(["list", "-q"]).output()?;
         Ok(String::from_utf8_lossy(&out.stdout)

@@ -30,20 +30,7 @@ fn processes_mentioning(needle: &Path) -> Vec<String> {
 }
 
 fn assert_nothing_left(lab: &RuntimeLab, id: &str, bundle: &Path) {
-    assert!(
-        lab.ids().expect("ids").is_empty(),
-        "containers left: {:?}",
-        lab.ids()
-    );
-    assert!(
-        !lab.root.path().join(id).exists(),
-        "state directory of {id} left"
-    );
-    assert!(
-        cgroup_dirs(id).is_empty(),
-        "cgroups left: {:?}",
-        cgroup_dirs(id)
-    );
+    lab.assert_nothing_left(id);
     let procs = processes_mentioning(bundle);
     assert!(procs.is_empty(), "processes left: {procs:?}");
 }

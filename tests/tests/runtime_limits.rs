@@ -6,25 +6,8 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use flotilla_tests::runtime::{cgroup_dirs, stderr, stdout, unique_id, RuntimeLab};
+use flotilla_tests::runtime::{stderr, stdout, unique_id, RuntimeLab};
 use serde_json::json;
-
-fn assert_nothing_left(lab: &RuntimeLab, id: &str) {
-    assert!(
-        lab.ids().expect("ids").is_empty(),
-        "containers left: {:?}",
-        lab.ids()
-    );
-    assert!(
-        !lab.root.path().join(id).exists(),
-        "state directory of {id} left"
-    );
-    assert!(
-        cgroup_dirs(id).is_empty(),
-        "cgroups left: {:?}",
-        cgroup_dirs(id)
-    );
-}
 
 #[test]
 fn memory_limit_oom_kills_a_process_that_allocates_past_it() {
@@ -51,7 +34,7 @@ fn memory_limit_oom_kills_a_process_that_allocates_past_it() {
         stderr(&out)
     );
     assert!(!stdout(&out).contains("done"), "{}", stdout(&out));
-    assert_nothing_left(&lab, &id);
+    lab.assert_nothing_left(&id);
 }
 
 #[test]
@@ -77,7 +60,7 @@ fn pids_limit_stops_a_fork_loop() {
         (2..=20).contains(&procs),
         "{procs} processes in a container limited to 20"
     );
-    assert_nothing_left(&lab, &id);
+    lab.assert_nothing_left(&id);
 }
 
 #[test]
@@ -121,7 +104,7 @@ fn cpu_quota_throttles_a_busy_loop() {
         .output()
         .expect("delete");
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_nothing_left(&lab, &id);
+    lab.assert_nothing_left(&id);
 }
 
 /// `run` with `resources` edited by `edit` must fail, name `field` and leave nothing behind.
@@ -138,7 +121,7 @@ fn assert_refused(name: &str, field: &str, edit: impl FnOnce(&mut serde_json::Va
         "error does not name {field}: {}",
         stderr(&out)
     );
-    assert_nothing_left(&lab, &id);
+    lab.assert_nothing_left(&id);
 }
 
 #[test]

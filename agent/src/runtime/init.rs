@@ -154,13 +154,7 @@ fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
         super::console::setup_in_container(sock, size)?;
     }
 
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| RuntimeError::InvalidSpec {
-            path: "config.json".into(),
-            reason: "no process".into(),
-        })?;
+    let process = process_of(spec)?;
     for rl in process.rlimits().as_deref().unwrap_or_default() {
         sys.set_rlimit(rl.typ(), rl.soft(), rl.hard())?;
     }
@@ -221,14 +215,7 @@ pub fn drop_privileges(
 
 fn finalize_and_exec(cfg: &InitConfig<'_>) -> Result<Infallible, RuntimeError> {
     let sys = LinuxSyscall;
-    let process = cfg
-        .spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| RuntimeError::InvalidSpec {
-            path: "config.json".into(),
-            reason: "no process".into(),
-        })?;
+    let process = process_of(cfg.spec)?;
     drop_privileges(
         &sys,
         process,
@@ -261,6 +248,16 @@ fn finalize_and_exec(cfg: &InitConfig<'_>) -> Result<Infallible, RuntimeError> {
     }
     let e = nix::unistd::execve(&cexe, &cargs, &cenv).unwrap_err();
     Err(RuntimeError::sys(format!("exec {}", exe.display()), e))
+}
+
+/// The spec's process; `spec::load` already refused specs without one.
+fn process_of(spec: &Spec) -> Result<&Process, RuntimeError> {
+    spec.process()
+        .as_ref()
+        .ok_or_else(|| RuntimeError::InvalidSpec {
+            path: "config.json".into(),
+            reason: "no process".into(),
+        })
 }
 
 fn nul(what: &str) -> RuntimeError {
