@@ -12,9 +12,10 @@ bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d /tmp/flotilla-quickstart.XXXXXX)
 reg_pid=""
 cleanup() {
+  set +e
   "$bin/flotilla-runtime" --root "$work/run" delete --force quickstart >/dev/null 2>&1 || true
   "$bin/flotilla-agent" --root "$work/images" bundle rm --id quickstart >/dev/null 2>&1 || true
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null; wait "$reg_pid" 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
