@@ -124,6 +124,22 @@ fn detached_run_and_list() {
         ])
         .expect("run -d");
     assert!(status.success(), "{err}");
+    // The init is in the container's cgroup in every hierarchy (v1 controllers joined by the init
+    // itself, cgroup2 through clone3), never left in the caller's.
+    let pid = lab.state("det").expect("state")["pid"]
+        .as_i64()
+        .expect("pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("proc cgroup");
+    for line in cgroups.lines().filter(|l| !l.contains("name=systemd")) {
+        assert!(
+            line.ends_with(":/flotilla/det"),
+            "not in the container's cgroup: {line}\n{cgroups}"
+        );
+    }
+    assert!(
+        cgroups.lines().any(|l| l.starts_with("0::")),
+        "no cgroup2 line:\n{cgroups}"
+    );
     let list = lab
         .rt()
         .args(["list", "--format", "json"])

@@ -208,6 +208,26 @@ fn create_inner(
     let (parent_rx, child_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| RuntimeError::sys("pipe", e))?;
 
+    // Cheap cgroup placement: clone3 into the cgroup2 directory, and the init moving itself into
+    // the v1 hierarchies; a parent writing the pid makes the kernel wait ~15 ms (RCU grace period).
+    // From a new user namespace the init cannot write the host's cgroupfs: the parent does it.
+    let placement = cg.placement()?;
+    let self_attach = if ns.new_userns() {
+        Vec::new()
+    } else {
+        placement.v1_tasks.clone()
+    };
+    let cgroup_fd: Option<OwnedFd> = placement.unified.as_ref().and_then(|d| {
+        nix::fcntl::open(
+            d,
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .ok()
+    });
+
     // SAFETY: flotilla-runtime is single-threaded (see module doc), so the child may allocate.
     let helper = match unsafe { nix::unistd::fork() }.map_err(|e| RuntimeError::sys("fork", e))? {
         nix::unistd::ForkResult::Child => {
@@ -223,8 +243,9 @@ fn create_inner(
                 from_parent: child_rx,
                 to_parent: child_tx,
                 console: opts.console.as_ref(),
+                self_attach: &self_attach,
             };
-            helper_main(cfg, &joins)
+            helper_main(cfg, &joins, cgroup_fd.as_ref())
         }
         nix::unistd::ForkResult::Parent { child } => child,
     };
@@ -235,9 +256,13 @@ fn create_inner(
     let mut tx = std::fs::File::from(parent_tx);
     let helper_status =
         waitpid(helper, None).map_err(|e| RuntimeError::sys("wait for the clone helper", e))?;
-    let mut pid_buf = [0u8; 4];
+    drop(cgroup_fd);
+    // The init's pid, then 1 if clone3 placed it in the cgroup2 directory.
+    let mut pid_buf = [0u8; 5];
     let pid = match rx.read_exact(&mut pid_buf) {
-        Ok(()) if helper_status == WaitStatus::Exited(helper, 0) => i32::from_ne_bytes(pid_buf),
+        Ok(()) if helper_status == WaitStatus::Exited(helper, 0) => {
+            i32::from_ne_bytes([pid_buf[0], pid_buf[1], pid_buf[2], pid_buf[3]])
+        }
         _ => {
             let mut msg = String::new();
             let _ = rx.read_to_string(&mut msg);
@@ -257,7 +282,19 @@ fn create_inner(
         write_proc(pid, "uid_map", &uid)?;
         write_proc(pid, "gid_map", &gid)?;
     }
-    cg.add_process(pid)?;
+    let placed_unified = pid_buf[4] == 1;
+    if !self_attach.is_empty() && (placed_unified || placement.unified.is_none()) {
+        // The init joins the v1 hierarchies itself after GO; nothing left for us.
+    } else if !self_attach.is_empty() {
+        // clone3 could not place it (old kernel): only the cgroup2 directory is ours to write.
+        if let Some(dir) = &placement.unified {
+            let procs = dir.join("cgroup.procs");
+            std::fs::write(&procs, pid.to_string())
+                .map_err(|e| RuntimeError::io("join cgroup", procs, e))?;
+        }
+    } else {
+        cg.add_process(pid)?;
+    }
     if let Some(adj) = spec.process().as_ref().and_then(|p| p.oom_score_adj()) {
         write_proc(pid, "oom_score_adj", &adj.to_string())?;
     }
@@ -305,6 +342,7 @@ fn message_or(msg: String, default: &str) -> String {
 fn helper_main(
     cfg: InitConfig<'_>,
     joins: &[(oci_spec::runtime::LinuxNamespaceType, OwnedFd)],
+    cgroup_fd: Option<&OwnedFd>,
 ) -> ! {
     let mut tx = match cfg.to_parent.try_clone() {
         Ok(fd) => std::fs::File::from(fd),
@@ -319,9 +357,22 @@ fn helper_main(
     let flags = cfg.ns.clone_flags.bits() as libc::c_ulong
         | libc::CLONE_PARENT as libc::c_ulong
         | libc::SIGCHLD as libc::c_ulong;
-    // SAFETY: a raw clone without CLONE_VM and with a NULL stack behaves like fork(2): the child gets
-    // a copy of this single-threaded process and continues from here.
-    let rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    let mut placed = 0u8;
+    let mut rc = -1;
+    if let Some(fd) = cgroup_fd {
+        rc = clone3_into_cgroup(
+            cfg.ns.clone_flags.bits() as u64 | libc::CLONE_PARENT as u64,
+            fd,
+        );
+        if rc >= 0 {
+            placed = 1;
+        }
+    }
+    if rc < 0 {
+        // SAFETY: a raw clone without CLONE_VM and with a NULL stack behaves like fork(2): the
+        // child gets a copy of this single-threaded process and continues from here.
+        rc = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    }
     if rc == 0 {
         drop(tx);
         init::run(cfg)
@@ -333,9 +384,63 @@ fn helper_main(
         // SAFETY: _exit in a forked child.
         unsafe { libc::_exit(1) }
     }
-    let _ = tx.write_all(&(rc as i32).to_ne_bytes());
+    let mut msg = [0u8; 5];
+    msg[..4].copy_from_slice(&(rc as i32).to_ne_bytes());
+    msg[4] = placed;
+    let _ = tx.write_all(&msg);
     // SAFETY: _exit in a forked child.
     unsafe { libc::_exit(0) }
+}
+
+/// `struct clone_args` of clone3(2), up to the `cgroup` field (kernel 5.7+).
+#[repr(C)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// fork-like clone3 that starts the child inside the cgroup2 directory `cgroup`. Returns the
+/// child's pid (0 in the child) or -1 (the caller falls back to clone).
+fn clone3_into_cgroup(flags: u64, cgroup: &OwnedFd) -> i64 {
+    use std::os::fd::AsRawFd;
+    let args = CloneArgs {
+        flags: flags | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        // clone3 refuses an exit signal with CLONE_PARENT: the child inherits ours (SIGCHLD).
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup.as_raw_fd() as u64,
+    };
+    // SAFETY: args is a valid clone_args of the size passed; without CLONE_VM and with no stack the
+    // child is a fork-style copy of this single-threaded process.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    }
 }
 
 fn write_proc(pid: i32, file: &str, data: &str) -> Result<(), RuntimeError> {

@@ -38,6 +38,8 @@ pub struct InitConfig<'a> {
     pub to_parent: OwnedFd,
     /// Where to send the pty master when `process.terminal` is true.
     pub console: Option<&'a OwnedFd>,
+    /// cgroup v1 `tasks` files the init writes `0` to, moving itself (see `Placement`).
+    pub self_attach: &'a [PathBuf],
 }
 
 /// Never returns: execs the user process or exits.
@@ -102,6 +104,10 @@ fn setup(cfg: &InitConfig<'_>, to_parent: &mut std::fs::File) -> Result<Infallib
 fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     let sys = LinuxSyscall;
     let spec = cfg.spec;
+    // First, before any allocation worth accounting: join the v1 hierarchies.
+    for tasks in cfg.self_attach {
+        sys.write_file(tasks, "0")?;
+    }
     if cfg.ns.new_netns() {
         // A new network namespace starts with `lo` down; runc and crun bring it up, and
         // containers expect to reach themselves on 127.0.0.1. Joined namespaces are left alone.

@@ -215,6 +215,19 @@ pub trait CgroupManager: Send + Sync {
     /// Removes the cgroup from every hierarchy (child cgroups first), retrying briefly while
     /// processes exit. Missing directories are success.
     fn destroy(&self) -> Result<(), CgroupError>;
+    /// Where a new process can be placed without the parent writing its pid (which makes the
+    /// kernel wait for an RCU grace period, ~15 ms): see [`Placement`].
+    fn placement(&self) -> Result<Placement, CgroupError>;
+}
+
+/// Cheap ways into the cgroup for a new process.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// v1 `tasks` files: a single-threaded process writing `0` there moves itself without the
+    /// threadgroup lock. Requires write access to the host's cgroupfs (not from a user namespace).
+    pub v1_tasks: Vec<PathBuf>,
+    /// cgroup2 directory for `clone3(CLONE_INTO_CGROUP)`.
+    pub unified: Option<PathBuf>,
 }
 
 /// The manager for `cfg.layout`. The path is checked by each operation (an invalid path makes

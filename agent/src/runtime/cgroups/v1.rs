@@ -493,6 +493,18 @@ impl CgroupManager for V1Manager {
         super::execute(&plan)
     }
 
+    fn placement(&self) -> Result<super::Placement, CgroupError> {
+        let rel = relative_path(&self.path)?;
+        Ok(super::Placement {
+            v1_tasks: self
+                .mounted()
+                .iter()
+                .map(|c| self.root.join(c).join(&rel).join("tasks"))
+                .collect(),
+            unified: self.unified()?.map(|u| u.dir),
+        })
+    }
+
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         super::check_pid(pid)?;
         let value = pid.to_string();

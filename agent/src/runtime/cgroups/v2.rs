@@ -468,6 +468,13 @@ impl CgroupManager for V2Manager {
         super::execute(&plan)
     }
 
+    fn placement(&self) -> Result<super::Placement, CgroupError> {
+        Ok(super::Placement {
+            v1_tasks: Vec::new(),
+            unified: Some(self.group()?.dir),
+        })
+    }
+
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         super::check_pid(pid)?;
         self.group()?.add_process(pid)
