@@ -161,6 +161,20 @@ impl RuntimeLab {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// `delete --force ID`, asserting that it succeeds.
+    pub fn delete_force(&self, id: &str) {
+        let out = self
+            .rt()
+            .args(["delete", "--force", id])
+            .output()
+            .expect("flotilla-runtime delete");
+        assert!(
+            out.status.success(),
+            "delete --force {id}: {}",
+            stderr(&out)
+        );
+    }
+
     /// Asserts that container `id` left no record, state directory or cgroup behind.
     pub fn assert_nothing_left(&self, id: &str) {
         assert!(

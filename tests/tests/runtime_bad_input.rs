@@ -131,12 +131,7 @@ fn duplicate_container_id_is_refused_and_the_first_keeps_running() {
     assert_eq!(now["pid"], first["pid"]);
     assert_eq!(lab.ids().expect("ids"), std::slice::from_ref(&id));
 
-    let out = lab
-        .rt()
-        .args(["delete", "--force", &id])
-        .output()
-        .expect("delete");
-    assert!(out.status.success(), "{}", stderr(&out));
+    lab.delete_force(&id);
     assert_nothing_left(&lab, &id, &b);
 }
 
@@ -211,12 +206,7 @@ fn unknown_signal_is_refused_and_the_container_keeps_running() {
     assert!(stderr(&out).contains("SIGBOGUS"), "{}", stderr(&out));
     assert_eq!(lab.state(&id).expect("state")["status"], "running");
 
-    let out = lab
-        .rt()
-        .args(["delete", "--force", &id])
-        .output()
-        .expect("delete");
-    assert!(out.status.success(), "{}", stderr(&out));
+    lab.delete_force(&id);
     assert_nothing_left(&lab, &id, &b);
 }
 

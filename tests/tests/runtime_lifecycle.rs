@@ -148,12 +148,7 @@ fn detached_run_and_list() {
     let v: serde_json::Value = serde_json::from_slice(&list.stdout).expect("list json");
     assert_eq!(v[0]["id"], "det");
     assert_eq!(v[0]["status"], "running");
-    let out = lab
-        .rt()
-        .args(["delete", "--force", "det"])
-        .output()
-        .expect("delete -f");
-    assert!(out.status.success(), "{}", stderr(&out));
+    lab.delete_force("det");
     assert!(lab.ids().expect("ids").is_empty());
     assert!(cgroup_dirs("det").is_empty());
 }

@@ -98,12 +98,7 @@ fn cpu_quota_throttles_a_busy_loop() {
     assert!(throttled > 0, "never throttled: {cpu}");
     // 10% of one CPU for about a second is ~100 ms; unthrottled it would be ~1 s.
     assert!(usage < 500_000_000, "used {usage} ns in ~1 s: {cpu}");
-    let out = lab
-        .rt()
-        .args(["delete", "--force", &id])
-        .output()
-        .expect("delete");
-    assert!(out.status.success(), "{}", stderr(&out));
+    lab.delete_force(&id);
     lab.assert_nothing_left(&id);
 }
 

@@ -26,8 +26,6 @@ use super::spec;
 use super::state::{self, Observed, Record, Status, EXEC_FIFO};
 
 pub const DEFAULT_ROOT: &str = "/run/flotilla-runtime";
-/// Parent cgroup of containers that do not name one: containers never land in the caller's cgroup.
-pub const DEFAULT_CGROUP_PARENT: &str = "flotilla";
 
 pub struct CreateOptions<'a> {
     pub root: &'a Path,
@@ -66,12 +64,32 @@ pub fn cgroup_manager(
     }))
 }
 
+/// The container's cgroup path and manager. A cgroup that already holds processes (another root's
+/// container with this id) is refused: our cleanup would kill them.
+fn free_cgroup(
+    cgroup_root: &Path,
+    spec: &Spec,
+    id: &str,
+    bundle: &Path,
+) -> Result<(PathBuf, Box<dyn CgroupManager>), RuntimeError> {
+    let path = cgroup_rel_path(spec, id).map_err(|e| RuntimeError::InvalidSpec {
+        path: bundle.join("config.json"),
+        reason: e.to_string(),
+    })?;
+    let cg = cgroup_manager(cgroup_root, &path)?;
+    let pids = cg.pids()?;
+    if !pids.is_empty() {
+        return Err(RuntimeError::CgroupInUse { path, pids });
+    }
+    Ok((path, cg))
+}
+
 /// The container's cgroup, relative to each hierarchy: `linux.cgroupsPath` (checked: no `..`) or
 /// `flotilla/<id>`.
 fn cgroup_rel_path(spec: &Spec, id: &str) -> Result<PathBuf, RuntimeError> {
     match spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
         Some(p) => Ok(cgroups::relative_path(&p)?),
-        None => Ok(Path::new(DEFAULT_CGROUP_PARENT).join(id)),
+        None => Ok(Path::new(cgroups::DEFAULT_PARENT).join(id)),
     }
 }
 
@@ -98,30 +116,13 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
         }
         Err(e) => return Err(RuntimeError::io("create the state directory", &dir, e)),
     }
-    // Never adopt a cgroup that already has processes (another root's container with this id):
-    // our cleanup would kill them.
-    let cgroup_path = cgroup_rel_path(&spec, opts.id);
-    let in_use = cgroup_path
-        .as_ref()
-        .map_err(|e| RuntimeError::InvalidSpec {
-            path: bundle.join("config.json"),
-            reason: e.to_string(),
-        })
-        .and_then(|p| cgroup_manager(opts.cgroup_root, p))
-        .and_then(|cg| Ok(cg.pids()?));
-    match in_use {
-        Ok(pids) if pids.is_empty() => {}
-        other => {
+    let (cgroup_path, cg) = match free_cgroup(opts.cgroup_root, &spec, opts.id, &bundle) {
+        Ok(found) => found,
+        Err(e) => {
             let _ = std::fs::remove_dir(&dir);
-            return Err(match other {
-                Ok(pids) => RuntimeError::CgroupInUse {
-                    path: cgroup_path.unwrap_or_default(),
-                    pids,
-                },
-                Err(e) => e,
-            });
+            return Err(e);
         }
-    }
+    };
     let mut rec = Record {
         id: opts.id.into(),
         bundle: bundle.clone(),
@@ -129,7 +130,7 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
         creator_pid: std::process::id() as i32,
         pid: None,
         pid_start: None,
-        cgroup_path: cgroup_path.unwrap_or_default(),
+        cgroup_path,
         created: false,
         created_at: state::now_rfc3339(),
         owner: nix::unistd::User::from_uid(nix::unistd::getuid())
@@ -139,7 +140,8 @@ pub fn create(opts: &CreateOptions<'_>) -> Result<i32, RuntimeError> {
             .unwrap_or_else(|| "root".into()),
         annotations: spec.annotations().clone().unwrap_or_default(),
     };
-    let result = state::save(opts.root, &rec).and_then(|_| create_inner(opts, &spec, &mut rec));
+    let result =
+        state::save(opts.root, &rec).and_then(|_| create_inner(opts, &spec, &mut rec, cg.as_ref()));
     match result {
         Ok(pid) => Ok(pid),
         Err(e) => {
@@ -153,6 +155,7 @@ fn create_inner(
     opts: &CreateOptions<'_>,
     spec: &Spec,
     rec: &mut Record,
+    cg: &dyn CgroupManager,
 ) -> Result<i32, RuntimeError> {
     let dir = state::dir(opts.root, opts.id);
     let fifo = dir.join(EXEC_FIFO);
@@ -185,7 +188,6 @@ fn create_inner(
         _ => {}
     }
     let linux = spec.linux().clone().unwrap_or_default();
-    let cg = cgroup_manager(opts.cgroup_root, &rec.cgroup_path)?;
     let resources = linux.resources().clone().unwrap_or_default();
     cg.create()?;
     cg.apply(&resources)?;

@@ -6,7 +6,7 @@
 //! mount first so nothing propagates back to the host; the old root is detached after pivot_root.
 use std::path::{Component, Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use nix::sys::stat::SFlag;
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
@@ -459,9 +459,6 @@ pub fn finish(sys: &dyn Syscall, spec: &Spec, rootfs: &Path) -> Result<(), Runti
 pub fn real_readlink() -> &'static dyn Fn(&Path) -> Option<PathBuf> {
     &host_readlink
 }
-
-/// Flags for `umount` of whatever is left; kept here so callers need not import nix.
-pub const DETACH: MntFlags = MntFlags::MNT_DETACH;
 
 #[cfg(test)]
 mod tests {
