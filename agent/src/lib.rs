@@ -4,4 +4,5 @@
 //! seccomp (the engine behind the runc-compatible `flotilla-runtime` binary); `image` stores OCI
 //! images by digest, pulls and pushes them, and lays out copy-on-write overlay root filesystems.
 pub mod image;
+pub mod network;
 pub mod runtime;

@@ -9,6 +9,7 @@ pub mod cgroups;
 pub mod console;
 pub mod container;
 pub mod error;
+pub mod exec;
 pub mod init;
 pub mod namespaces;
 pub mod rootfs;

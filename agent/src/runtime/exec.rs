@@ -1,0 +1,1 @@
+//! Running an additional process inside an existing container (placeholder: filled by issue 3).
