@@ -6,3 +6,4 @@
 pub mod image;
 pub mod network;
 pub mod runtime;
+pub mod shim;
