@@ -414,7 +414,7 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// fork-like clone3 that starts the child inside the cgroup2 directory `cgroup`. Returns the
 /// child's pid (0 in the child) or -1 (the caller falls back to clone).
-fn clone3_into_cgroup(flags: u64, cgroup: &OwnedFd) -> i64 {
+pub(crate) fn clone3_into_cgroup(flags: u64, cgroup: &OwnedFd) -> i64 {
     use std::os::fd::AsRawFd;
     let args = CloneArgs {
         flags: flags | CLONE_INTO_CGROUP,
@@ -450,7 +450,7 @@ fn write_proc(pid: i32, file: &str, data: &str) -> Result<(), RuntimeError> {
     std::fs::write(&path, data).map_err(|e| RuntimeError::io("write", path, e))
 }
 
-fn write_atomic(path: &Path, data: &str) -> Result<(), RuntimeError> {
+pub(crate) fn write_atomic(path: &Path, data: &str) -> Result<(), RuntimeError> {
     let tmp = path.with_extension("tmp-flotilla");
     std::fs::write(&tmp, data)
         .and_then(|_| std::fs::rename(&tmp, path))

@@ -44,6 +44,16 @@ pub enum RuntimeError {
     Seccomp(#[from] super::seccomp::SeccompError),
     #[error("corrupt state {path}: {reason}; `flotilla-runtime delete --force` removes it")]
     CorruptState { path: PathBuf, reason: String },
+    #[error("invalid {what} {value:?}: {hint}")]
+    InvalidInput {
+        what: &'static str,
+        value: String,
+        hint: String,
+    },
+    #[error("cannot exec in container {id}: {reason}")]
+    ExecFailed { id: String, reason: String },
+    #[error("cannot exec in container {id}: executable {name:?} not found in the container's $PATH or not executable")]
+    ExecutableNotFound { id: String, name: String },
 }
 
 impl RuntimeError {
