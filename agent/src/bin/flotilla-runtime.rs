@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use flotilla_agent::runtime::container::{self, CreateOptions, DEFAULT_ROOT};
-use flotilla_agent::runtime::{spec, state};
+use flotilla_agent::runtime::{console, exec, spec, state, RuntimeError};
 
 #[derive(Parser)]
 #[command(
@@ -74,6 +74,54 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
         id: String,
+    },
+    /// Run a new process in a running container, as confined as its init.
+    ///
+    /// Without --process, the process is the container's own (config.json: env, user,
+    /// capabilities, rlimits, no_new_privs, cwd) running ARGS, with the flags applied on top.
+    /// In the foreground the exit status is the process's (128+N when killed by signal N; 127 when
+    /// the executable is not found).
+    Exec {
+        /// A complete OCI process (JSON) to run instead of the container's with ARGS and flags.
+        #[arg(short, long, value_name = "FILE")]
+        process: Option<PathBuf>,
+        /// Allocate a pseudo-terminal (proxied to our stdio unless --console-socket is given).
+        #[arg(short, long)]
+        tty: bool,
+        /// Unix socket to receive the pty master (with --tty).
+        #[arg(long)]
+        console_socket: Option<PathBuf>,
+        /// Stdin is a terminal (a pty slave) the process takes as its controlling terminal.
+        #[arg(long)]
+        tty_stdin: bool,
+        /// Return once the process runs, without waiting for it.
+        #[arg(short, long)]
+        detach: bool,
+        /// Write the process's pid to this file.
+        #[arg(long)]
+        pid_file: Option<PathBuf>,
+        /// Set an environment variable (KEY=VALUE); repeatable.
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        /// Run as UID[:GID] (numeric).
+        #[arg(short, long, value_name = "UID[:GID]")]
+        user: Option<String>,
+        /// An additional group id; repeatable.
+        #[arg(short = 'g', long = "additional-gids", value_name = "GID")]
+        additional_gids: Vec<u32>,
+        /// Add a capability (e.g. NET_ADMIN) to the bounding, effective and permitted sets.
+        #[arg(short, long = "cap", value_name = "CAP")]
+        cap: Vec<String>,
+        /// Set no_new_privs for the process.
+        #[arg(long)]
+        no_new_privs: bool,
+        id: String,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     /// Print the OCI state of a container as JSON.
     State { id: String },
@@ -247,6 +295,121 @@ fn real_main(cli: Cli) -> Result<u8> {
                 eprintln!("flotilla-runtime: container {id} was killed by the kernel: out of memory (memory limit reached)");
             }
             return Ok(exit.code.clamp(0, 255) as u8);
+        }
+        Cmd::Exec {
+            process,
+            tty,
+            console_socket,
+            tty_stdin,
+            detach,
+            pid_file,
+            env,
+            cwd,
+            user,
+            additional_gids,
+            cap,
+            no_new_privs,
+            id,
+            args,
+        } => {
+            let process = match process {
+                Some(path) => {
+                    let flags_given = !args.is_empty()
+                        || !env.is_empty()
+                        || cwd.is_some()
+                        || user.is_some()
+                        || !additional_gids.is_empty()
+                        || !cap.is_empty()
+                        || no_new_privs;
+                    if flags_given {
+                        anyhow::bail!(
+                            "--process {} gives the whole process: do not combine it with a \
+                             command, --env, --cwd, --user, --additional-gids, --cap or \
+                             --no-new-privs",
+                            path.display()
+                        );
+                    }
+                    let data = std::fs::read(&path)
+                        .with_context(|| format!("read process file {}", path.display()))?;
+                    let mut p: oci_spec::runtime::Process = serde_json::from_slice(&data)
+                        .with_context(|| format!("invalid OCI process in {}", path.display()))?;
+                    if tty {
+                        p.set_terminal(Some(true));
+                    }
+                    exec::validate_process(&p)
+                        .with_context(|| format!("process file {}", path.display()))?;
+                    p
+                }
+                None => exec::apply_overrides(
+                    exec::container_process(root, &id)?,
+                    &exec::ProcessOverrides {
+                        args,
+                        env,
+                        cwd,
+                        user,
+                        additional_gids,
+                        caps: cap,
+                        no_new_privs,
+                        terminal: tty,
+                    },
+                )?,
+            };
+            let terminal = process.terminal().unwrap_or(false) && !tty_stdin;
+            if terminal && detach && console_socket.is_none() {
+                anyhow::bail!(
+                    "a detached exec with a terminal needs --console-socket to hand it to"
+                );
+            }
+            // A foreground terminal without a console socket: we take the pty and proxy it.
+            let (console, peer) = if terminal && console_socket.is_none() {
+                let (ours, theirs) = nix::sys::socket::socketpair(
+                    nix::sys::socket::AddressFamily::Unix,
+                    nix::sys::socket::SockType::Stream,
+                    None,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+                )
+                .context("socketpair for the terminal")?;
+                (Some(theirs), Some(ours))
+            } else {
+                (console_for(&console_socket)?, None)
+            };
+            let opts = exec::ExecOptions {
+                root,
+                id: &id,
+                cgroup_root: cg,
+                process,
+                console,
+                tty_from_stdin: tty_stdin,
+                pid_file: pid_file.as_deref(),
+            };
+            let pid = match exec::exec(&opts) {
+                Ok(pid) => pid,
+                Err(e @ RuntimeError::ExecutableNotFound { .. }) => {
+                    let _ = writeln!(std::io::stderr(), "flotilla-runtime: {e}");
+                    return Ok(127);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            drop(opts);
+            if detach {
+                return Ok(0);
+            }
+            let proxy = match peer {
+                Some(peer) => Some(
+                    console::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&peer))
+                        .and_then(console::proxy)
+                        .inspect_err(|_| {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        })?,
+                ),
+                None => None,
+            };
+            let code = container::wait_forwarding(pid)?;
+            drop(proxy);
+            return Ok(code.clamp(0, 255) as u8);
         }
         Cmd::State { id } => {
             let st = container::oci_state(root, &id, cg)?;

@@ -687,10 +687,14 @@ fn stdin_as_controlling_terminal() -> Result<(), RuntimeError> {
     nix::unistd::setsid().map_err(|e| RuntimeError::sys("setsid", e))?;
     // SAFETY: TIOCSCTTY takes an integer argument; fd 0 is an open terminal.
     if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
-        return Err(RuntimeError::sys(
-            "make stdin the controlling terminal",
-            nix::Error::last(),
-        ));
+        let e = nix::Error::last();
+        let what = if e == nix::Error::EPERM {
+            "make stdin the controlling terminal (it already is another session's: pass a pty \
+             slave no session owns)"
+        } else {
+            "make stdin the controlling terminal"
+        };
+        return Err(RuntimeError::sys(what, e));
     }
     Ok(())
 }
