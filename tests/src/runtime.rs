@@ -152,6 +152,41 @@ impl RuntimeLab {
         Ok((status, text))
     }
 
+    /// `run -d --bundle B ID` with stdio on files (see [`detached`](Self::detached)); fails
+    /// unless it succeeds.
+    pub fn run_detached(&self, id: &str, bundle: &Path) -> Result<()> {
+        let (status, err) = self.detached(&[
+            "run".as_ref(),
+            "-d".as_ref(),
+            "--bundle".as_ref(),
+            bundle.as_os_str(),
+            id.as_ref(),
+        ])?;
+        if !status.success() {
+            bail!("run -d {id}: {err}");
+        }
+        Ok(())
+    }
+
+    /// The pid of a container's init, from its state.
+    pub fn init_pid(&self, id: &str) -> Result<i32> {
+        let st = self.state(id)?;
+        match st["pid"].as_i64() {
+            Some(p) if p > 0 => Ok(p as i32),
+            _ => bail!("container {id} has no pid: {st}"),
+        }
+    }
+
+    /// `flotilla-runtime exec ARGS` for a process that ends: stdin empty, output captured.
+    pub fn exec<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Result<Output> {
+        Ok(self
+            .rt()
+            .arg("exec")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()?)
+    }
+
     /// The OCI state JSON of a container.
     pub fn state(&self, id: &str) -> Result<serde_json::Value> {
         let out = self.rt().args(["state", id]).output()?;
