@@ -1,3 +1,4 @@
 //! flotilla's test lab: real components started by tests and torn down even when a test fails.
+pub mod network;
 pub mod registry;
 pub mod runtime;
