@@ -328,6 +328,29 @@ fn bad_requests_fail_clearly_and_leave_nothing() {
 }
 
 #[test]
+fn a_container_at_its_pids_limit_refuses_an_exec_clearly() {
+    let lab = RuntimeLab::new().expect("lab");
+    let id = unique_id("pidsmax");
+    let b = lab
+        .bundle("pidsmax", &["sleep", "600"], |v| {
+            v["linux"]["resources"]["pids"] = json!({"limit": 1});
+        })
+        .expect("bundle");
+    lab.run_detached(&id, &b).expect("run -d");
+    let out = lab.exec(&[&id, "true"]).expect("exec");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("cannot exec in container {id}: clone the process"))
+            && stderr(&out).contains("pids limit"),
+        "{}",
+        stderr(&out)
+    );
+    assert_only_init(&lab, &id);
+    lab.delete_force(&id);
+    lab.assert_nothing_left(&id);
+}
+
+#[test]
 fn exec_in_a_user_namespace_runs_as_mapped_root() {
     let lab = RuntimeLab::new().expect("lab");
     let id = unique_id("userns");

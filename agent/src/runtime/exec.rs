@@ -481,20 +481,21 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32, RuntimeError> {
     let helper_status =
         waitpid(helper, None).map_err(|e| RuntimeError::sys("wait for the exec helper", e))?;
     drop(cgroup_fd);
+    // On success the helper wrote the pid and whether clone3 placed it; on failure, a message.
     let mut pid_buf = [0u8; 5];
-    let pid = match rx.read_exact(&mut pid_buf) {
-        Ok(()) if helper_status == WaitStatus::Exited(helper, 0) => {
+    let pid =
+        if helper_status == WaitStatus::Exited(helper, 0) && rx.read_exact(&mut pid_buf).is_ok() {
             i32::from_ne_bytes([pid_buf[0], pid_buf[1], pid_buf[2], pid_buf[3]])
-        }
-        _ => {
+        } else {
+            // Closing our end of GO makes a process that was cloned anyway exit, so EOF comes.
+            drop(tx);
             let mut msg = String::new();
             let _ = rx.read_to_string(&mut msg);
             if msg.is_empty() {
                 msg = format!("the exec helper failed ({helper_status:?})");
             }
             return Err(failed(msg));
-        }
-    };
+        };
     let abandon = |e: RuntimeError| {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = waitpid(Pid::from_raw(pid), None);
@@ -587,10 +588,10 @@ fn helper_main(
     }
     if rc < 0 {
         let e = nix::Error::last();
-        let hint = if e == nix::Error::ENOMEM {
-            " (the container's pid namespace is exiting)"
-        } else {
-            ""
+        let hint = match e {
+            nix::Error::ENOMEM => " (the container's pid namespace is exiting)",
+            nix::Error::EAGAIN => " (the container's pids limit may be reached)",
+            _ => "",
         };
         fail(&mut tx, format!("clone the process: {e}{hint}"))
     }
