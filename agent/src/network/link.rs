@@ -10,8 +10,8 @@ use std::os::fd::AsRawFd;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::error::{NetError, Result};
 use super::ipnet::Ipv4Net;
@@ -47,14 +47,6 @@ pub async fn get(h: &Handle, name: &str) -> Result<Option<LinkMessage>> {
 /// Index of the link called `name`, if any.
 pub async fn index_of(h: &Handle, name: &str) -> Result<Option<u32>> {
     Ok(get(h, name).await?.map(|m| m.header.index))
-}
-
-/// The bridge a link is enslaved to, if any.
-pub fn controller(m: &LinkMessage) -> Option<u32> {
-    m.attributes.iter().find_map(|a| match a {
-        LinkAttribute::Controller(i) => Some(*i),
-        _ => None,
-    })
 }
 
 /// Names of every link.
@@ -135,7 +127,7 @@ pub async fn delete(h: &Handle, name: &str) -> Result<()> {
     }
 }
 
-/// Enslaves `name` to bridge `bridge` and brings it up.
+/// Enslaves `name` to bridge `bridge` in hairpin mode and brings it up.
 pub async fn attach(h: &Handle, name: &str, bridge: &str) -> Result<()> {
     let br = index_of(h, bridge).await?.ok_or_else(|| NetError::Sys {
         op: format!("attach {name}: bridge {bridge} is missing"),
@@ -149,7 +141,14 @@ pub async fn attach(h: &Handle, name: &str, bridge: &str) -> Result<()> {
         .set(LinkUnspec::new_with_index(idx).controller(br).up().build())
         .execute()
         .await
-        .map_err(nl(format!("attach {name} to bridge {bridge}")))
+        .map_err(nl(format!("attach {name} to bridge {bridge}")))?;
+    // Hairpin: with br_netfilter a DNAT back into the same bridge is bridged, so a container
+    // reaching its own published port needs its frame sent back out of the port it came in on.
+    h.link()
+        .set_port(LinkBridgePort::new(idx).hairpin(true).build())
+        .execute()
+        .await
+        .map_err(nl(format!("set hairpin mode on {name}")))
 }
 
 /// Creates veth `host`<->`peer`, attaches `host` to `bridge` and moves `peer` into the
@@ -260,9 +259,4 @@ pub async fn host_ipv4_nets(h: &Handle) -> Result<Vec<Ipv4Net>> {
             Some(Ipv4Net::truncate(ip, m.header.prefix_len))
         })
         .collect())
-}
-
-/// True when the link is administratively up.
-pub fn is_up(m: &LinkMessage) -> bool {
-    m.header.flags.contains(LinkFlags::Up)
 }

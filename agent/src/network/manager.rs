@@ -347,7 +347,6 @@ impl NetworkManager {
                     continue;
                 };
                 let restored = match link::get(&k.nl, &e.host_ifname).await? {
-                    Some(m) if link::controller(&m).is_some() && link::is_up(&m) => Ok(()),
                     Some(_) => link::attach(&k.nl, &e.host_ifname, &net.bridge).await,
                     None => plumb(&k.nl, &sb.container_id, &sb.path, net, e).await,
                 };
