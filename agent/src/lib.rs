@@ -7,4 +7,5 @@ pub mod engine;
 pub mod image;
 pub mod network;
 pub mod runtime;
+pub mod server;
 pub mod shim;

@@ -50,6 +50,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run the node agent daemon: the gRPC API (`flotilla.agent.v1`) for the `flotilla` CLI.
+    #[command(after_help = "Examples:\n  flotilla-agent serve\n  \
+        flotilla-agent serve --state-dir /srv/flotilla --allow-host-path /srv/data\n  \
+        flotilla-agent serve --tcp 127.0.0.1:2377 --insecure-tcp\n\n\
+        Containers run under one flotilla-shim each and keep running when the agent stops, \
+        crashes or is upgraded; on start the agent re-attaches to them and records the exits that \
+        happened meanwhile.")]
+    Serve(ServeArgs),
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -199,6 +207,135 @@ enum Format {
     Json,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Persistent state: images, containers, volumes, logs.
+    #[arg(long, default_value = "/var/lib/flotilla", env = "FLOTILLA_STATE_DIR")]
+    state_dir: PathBuf,
+    /// Runtime state (tmpfs): the API socket, shim sockets, runtime state, network namespaces.
+    #[arg(long, default_value = "/run/flotilla", env = "FLOTILLA_RUN_DIR")]
+    run_dir: PathBuf,
+    /// The API's unix socket (mode 0660); default RUN_DIR/agent.sock.
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Also serve the API on TCP. Without TLS (it comes with the cluster) only a loopback address
+    /// with --insecure-tcp is accepted.
+    #[arg(long, value_name = "ADDR:PORT")]
+    tcp: Option<std::net::SocketAddr>,
+    /// Accept the plain-text TCP listener (loopback only).
+    #[arg(long)]
+    insecure_tcp: bool,
+    /// Allow bind mounts of host system paths under PREFIX (/etc, /run, ... are refused otherwise).
+    #[arg(long, value_name = "PREFIX")]
+    allow_host_path: Vec<PathBuf>,
+    /// Run containers in a user namespace: root inside is UID:GID (COUNT ids) on the host.
+    #[arg(long, value_name = "UID:GID[:COUNT]")]
+    userns_remap: Option<String>,
+    /// A registry reached over plain http (loopback registries always are).
+    #[arg(long, value_name = "HOST[:PORT]")]
+    insecure_registry: Vec<String>,
+    /// Mount point of the cgroup filesystems.
+    #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
+    cgroup_root: PathBuf,
+}
+
+fn parse_userns(s: &str) -> Result<(u32, u32, u32)> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |p: &str| {
+        p.parse::<u32>()
+            .with_context(|| format!("invalid --userns-remap {s:?}: {p:?} is not a number"))
+    };
+    match parts.as_slice() {
+        [u, g] => Ok((num(u)?, num(g)?, 65536)),
+        [u, g, c] => Ok((num(u)?, num(g)?, num(c)?)),
+        _ => bail!("invalid --userns-remap {s:?}: use UID:GID[:COUNT], e.g. 100000:100000:65536"),
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<ExitCode> {
+    use flotilla_agent::engine::{Engine, EngineConfig};
+    if let Some(addr) = args.tcp {
+        if !args.insecure_tcp || !addr.ip().is_loopback() {
+            bail!("refusing to serve the API on TCP {addr}: without TLS (it comes with the cluster) only a loopback address with --insecure-tcp is allowed");
+        }
+    }
+    let userns_remap = args.userns_remap.as_deref().map(parse_userns).transpose()?;
+    let exe = std::env::current_exe().context("locate flotilla-agent")?;
+    let dir = exe
+        .parent()
+        .context("flotilla-agent has no directory")?
+        .to_path_buf();
+    let shim_bin = dir.join("flotilla-shim");
+    let runtime_bin = dir.join("flotilla-runtime");
+    for b in [&shim_bin, &runtime_bin] {
+        if !b.exists() {
+            bail!("{} is missing: flotilla-shim and flotilla-runtime must be installed next to flotilla-agent", b.display());
+        }
+    }
+    let socket = args
+        .socket
+        .clone()
+        .unwrap_or_else(|| args.run_dir.join("agent.sock"));
+    let cfg = EngineConfig {
+        state_dir: args.state_dir,
+        run_dir: args.run_dir,
+        cgroup_root: args.cgroup_root,
+        shim_bin,
+        runtime_bin,
+        allow_host_paths: args.allow_host_path,
+        userns_remap,
+        insecure_registries: args.insecure_registry,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    rt.block_on(async move {
+        let listener = flotilla_agent::server::bind_unix(&socket)
+            .await
+            .with_context(|| format!("listen on {}", socket.display()))?;
+        let engine = Engine::open(cfg).await.context("open the agent state")?;
+        let routes = flotilla_agent::server::router(engine.clone());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            tracing::info!("shutting down; containers keep running under their shims");
+        };
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(addr) = args.tcp {
+            let tcp_routes = routes.clone();
+            let mut stop = stop_rx.clone();
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
+            eprintln!("flotilla-agent: serving on tcp://{addr} (insecure, loopback only)");
+            tokio::spawn(async move {
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+                let _ = tonic::transport::Server::builder()
+                    .add_routes(tcp_routes)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            });
+        }
+        eprintln!("flotilla-agent: serving on unix://{}", socket.display());
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .context("serve the API")?;
+        let _ = stop_tx.send(true);
+        let _ = std::fs::remove_file(&socket);
+        Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
@@ -240,6 +377,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ImageStore::open(config).with_context(|| format!("open image store {}", cli.root.display()))
     };
     match cli.cmd {
+        Cmd::Serve(args) => return serve(args),
         Cmd::Image(cmd) => match cmd {
             ImageCmd::Pull {
                 reference,

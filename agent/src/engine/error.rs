@@ -99,7 +99,11 @@ impl From<crate::runtime::error::RuntimeError> for EngineError {
 pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let candidates: Vec<&str> = candidates.into_iter().collect();
     if !input.is_empty() {
-        if let Some(c) = candidates.iter().filter(|c| c.starts_with(input)).min_by_key(|c| c.len()) {
+        if let Some(c) = candidates
+            .iter()
+            .filter(|c| c.starts_with(input))
+            .min_by_key(|c| c.len())
+        {
             return Some(c);
         }
     }
@@ -115,7 +119,11 @@ pub fn closest<'a>(input: &str, candidates: impl IntoIterator<Item = &'a str>) -
 }
 
 /// "no such X: NAME" with a suggestion when one is close.
-pub fn no_such<'a>(what: &str, input: &str, candidates: impl IntoIterator<Item = &'a str>) -> EngineError {
+pub fn no_such<'a>(
+    what: &str,
+    input: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> EngineError {
     match closest(input, candidates) {
         Some(c) => EngineError::not_found(format!("no such {what}: {input} (did you mean {c}?)")),
         None => EngineError::not_found(format!("no such {what}: {input}")),
@@ -130,13 +138,15 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, row) in d.iter_mut().enumerate() {
         row[0] = i;
     }
-    for j in 0..=b.len() {
-        d[0][j] = j;
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
     }
     for i in 1..=a.len() {
         for j in 1..=b.len() {
             let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            let mut v = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
                 v = v.min(d[i - 2][j - 2] + 1);
             }

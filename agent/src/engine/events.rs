@@ -31,7 +31,10 @@ impl Events {
             action: action.into(),
             id: id.into(),
             name: name.into(),
-            attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            attributes: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
         };
         tracing::info!(r#type = typ, action, id, name, "event");
         {
@@ -49,7 +52,10 @@ impl Events {
         let h = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.tx.subscribe();
         let past = if since > 0 {
-            h.iter().filter(|e| e.time_unix_nano >= since).cloned().collect()
+            h.iter()
+                .filter(|e| e.time_unix_nano >= since)
+                .cloned()
+                .collect()
         } else {
             Vec::new()
         };
@@ -76,7 +82,13 @@ mod tests {
     #[test]
     fn history_replays_and_filters_match() {
         let ev = Events::default();
-        ev.emit("container", "start", "abc123", "web", &[("image", "busybox".into())]);
+        ev.emit(
+            "container",
+            "start",
+            "abc123",
+            "web",
+            &[("image", "busybox".into())],
+        );
         let (past, _rx) = ev.subscribe(1);
         assert_eq!(past.len(), 1);
         let (none, _rx) = ev.subscribe(0);

@@ -77,26 +77,101 @@ mod tests {
         let p = tmp.path().join("log");
         let mut f = File::create(&p).expect("create");
         for i in 0..10i64 {
-            let s = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
-            f.write_all(&logfile::encode(i * 10, s, format!("line {i}").as_bytes(), true)).expect("w");
+            let s = if i % 2 == 0 {
+                Stream::Stdout
+            } else {
+                Stream::Stderr
+            };
+            f.write_all(&logfile::encode(
+                i * 10,
+                s,
+                format!("line {i}").as_bytes(),
+                true,
+            ))
+            .expect("w");
         }
-        f.write_all(b"2026-11-28T10:00:00.000000000Z stdout F torn").expect("w");
-        let all = read(&p, &Query { tail: -1, ..Default::default() }).expect("read").0;
+        f.write_all(b"2026-11-28T10:00:00.000000000Z stdout F torn")
+            .expect("w");
+        let all = read(
+            &p,
+            &Query {
+                tail: -1,
+                ..Default::default()
+            },
+        )
+        .expect("read")
+        .0;
         assert_eq!(all.len(), 10);
-        let last = read(&p, &Query { tail: 3, ..Default::default() }).expect("read").0;
+        let last = read(
+            &p,
+            &Query {
+                tail: 3,
+                ..Default::default()
+            },
+        )
+        .expect("read")
+        .0;
         assert_eq!(last[0].data, b"line 7\n");
-        let since = read(&p, &Query { tail: -1, since: 50, ..Default::default() }).expect("read").0;
+        let since = read(
+            &p,
+            &Query {
+                tail: -1,
+                since: 50,
+                ..Default::default()
+            },
+        )
+        .expect("read")
+        .0;
         assert_eq!(since.len(), 5);
-        let errs = read(&p, &Query { tail: -1, stderr: true, ..Default::default() }).expect("read").0;
+        let errs = read(
+            &p,
+            &Query {
+                tail: -1,
+                stderr: true,
+                ..Default::default()
+            },
+        )
+        .expect("read")
+        .0;
         assert!(errs.iter().all(|r| r.stream == Stream::Stderr) && errs.len() == 5);
-        let until = read(&p, &Query { tail: -1, until: 20, ..Default::default() }).expect("read").0;
+        let until = read(
+            &p,
+            &Query {
+                tail: -1,
+                until: 20,
+                ..Default::default()
+            },
+        )
+        .expect("read")
+        .0;
         assert_eq!(until.len(), 3);
         // Follow: the torn line is picked up once complete.
-        let (_, off) = read(&p, &Query { tail: -1, ..Default::default() }).expect("read");
+        let (_, off) = read(
+            &p,
+            &Query {
+                tail: -1,
+                ..Default::default()
+            },
+        )
+        .expect("read");
         f.write_all(b"\n").expect("w");
-        let (more, _) = read_from(File::open(&p).expect("open"), off, &Query { tail: -1, ..Default::default() }).expect("more");
+        let (more, _) = read_from(
+            File::open(&p).expect("open"),
+            off,
+            &Query {
+                tail: -1,
+                ..Default::default()
+            },
+        )
+        .expect("more");
         assert_eq!(more.len(), 1);
         assert_eq!(more[0].data, b"torn\n");
-        assert_eq!(read(&tmp.path().join("none"), &Query::default()).expect("missing").0.len(), 0);
+        assert_eq!(
+            read(&tmp.path().join("none"), &Query::default())
+                .expect("missing")
+                .0
+                .len(),
+            0
+        );
     }
 }

@@ -126,6 +126,9 @@ pub struct Record {
     pub ports: Vec<pb::PortBinding>,
 }
 
+/// Tells whether a container is (about to be) running.
+pub type IsActive = Arc<dyn Fn() -> bool + Send + Sync>;
+
 /// A running container's live channels (while its shim runs).
 struct Live {
     to_shim: mpsc::UnboundedSender<Frame>,
@@ -161,9 +164,11 @@ impl Ctr {
             f(&mut r);
             r.clone()
         };
-        let data = serde_json::to_vec_pretty(&rec).map_err(|e| EngineError::internal(e.to_string()))?;
+        let data =
+            serde_json::to_vec_pretty(&rec).map_err(|e| EngineError::internal(e.to_string()))?;
         let path = self.dir.join("container.json");
-        crate::shim::write_file_atomic(&path, &data).map_err(|e| EngineError::io("write", &path, e))?;
+        crate::shim::write_file_atomic(&path, &data)
+            .map_err(|e| EngineError::io("write", &path, e))?;
         self.changed.send_modify(|v| *v += 1);
         Ok(rec)
     }
@@ -172,7 +177,9 @@ impl Ctr {
 /// 64 random hex digits (container and volume ids).
 pub fn random_hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes];
-    if let Err(e) = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)) {
+    if let Err(e) = std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf))
+    {
         warn!(error = %e, "read /dev/urandom; falling back to time and pid");
         let seed = logfile::now_unix_nano() as u64 ^ u64::from(std::process::id()) << 32;
         for (i, b) in buf.iter_mut().enumerate() {
@@ -188,16 +195,35 @@ pub fn valid_container_name(name: &str) -> bool {
 }
 
 const ADJECTIVES: [&str; 16] = [
-    "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry", "nifty", "proud",
-    "quiet", "swift", "tender", "vivid",
+    "brave", "calm", "eager", "fond", "gentle", "happy", "jolly", "keen", "lucid", "merry",
+    "nifty", "proud", "quiet", "swift", "tender", "vivid",
 ];
 const NOUNS: [&str; 16] = [
-    "albatross", "brig", "caravel", "dinghy", "frigate", "galleon", "junk", "ketch", "lugger", "pinnace",
-    "schooner", "sloop", "tender", "trawler", "wherry", "yawl",
+    "albatross",
+    "brig",
+    "caravel",
+    "dinghy",
+    "frigate",
+    "galleon",
+    "junk",
+    "ketch",
+    "lugger",
+    "pinnace",
+    "schooner",
+    "sloop",
+    "tender",
+    "trawler",
+    "wherry",
+    "yawl",
 ];
 
 /// When (if at all) a container that exited should be started again.
-pub fn restart_delay(policy: Option<&pb::RestartPolicy>, exit_code: i32, st: &State, ran_for: Duration) -> Option<Duration> {
+pub fn restart_delay(
+    policy: Option<&pb::RestartPolicy>,
+    exit_code: i32,
+    st: &State,
+    ran_for: Duration,
+) -> Option<Duration> {
     let p = policy?;
     if st.user_stopped {
         return None;
@@ -211,8 +237,15 @@ pub fn restart_delay(policy: Option<&pb::RestartPolicy>, exit_code: i32, st: &St
         return None;
     }
     // Back-off: 100 ms doubling per quick restart, at most a minute; a run of 10 s resets it.
-    let streak = if ran_for >= Duration::from_secs(10) { 0 } else { st.restart_streak };
-    Some(Duration::from_millis(100u64.saturating_mul(1 << streak.min(10))).min(Duration::from_secs(60)))
+    let streak = if ran_for >= Duration::from_secs(10) {
+        0
+    } else {
+        st.restart_streak
+    };
+    Some(
+        Duration::from_millis(100u64.saturating_mul(1 << streak.min(10)))
+            .min(Duration::from_secs(60)),
+    )
 }
 
 /// Docker's restart policy names.
@@ -235,10 +268,24 @@ pub fn validate_restart_policy(p: &pb::RestartPolicy) -> Result<()> {
 }
 
 /// Paths a bind mount may not expose (seed §2.3: who can bind-mount /etc owns the host).
-const SENSITIVE: [&str; 8] = ["/etc", "/proc", "/sys", "/dev", "/boot", "/run", "/var/run", "/var/lib/flotilla"];
+const SENSITIVE: [&str; 8] = [
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/boot",
+    "/run",
+    "/var/run",
+    "/var/lib/flotilla",
+];
 
 /// Whether binding `source` (canonical) is allowed.
-pub fn bind_allowed(source: &Path, state_dir: &Path, allow: &[PathBuf], privileged: bool) -> Result<()> {
+pub fn bind_allowed(
+    source: &Path,
+    state_dir: &Path,
+    allow: &[PathBuf],
+    privileged: bool,
+) -> Result<()> {
     if privileged || allow.iter().any(|a| source.starts_with(a)) {
         return Ok(());
     }
@@ -275,7 +322,10 @@ impl Engine {
         self.cfg.run_dir.join("runtime")
     }
     fn socket_path(&self, id: &str) -> PathBuf {
-        self.cfg.run_dir.join("shims").join(format!("{}.sock", &id[..24.min(id.len())]))
+        self.cfg
+            .run_dir
+            .join("shims")
+            .join(format!("{}.sock", &id[..24.min(id.len())]))
     }
 
     /// Opens the state, re-attaches to running containers and reconciles those that ended while the
@@ -298,10 +348,16 @@ impl Engine {
         let dir = engine.containers_dir();
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))?;
         let mut recovered = Vec::new();
-        for entry in std::fs::read_dir(&dir).map_err(|e| EngineError::io("read", &dir, e))?.flatten() {
+        for entry in std::fs::read_dir(&dir)
+            .map_err(|e| EngineError::io("read", &dir, e))?
+            .flatten()
+        {
             let cdir = entry.path();
             let path = cdir.join("container.json");
-            let rec: Record = match std::fs::read(&path).ok().and_then(|d| serde_json::from_slice(&d).ok()) {
+            let rec: Record = match std::fs::read(&path)
+                .ok()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+            {
                 Some(r) => r,
                 None => {
                     // A create that crashed before its record was written: nothing refers to it.
@@ -334,7 +390,8 @@ impl Engine {
         let st = ctr.record().state;
         match st.status {
             Status::Running | Status::Paused => {
-                if let Ok(stream) = tokio::net::UnixStream::connect(self.socket_path(&ctr.id)).await {
+                if let Ok(stream) = tokio::net::UnixStream::connect(self.socket_path(&ctr.id)).await
+                {
                     info!(id = %ctr.id, "re-attached to the container's shim");
                     self.attach_monitor(ctr, stream);
                 } else {
@@ -347,7 +404,13 @@ impl Engine {
             }
             Status::Exited | Status::Created | Status::Dead => {
                 let rec = ctr.record();
-                if rec.config.restart_policy.as_ref().is_some_and(|p| p.name == "always") && rec.state.status == Status::Exited {
+                if rec
+                    .config
+                    .restart_policy
+                    .as_ref()
+                    .is_some_and(|p| p.name == "always")
+                    && rec.state.status == Status::Exited
+                {
                     // docker: `always` brings back even manually stopped containers when the daemon starts.
                     let _ = ctr.update(|r| r.state.user_stopped = false);
                     self.schedule_restart(ctr, Duration::from_millis(0));
@@ -366,7 +429,10 @@ impl Engine {
         if let Some(c) = map.get(input) {
             return Ok(c.clone());
         }
-        if let Some(c) = map.values().find(|c| lock(&c.rec).name == input.trim_start_matches('/')) {
+        if let Some(c) = map
+            .values()
+            .find(|c| lock(&c.rec).name == input.trim_start_matches('/'))
+        {
             return Ok(c.clone());
         }
         if !input.is_empty() && input.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -382,12 +448,20 @@ impl Engine {
             }
         }
         let names: Vec<String> = map.values().map(|c| lock(&c.rec).name.clone()).collect();
-        Err(error::no_such("container", input, names.iter().map(String::as_str)))
+        Err(error::no_such(
+            "container",
+            input,
+            names.iter().map(String::as_str),
+        ))
     }
 
     // ------------------------------------------------------------------ create
 
-    pub async fn create(self: &Arc<Self>, name: &str, config: pb::ContainerConfig) -> Result<(String, String, Vec<String>)> {
+    pub async fn create(
+        self: &Arc<Self>,
+        name: &str,
+        config: pb::ContainerConfig,
+    ) -> Result<(String, String, Vec<String>)> {
         let name = if name.is_empty() {
             self.generate_name()
         } else {
@@ -402,7 +476,9 @@ impl Engine {
         if let Some(p) = &config.restart_policy {
             validate_restart_policy(p)?;
             if config.auto_remove && !matches!(p.name.as_str(), "" | "no") {
-                return Err(EngineError::invalid("conflicting options: --restart and --rm"));
+                return Err(EngineError::invalid(
+                    "conflicting options: --restart and --rm",
+                ));
             }
         }
         let id = random_hex(32);
@@ -455,10 +531,17 @@ impl Engine {
         let this = self.clone();
         let ctr2 = ctr.clone();
         let built = tokio::task::spawn_blocking(move || this.prepare(&ctr2, &config)).await;
-        let built = built.unwrap_or_else(|e| Err(EngineError::internal(format!("create task failed: {e}"))));
+        let built = built
+            .unwrap_or_else(|e| Err(EngineError::internal(format!("create task failed: {e}"))));
         match built {
             Ok(warnings) => {
-                self.events.emit("container", "create", &id, &name, &[("image", ctr.record().image)]);
+                self.events.emit(
+                    "container",
+                    "create",
+                    &id,
+                    &name,
+                    &[("image", ctr.record().image)],
+                );
                 Ok((id, name, warnings))
             }
             Err(e) => {
@@ -517,7 +600,13 @@ impl Engine {
             )));
         }
         std::fs::create_dir_all(&ctr.dir).map_err(|e| EngineError::io("create", &ctr.dir, e))?;
-        let config_path = image::bundle::create(&self.images, &cfg.image, &ctr.id, &ctr.dir, Some(vec!["true".into()]))?;
+        let config_path = image::bundle::create(
+            &self.images,
+            &cfg.image,
+            &ctr.id,
+            &ctr.dir,
+            Some(vec!["true".into()]),
+        )?;
         let base: serde_json::Value = std::fs::read(&config_path)
             .ok()
             .and_then(|d| serde_json::from_slice(&d).ok())
@@ -552,23 +641,61 @@ impl Engine {
                         )));
                     }
                     let canon = std::fs::canonicalize(src).map_err(|_| {
-                        EngineError::invalid(format!("bind source path does not exist: {}", m.source))
+                        EngineError::invalid(format!(
+                            "bind source path does not exist: {}",
+                            m.source
+                        ))
                     })?;
-                    bind_allowed(&canon, &self.cfg.state_dir, &self.cfg.allow_host_paths, cfg.privileged)?;
-                    resolved.push(ResolvedMount::Bind { source: canon.clone(), target: target.clone(), read_only: m.read_only });
-                    infos.push(pb::MountInfo { r#type: "bind".into(), name: String::new(), source: canon.display().to_string(), destination: target, read_only: m.read_only });
+                    bind_allowed(
+                        &canon,
+                        &self.cfg.state_dir,
+                        &self.cfg.allow_host_paths,
+                        cfg.privileged,
+                    )?;
+                    resolved.push(ResolvedMount::Bind {
+                        source: canon.clone(),
+                        target: target.clone(),
+                        read_only: m.read_only,
+                    });
+                    infos.push(pb::MountInfo {
+                        r#type: "bind".into(),
+                        name: String::new(),
+                        source: canon.display().to_string(),
+                        destination: target,
+                        read_only: m.read_only,
+                    });
                 }
                 pb::mount::Type::Volume => {
                     let anonymous = m.source.is_empty();
                     let v = self.volumes.create(&m.source, BTreeMap::new(), anonymous)?;
                     let mp = PathBuf::from(&v.mountpoint);
                     seed_volume(&rootfs, &target, &mp);
-                    resolved.push(ResolvedMount::Bind { source: mp.clone(), target: target.clone(), read_only: m.read_only });
-                    infos.push(pb::MountInfo { r#type: "volume".into(), name: v.name, source: mp.display().to_string(), destination: target, read_only: m.read_only });
+                    resolved.push(ResolvedMount::Bind {
+                        source: mp.clone(),
+                        target: target.clone(),
+                        read_only: m.read_only,
+                    });
+                    infos.push(pb::MountInfo {
+                        r#type: "volume".into(),
+                        name: v.name,
+                        source: mp.display().to_string(),
+                        destination: target,
+                        read_only: m.read_only,
+                    });
                 }
                 pb::mount::Type::Tmpfs => {
-                    resolved.push(ResolvedMount::Tmpfs { target: target.clone(), size: m.tmpfs_size, mode: m.tmpfs_mode });
-                    infos.push(pb::MountInfo { r#type: "tmpfs".into(), name: String::new(), source: String::new(), destination: target, read_only: false });
+                    resolved.push(ResolvedMount::Tmpfs {
+                        target: target.clone(),
+                        size: m.tmpfs_size,
+                        mode: m.tmpfs_mode,
+                    });
+                    infos.push(pb::MountInfo {
+                        r#type: "tmpfs".into(),
+                        name: String::new(),
+                        source: String::new(),
+                        destination: target,
+                        read_only: false,
+                    });
                 }
             }
         }
@@ -582,8 +709,18 @@ impl Engine {
                 let v = self.volumes.create("", BTreeMap::new(), true)?;
                 let mp = PathBuf::from(&v.mountpoint);
                 seed_volume(&rootfs, &t, &mp);
-                resolved.push(ResolvedMount::Bind { source: mp.clone(), target: t.clone(), read_only: false });
-                infos.push(pb::MountInfo { r#type: "volume".into(), name: v.name, source: mp.display().to_string(), destination: t, read_only: false });
+                resolved.push(ResolvedMount::Bind {
+                    source: mp.clone(),
+                    target: t.clone(),
+                    read_only: false,
+                });
+                infos.push(pb::MountInfo {
+                    r#type: "volume".into(),
+                    name: v.name,
+                    source: mp.display().to_string(),
+                    destination: t,
+                    read_only: false,
+                });
             }
         }
 
@@ -601,15 +738,25 @@ impl Engine {
         };
         let hostname = if cfg.hostname.is_empty() {
             if netns == NetNs::Host {
-                nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_else(|| ctr.id[..12].to_string())
+                nix::unistd::gethostname()
+                    .ok()
+                    .and_then(|h| h.into_string().ok())
+                    .unwrap_or_else(|| ctr.id[..12].to_string())
             } else {
                 ctr.id[..12].to_string()
             }
         } else {
             cfg.hostname.clone()
         };
-        if hostname.len() > 63 || hostname.is_empty() || !hostname.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-            return Err(EngineError::invalid(format!("invalid hostname {hostname:?}: letters, digits, '-' and '.', at most 63")));
+        if hostname.len() > 63
+            || hostname.is_empty()
+            || !hostname
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(EngineError::invalid(format!(
+                "invalid hostname {hostname:?}: letters, digits, '-' and '.', at most 63"
+            )));
         }
         let mut etc_files = Vec::new();
         if netns != NetNs::Host {
@@ -625,29 +772,42 @@ impl Engine {
 
         // Security.
         let sec = spec::parse_security_opts(&cfg.security_opt)?;
-        let defaults: Vec<String> = runtime::spec::DOCKER_DEFAULT_CAPS.iter().map(|c| runtime::spec::cap_name(*c)).collect();
+        let defaults: Vec<String> = runtime::spec::DOCKER_DEFAULT_CAPS
+            .iter()
+            .map(|c| runtime::spec::cap_name(*c))
+            .collect();
         let caps = spec::capabilities(cfg, &defaults)?;
-        let default_seccomp = if cfg.privileged || sec.seccomp_unconfined || sec.seccomp_profile.is_some() {
-            None
-        } else {
-            let s = runtime::seccomp::docker::default_profile(&caps).map_err(|e| EngineError::internal(format!("load the default seccomp profile: {e}")))?;
-            Some(serde_json::to_value(s).map_err(|e| EngineError::internal(e.to_string()))?)
-        };
+        let default_seccomp =
+            if cfg.privileged || sec.seccomp_unconfined || sec.seccomp_profile.is_some() {
+                None
+            } else {
+                let s = runtime::seccomp::docker::default_profile(&caps).map_err(|e| {
+                    EngineError::internal(format!("load the default seccomp profile: {e}"))
+                })?;
+                Some(serde_json::to_value(s).map_err(|e| EngineError::internal(e.to_string()))?)
+            };
         let custom_seccomp = match &sec.seccomp_profile {
             None => None,
             Some(p) => {
                 let json = if p.trim_start().starts_with('{') {
                     p.clone().into_bytes()
                 } else {
-                    std::fs::read(p).map_err(|e| EngineError::invalid(format!("read seccomp profile {p}: {e}")))?
+                    std::fs::read(p).map_err(|e| {
+                        EngineError::invalid(format!("read seccomp profile {p}: {e}"))
+                    })?
                 };
-                let arch = runtime::seccomp::docker::host_docker_arch().unwrap_or("SCMP_ARCH_X86_64");
+                let arch =
+                    runtime::seccomp::docker::host_docker_arch().unwrap_or("SCMP_ARCH_X86_64");
                 let s = runtime::seccomp::docker::from_docker_profile(&json, &caps, arch)
                     .map_err(|e| EngineError::invalid(format!("invalid seccomp profile: {e}")))?;
                 Some(serde_json::to_value(s).map_err(|e| EngineError::internal(e.to_string()))?)
             }
         };
-        let user = if cfg.user.is_empty() { exec.user().clone().unwrap_or_default() } else { cfg.user.clone() };
+        let user = if cfg.user.is_empty() {
+            exec.user().clone().unwrap_or_default()
+        } else {
+            cfg.user.clone()
+        };
         let mut cfg_user = cfg.clone();
         cfg_user.user = user;
         let ctx = spec::SpecContext {
@@ -660,13 +820,19 @@ impl Engine {
             default_seccomp,
             custom_seccomp,
             userns: self.cfg.userns_remap,
-            labels: cfg.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            labels: cfg
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         };
         let spec_json = spec::build(base, &cfg_user, &ctx, &caps, &sec)?;
         let _: oci_spec::runtime::Spec = serde_json::from_value(spec_json.clone())
             .map_err(|e| EngineError::internal(format!("generated an invalid spec: {e}")))?;
-        let data = serde_json::to_vec_pretty(&spec_json).map_err(|e| EngineError::internal(e.to_string()))?;
-        crate::shim::write_file_atomic(&config_path, &data).map_err(|e| EngineError::io("write", &config_path, e))?;
+        let data = serde_json::to_vec_pretty(&spec_json)
+            .map_err(|e| EngineError::internal(e.to_string()))?;
+        crate::shim::write_file_atomic(&config_path, &data)
+            .map_err(|e| EngineError::io("write", &config_path, e))?;
         ctr.update(|r| {
             r.image = image_rec.reference.clone();
             r.image_id = image_rec.config_digest.clone();
@@ -677,17 +843,22 @@ impl Engine {
     }
 
     fn hosts_file(&self, hostname: &str, extra: &[String]) -> Result<String> {
-        let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        let mut s =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
         s.push_str(&format!("127.0.1.1\t{hostname}\n"));
         for e in extra {
             let (name, ip) = e.split_once(':').ok_or_else(|| {
                 EngineError::invalid(format!("invalid --add-host {e:?}: use NAME:IP"))
             })?;
             let ip: std::net::IpAddr = ip.parse().map_err(|_| {
-                EngineError::invalid(format!("invalid --add-host {e:?}: {ip:?} is not an IP address"))
+                EngineError::invalid(format!(
+                    "invalid --add-host {e:?}: {ip:?} is not an IP address"
+                ))
             })?;
             if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(EngineError::invalid(format!("invalid --add-host {e:?}: bad host name")));
+                return Err(EngineError::invalid(format!(
+                    "invalid --add-host {e:?}: bad host name"
+                )));
             }
             s.push_str(&format!("{ip}\t{name}\n"));
         }
@@ -727,8 +898,10 @@ impl Engine {
             size: None,
         };
         let shim_json = ctr.dir.join("shim.json");
-        let data = serde_json::to_vec_pretty(&shim_cfg).map_err(|e| EngineError::internal(e.to_string()))?;
-        crate::shim::write_file_atomic(&shim_json, &data).map_err(|e| EngineError::io("write", &shim_json, e))?;
+        let data = serde_json::to_vec_pretty(&shim_cfg)
+            .map_err(|e| EngineError::internal(e.to_string()))?;
+        crate::shim::write_file_atomic(&shim_json, &data)
+            .map_err(|e| EngineError::io("write", &shim_json, e))?;
         // A leftover runtime state of this id (agent crash mid-start) would make create fail.
         let rt = self.runtime_root();
         let _ = runtime::container::delete(&rt, &ctr.id, true, &self.cfg.cgroup_root);
@@ -738,13 +911,19 @@ impl Engine {
             .stderr(std::process::Stdio::null())
             .output()
             .await
-            .map_err(|e| EngineError::internal(format!("run {}: {e}", self.cfg.shim_bin.display())))?;
+            .map_err(|e| {
+                EngineError::internal(format!("run {}: {e}", self.cfg.shim_bin.display()))
+            })?;
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let pid = match line.strip_prefix("ok ").and_then(|p| p.parse::<i32>().ok()) {
             Some(pid) => pid,
             None => {
                 let msg = line.strip_prefix("err ").unwrap_or(&line).to_string();
-                let msg = if msg.is_empty() { "the shim exited without a status".to_string() } else { msg };
+                let msg = if msg.is_empty() {
+                    "the shim exited without a status".to_string()
+                } else {
+                    msg
+                };
                 ctr.update(|r| {
                     r.state.error = msg.clone();
                     r.state.exit_code = 128;
@@ -757,7 +936,9 @@ impl Engine {
         };
         let stream = tokio::net::UnixStream::connect(&shim_cfg.socket_path)
             .await
-            .map_err(|e| EngineError::internal(format!("connect to the shim of {}: {e}", ctr.id)))?;
+            .map_err(|e| {
+                EngineError::internal(format!("connect to the shim of {}: {e}", ctr.id))
+            })?;
         ctr.update(|r| {
             r.state.status = Status::Running;
             r.state.pid = pid;
@@ -769,7 +950,13 @@ impl Engine {
         })?;
         self.attach_monitor(ctr.clone(), stream);
         if !wait_start {
-            self.events.emit("container", "start", &ctr.id, &rec.name, &[("image", rec.image.clone())]);
+            self.events.emit(
+                "container",
+                "start",
+                &ctr.id,
+                &rec.name,
+                &[("image", rec.image.clone())],
+            );
         }
         Ok(())
     }
@@ -779,7 +966,10 @@ impl Engine {
     fn attach_monitor(self: &Arc<Self>, ctr: Arc<Ctr>, stream: tokio::net::UnixStream) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let (out_tx, _) = broadcast::channel::<Frame>(1024);
-        *lock(&ctr.live) = Some(Live { to_shim: tx, output: out_tx.clone() });
+        *lock(&ctr.live) = Some(Live {
+            to_shim: tx,
+            output: out_tx.clone(),
+        });
         let (mut rd, mut wr) = stream.into_split();
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
@@ -851,14 +1041,25 @@ impl Engine {
         if !before.state.status.is_active() && before.state.status != Status::Created {
             return;
         }
-        let ran_for = Duration::from_nanos((exit.finished_unix_nano - before.state.started_unix_nano).max(0) as u64);
+        let ran_for = Duration::from_nanos(
+            (exit.finished_unix_nano - before.state.started_unix_nano).max(0) as u64,
+        );
         let delay = if before.config.auto_remove {
             None
         } else {
-            restart_delay(before.config.restart_policy.as_ref(), exit.code, &before.state, ran_for)
+            restart_delay(
+                before.config.restart_policy.as_ref(),
+                exit.code,
+                &before.state,
+                ran_for,
+            )
         };
         let rec = match ctr.update(|r| {
-            r.state.status = if delay.is_some() { Status::Restarting } else { Status::Exited };
+            r.state.status = if delay.is_some() {
+                Status::Restarting
+            } else {
+                Status::Exited
+            };
             r.state.exit_code = exit.code;
             r.state.oom_killed = exit.oom_killed;
             r.state.finished_unix_nano = exit.finished_unix_nano;
@@ -875,14 +1076,23 @@ impl Engine {
             }
         };
         if exit.oom_killed {
-            self.events.emit("container", "oom", &ctr.id, &rec.name, &[("image", rec.image.clone())]);
+            self.events.emit(
+                "container",
+                "oom",
+                &ctr.id,
+                &rec.name,
+                &[("image", rec.image.clone())],
+            );
         }
         self.events.emit(
             "container",
             "die",
             &ctr.id,
             &rec.name,
-            &[("exitCode", exit.code.to_string()), ("image", rec.image.clone())],
+            &[
+                ("exitCode", exit.code.to_string()),
+                ("image", rec.image.clone()),
+            ],
         );
         if rec.config.auto_remove {
             if let Err(e) = self.remove_ctr(&ctr, true, true).await {
@@ -907,18 +1117,22 @@ impl Engine {
             if !lock(&engine.containers).contains_key(&ctr.id) {
                 return;
             }
-            let quick = Duration::from_nanos((rec.state.finished_unix_nano - rec.state.started_unix_nano).max(0) as u64)
-                < Duration::from_secs(10);
+            let quick = Duration::from_nanos(
+                (rec.state.finished_unix_nano - rec.state.started_unix_nano).max(0) as u64,
+            ) < Duration::from_secs(10);
             let _ = ctr.update(|r| {
                 r.state.restart_count += 1;
                 r.state.restart_streak = if quick { r.state.restart_streak + 1 } else { 0 };
             });
-            engine.events.emit("container", "restart", &ctr.id, &rec.name, &[]);
+            engine
+                .events
+                .emit("container", "restart", &ctr.id, &rec.name, &[]);
             if let Err(e) = engine.start_ctr(&ctr, false).await {
                 warn!(id = %ctr.id, error = %e, "restart failed");
                 // Counted as a failed run: try again later with the back-off.
                 let st = ctr.record().state;
-                let again = restart_delay(rec.config.restart_policy.as_ref(), 128, &st, Duration::ZERO);
+                let again =
+                    restart_delay(rec.config.restart_policy.as_ref(), 128, &st, Duration::ZERO);
                 match again {
                     Some(d) => engine.schedule_restart(ctr, d),
                     None => {
@@ -954,21 +1168,39 @@ impl Engine {
         } else {
             10
         };
-        let sig = if rec.config.stop_signal.is_empty() { "SIGTERM".to_string() } else { rec.config.stop_signal.clone() };
-        let sig = runtime::container::parse_signal(&sig).map_err(|e| EngineError::invalid(e.to_string()))?;
+        let sig = if rec.config.stop_signal.is_empty() {
+            "SIGTERM".to_string()
+        } else {
+            rec.config.stop_signal.clone()
+        };
+        let sig = runtime::container::parse_signal(&sig)
+            .map_err(|e| EngineError::invalid(e.to_string()))?;
         let rt = self.runtime_root();
         if rec.state.status == Status::Paused {
             let _ = runtime::container::resume(&rt, &ctr.id, &self.cfg.cgroup_root);
         }
         let _ = runtime::container::kill(&rt, &ctr.id, sig, false, &self.cfg.cgroup_root);
-        if !self.wait_inactive(ctr, Duration::from_secs(timeout as u64)).await {
+        if !self
+            .wait_inactive(ctr, Duration::from_secs(timeout as u64))
+            .await
+        {
             info!(id = %ctr.id, timeout, "the container did not stop in time: SIGKILL");
-            let _ = runtime::container::kill(&rt, &ctr.id, nix::sys::signal::Signal::SIGKILL, true, &self.cfg.cgroup_root);
+            let _ = runtime::container::kill(
+                &rt,
+                &ctr.id,
+                nix::sys::signal::Signal::SIGKILL,
+                true,
+                &self.cfg.cgroup_root,
+            );
             if !self.wait_inactive(ctr, Duration::from_secs(10)).await {
-                return Err(EngineError::internal(format!("container {} did not stop after SIGKILL", &ctr.id[..12])));
+                return Err(EngineError::internal(format!(
+                    "container {} did not stop after SIGKILL",
+                    &ctr.id[..12]
+                )));
             }
         }
-        self.events.emit("container", "stop", &ctr.id, &rec.name, &[]);
+        self.events
+            .emit("container", "stop", &ctr.id, &rec.name, &[]);
         Ok(())
     }
 
@@ -980,7 +1212,10 @@ impl Engine {
             if !matches!(ctr.status(), Status::Running | Status::Paused) {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
@@ -989,7 +1224,8 @@ impl Engine {
     pub async fn kill(self: &Arc<Self>, input: &str, signal: &str) -> Result<pb::ContainerInfo> {
         let ctr = self.find(input)?;
         let sig = if signal.is_empty() { "KILL" } else { signal };
-        let sig = runtime::container::parse_signal(sig).map_err(|e| EngineError::invalid(e.to_string()))?;
+        let sig = runtime::container::parse_signal(sig)
+            .map_err(|e| EngineError::invalid(e.to_string()))?;
         let rec = ctr.record();
         if !matches!(rec.state.status, Status::Running | Status::Paused) {
             return Err(EngineError::precondition(format!(
@@ -998,12 +1234,29 @@ impl Engine {
                 rec.state.status.as_str()
             )));
         }
-        let stop_sig = runtime::container::parse_signal(if rec.config.stop_signal.is_empty() { "TERM" } else { &rec.config.stop_signal }).ok();
+        let stop_sig = runtime::container::parse_signal(if rec.config.stop_signal.is_empty() {
+            "TERM"
+        } else {
+            &rec.config.stop_signal
+        })
+        .ok();
         if sig == nix::sys::signal::Signal::SIGKILL || Some(sig) == stop_sig {
             ctr.update(|r| r.state.user_stopped = true)?;
         }
-        runtime::container::kill(&self.runtime_root(), &ctr.id, sig, sig == nix::sys::signal::Signal::SIGKILL, &self.cfg.cgroup_root)?;
-        self.events.emit("container", "kill", &ctr.id, &rec.name, &[("signal", (sig as i32).to_string())]);
+        runtime::container::kill(
+            &self.runtime_root(),
+            &ctr.id,
+            sig,
+            sig == nix::sys::signal::Signal::SIGKILL,
+            &self.cfg.cgroup_root,
+        )?;
+        self.events.emit(
+            "container",
+            "kill",
+            &ctr.id,
+            &rec.name,
+            &[("signal", (sig as i32).to_string())],
+        );
         Ok(self.info(&ctr))
     }
 
@@ -1014,13 +1267,23 @@ impl Engine {
         Ok(self.info(&ctr))
     }
 
-    pub async fn remove(self: &Arc<Self>, input: &str, force: bool, volumes: bool) -> Result<String> {
+    pub async fn remove(
+        self: &Arc<Self>,
+        input: &str,
+        force: bool,
+        volumes: bool,
+    ) -> Result<String> {
         let ctr = self.find(input)?;
         self.remove_ctr(&ctr, force, volumes).await?;
         Ok(ctr.id.clone())
     }
 
-    async fn remove_ctr(self: &Arc<Self>, ctr: &Arc<Ctr>, force: bool, volumes: bool) -> Result<()> {
+    async fn remove_ctr(
+        self: &Arc<Self>,
+        ctr: &Arc<Ctr>,
+        force: bool,
+        volumes: bool,
+    ) -> Result<()> {
         let rec = ctr.record();
         if rec.state.status.is_active() {
             if !force {
@@ -1036,9 +1299,18 @@ impl Engine {
             } else {
                 let rt = self.runtime_root();
                 let _ = runtime::container::resume(&rt, &ctr.id, &self.cfg.cgroup_root);
-                let _ = runtime::container::kill(&rt, &ctr.id, nix::sys::signal::Signal::SIGKILL, true, &self.cfg.cgroup_root);
+                let _ = runtime::container::kill(
+                    &rt,
+                    &ctr.id,
+                    nix::sys::signal::Signal::SIGKILL,
+                    true,
+                    &self.cfg.cgroup_root,
+                );
                 if !self.wait_inactive(ctr, Duration::from_secs(10)).await {
-                    return Err(EngineError::internal(format!("container {} did not die after SIGKILL", rec.name)));
+                    return Err(EngineError::internal(format!(
+                        "container {} did not die after SIGKILL",
+                        rec.name
+                    )));
                 }
             }
         }
@@ -1056,13 +1328,18 @@ impl Engine {
         lock(&self.containers).remove(&ctr.id);
         if volumes {
             for m in rec.mounts.iter().filter(|m| m.r#type == "volume") {
-                let anon = self.volumes.inspect(&m.name, vec![]).map(|v| v.anonymous).unwrap_or(false);
+                let anon = self
+                    .volumes
+                    .inspect(&m.name, vec![])
+                    .map(|v| v.anonymous)
+                    .unwrap_or(false);
                 if anon && self.volume_users(&m.name).is_empty() {
                     let _ = self.volumes.remove(&m.name, &[]);
                 }
             }
         }
-        self.events.emit("container", "destroy", &ctr.id, &rec.name, &[]);
+        self.events
+            .emit("container", "destroy", &ctr.id, &rec.name, &[]);
         Ok(())
     }
 
@@ -1075,15 +1352,29 @@ impl Engine {
             (true, Status::Running) => {
                 runtime::container::pause(&rt, &ctr.id, &self.cfg.cgroup_root)?;
                 ctr.update(|r| r.state.status = Status::Paused)?;
-                self.events.emit("container", "pause", &ctr.id, &rec.name, &[]);
+                self.events
+                    .emit("container", "pause", &ctr.id, &rec.name, &[]);
             }
             (false, Status::Paused) => {
                 runtime::container::resume(&rt, &ctr.id, &self.cfg.cgroup_root)?;
                 ctr.update(|r| r.state.status = Status::Running)?;
-                self.events.emit("container", "unpause", &ctr.id, &rec.name, &[]);
+                self.events
+                    .emit("container", "unpause", &ctr.id, &rec.name, &[]);
             }
-            (true, s) => return Err(EngineError::precondition(format!("container {} is not running (status {})", rec.name, s.as_str()))),
-            (false, s) => return Err(EngineError::precondition(format!("container {} is not paused (status {})", rec.name, s.as_str()))),
+            (true, s) => {
+                return Err(EngineError::precondition(format!(
+                    "container {} is not running (status {})",
+                    rec.name,
+                    s.as_str()
+                )))
+            }
+            (false, s) => {
+                return Err(EngineError::precondition(format!(
+                    "container {} is not paused (status {})",
+                    rec.name,
+                    s.as_str()
+                )))
+            }
         }
         Ok(self.info(&ctr))
     }
@@ -1126,9 +1417,13 @@ impl Engine {
     pub fn list(&self, all: bool, filters: &[String]) -> Result<Vec<pb::ContainerInfo>> {
         let mut fs = Vec::new();
         for f in filters {
-            let (k, v) = f.split_once('=').ok_or_else(|| EngineError::invalid(format!("invalid filter {f:?}: use KEY=VALUE")))?;
+            let (k, v) = f.split_once('=').ok_or_else(|| {
+                EngineError::invalid(format!("invalid filter {f:?}: use KEY=VALUE"))
+            })?;
             if !matches!(k, "name" | "label" | "status" | "id" | "ancestor") {
-                return Err(EngineError::invalid(format!("invalid filter {k:?}: use name, id, label, status or ancestor")));
+                return Err(EngineError::invalid(format!(
+                    "invalid filter {k:?}: use name, id, label, status or ancestor"
+                )));
             }
             fs.push((k.to_string(), v.to_string()));
         }
@@ -1138,16 +1433,25 @@ impl Engine {
             .map(|c| self.info(c))
             .filter(|i| {
                 let status = i.state.as_ref().map(|s| s.status.as_str()).unwrap_or("");
-                (all || fs.iter().any(|(k, _)| k == "status") || status == "running" || status == "paused" || status == "restarting")
+                (all || fs.iter().any(|(k, _)| k == "status")
+                    || status == "running"
+                    || status == "paused"
+                    || status == "restarting")
                     && fs.iter().all(|(k, v)| match k.as_str() {
                         "name" => i.name.contains(v.as_str()),
                         "id" => i.id.starts_with(v.as_str()),
                         "status" => status == v,
-                        "ancestor" => i.image == *v || i.image.ends_with(&format!("/{v}")) || i.image.ends_with(&format!("/{v}:latest")),
+                        "ancestor" => {
+                            i.image == *v
+                                || i.image.ends_with(&format!("/{v}"))
+                                || i.image.ends_with(&format!("/{v}:latest"))
+                        }
                         "label" => {
                             let labels = i.config.as_ref().map(|c| &c.labels);
                             match v.split_once('=') {
-                                Some((lk, lv)) => labels.and_then(|l| l.get(lk)).is_some_and(|x| x == lv),
+                                Some((lk, lv)) => {
+                                    labels.and_then(|l| l.get(lk)).is_some_and(|x| x == lv)
+                                }
                                 None => labels.is_some_and(|l| l.contains_key(v.as_str())),
                             }
                         }
@@ -1155,7 +1459,7 @@ impl Engine {
                     })
             })
             .collect();
-        out.sort_by(|a, b| b.created_unix_nano.cmp(&a.created_unix_nano));
+        out.sort_by_key(|c| std::cmp::Reverse(c.created_unix_nano));
         Ok(out)
     }
 
@@ -1173,7 +1477,9 @@ impl Engine {
                 });
             }
             if rx.changed().await.is_err() {
-                return Err(EngineError::not_found(format!("container {input} was removed")));
+                return Err(EngineError::not_found(format!(
+                    "container {input} was removed"
+                )));
             }
         }
     }
@@ -1183,7 +1489,11 @@ impl Engine {
         self.all()
             .iter()
             .map(|c| c.record())
-            .filter(|r| r.mounts.iter().any(|m| m.r#type == "volume" && m.name == name))
+            .filter(|r| {
+                r.mounts
+                    .iter()
+                    .any(|m| m.r#type == "volume" && m.name == name)
+            })
             .map(|r| r.name)
             .collect()
     }
@@ -1198,17 +1508,30 @@ impl Engine {
             .collect()
     }
 
-    pub fn log_path(&self, input: &str) -> Result<(PathBuf, watch::Receiver<u64>, Arc<dyn Fn() -> bool + Send + Sync>)> {
+    /// The log file of a container, a receiver of its state changes, and whether it is active.
+    pub fn log_path(&self, input: &str) -> Result<(PathBuf, watch::Receiver<u64>, IsActive)> {
         let ctr = self.find(input)?;
         let c2 = ctr.clone();
-        let active: Arc<dyn Fn() -> bool + Send + Sync> = Arc::new(move || c2.status().is_active());
-        Ok((ctr.dir.join("container.log"), ctr.changed.subscribe(), active))
+        let active: IsActive = Arc::new(move || c2.status().is_active());
+        Ok((
+            ctr.dir.join("container.log"),
+            ctr.changed.subscribe(),
+            active,
+        ))
     }
 
     /// Subscribes to the live output of a container, starting it first when `start` (a created or
     /// exited container is started with its shim waiting, so nothing is missed). Returns the
     /// output receiver and the input sender.
-    pub async fn attach(self: &Arc<Self>, input: &str, start: bool) -> Result<(String, broadcast::Receiver<Frame>, mpsc::UnboundedSender<Frame>)> {
+    pub async fn attach(
+        self: &Arc<Self>,
+        input: &str,
+        start: bool,
+    ) -> Result<(
+        String,
+        broadcast::Receiver<Frame>,
+        mpsc::UnboundedSender<Frame>,
+    )> {
         let ctr = self.find(input)?;
         let needs_start = start && !matches!(ctr.status(), Status::Running | Status::Paused);
         if needs_start {
@@ -1229,7 +1552,13 @@ impl Engine {
         if needs_start {
             let rec = ctr.record();
             let _ = tx.send(Frame::Start);
-            self.events.emit("container", "start", &ctr.id, &rec.name, &[("image", rec.image.clone())]);
+            self.events.emit(
+                "container",
+                "start",
+                &ctr.id,
+                &rec.name,
+                &[("image", rec.image.clone())],
+            );
         }
         Ok((ctr.id.clone(), rx, tx))
     }
@@ -1237,18 +1566,33 @@ impl Engine {
     /// The exit status of a container that is no longer running (after `attach`'s exit frame).
     pub async fn exit_status(&self, id: &str) -> pb::ExitStatus {
         let Ok(ctr) = self.find(id) else {
-            return pb::ExitStatus { code: 0, oom_killed: false, error: String::new() };
+            return pb::ExitStatus {
+                code: 0,
+                oom_killed: false,
+                error: String::new(),
+            };
         };
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.wait_inactive(&ctr, Duration::from_secs(5))).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            self.wait_inactive(&ctr, Duration::from_secs(5)),
+        )
+        .await;
         let st = ctr.record().state;
-        pb::ExitStatus { code: st.exit_code, oom_killed: st.oom_killed, error: st.error }
+        pb::ExitStatus {
+            code: st.exit_code,
+            oom_killed: st.oom_killed,
+            error: st.error,
+        }
     }
 
     pub fn stats(&self, input: &str) -> Result<pb::ContainerStats> {
         let ctr = self.find(input)?;
         let rec = ctr.record();
         if !matches!(rec.state.status, Status::Running | Status::Paused) {
-            return Err(EngineError::precondition(format!("container {} is not running", rec.name)));
+            return Err(EngineError::precondition(format!(
+                "container {} is not running",
+                rec.name
+            )));
         }
         let s = runtime::container::stats(&self.runtime_root(), &ctr.id, &self.cfg.cgroup_root)?;
         let mem = s.memory.unwrap_or_default();
@@ -1258,7 +1602,9 @@ impl Engine {
             name: rec.name,
             time_unix_nano: logfile::now_unix_nano(),
             cpu_usage_ns: s.cpu.map(|c| c.usage_ns).unwrap_or(0),
-            online_cpus: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+            online_cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1),
             memory_usage: mem.usage.saturating_sub(mem.cache),
             memory_limit: mem.limit.filter(|l| *l < (1 << 60)).unwrap_or(0),
             pids: pids.current,
@@ -1268,35 +1614,139 @@ impl Engine {
     }
 
     pub fn running_ids(&self) -> Vec<String> {
-        self.all().iter().filter(|c| matches!(c.status(), Status::Running | Status::Paused)).map(|c| c.id.clone()).collect()
+        self.all()
+            .iter()
+            .filter(|c| matches!(c.status(), Status::Running | Status::Paused))
+            .map(|c| c.id.clone())
+            .collect()
     }
 
     pub async fn top(&self, input: &str) -> Result<pb::TopResponse> {
         let ctr = self.find(input)?;
         let pids = runtime::container::pids(&self.runtime_root(), &ctr.id, &self.cfg.cgroup_root)
-            .map_err(|_| EngineError::precondition(format!("container {} is not running", ctr.record().name)))?;
+            .map_err(|_| {
+            EngineError::precondition(format!("container {} is not running", ctr.record().name))
+        })?;
         if pids.is_empty() {
-            return Err(EngineError::precondition(format!("container {} is not running", ctr.record().name)));
+            return Err(EngineError::precondition(format!(
+                "container {} is not running",
+                ctr.record().name
+            )));
         }
         let list: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
         let out = tokio::process::Command::new("ps")
-            .args(["-o", "uid,pid,ppid,c,stime,tty,time,cmd", "-p", &list.join(",")])
+            .args([
+                "-o",
+                "uid,pid,ppid,c,stime,tty,time,cmd",
+                "-p",
+                &list.join(","),
+            ])
             .output()
             .await
             .map_err(|e| EngineError::internal(format!("run ps: {e}")))?;
         let text = String::from_utf8_lossy(&out.stdout);
         let mut lines = text.lines();
-        let titles: Vec<String> = lines.next().unwrap_or("").split_whitespace().map(str::to_string).collect();
+        let titles: Vec<String> = lines
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
         let n = titles.len();
         let processes = lines
             .map(|l| {
-                let mut cols: Vec<String> = l.split_whitespace().take(n.saturating_sub(1)).map(str::to_string).collect();
+                let mut cols: Vec<String> = l
+                    .split_whitespace()
+                    .take(n.saturating_sub(1))
+                    .map(str::to_string)
+                    .collect();
                 let rest: Vec<&str> = l.split_whitespace().skip(n.saturating_sub(1)).collect();
                 cols.push(rest.join(" "));
                 pb::TopRow { columns: cols }
             })
             .collect();
         Ok(pb::TopResponse { titles, processes })
+    }
+
+    /// Writes the OCI process of an `exec` into the container's directory: the container's own
+    /// process (capabilities, rlimits, no_new_privs, env) running `start.cmd`, with the request's
+    /// env, user, working directory on top. Returns (container id, process file, runtime root).
+    pub fn exec_prepare(&self, start: &pb::ExecStart) -> Result<(String, PathBuf, PathBuf)> {
+        let ctr = self.find(&start.container)?;
+        let rec = ctr.record();
+        match rec.state.status {
+            Status::Running => {}
+            Status::Paused => {
+                return Err(EngineError::precondition(format!(
+                    "container {} is paused: unpause it first",
+                    rec.name
+                )))
+            }
+            s => {
+                return Err(EngineError::precondition(format!(
+                    "container {} is not running (status {})",
+                    rec.name,
+                    s.as_str()
+                )))
+            }
+        }
+        if start.cmd.is_empty() {
+            return Err(EngineError::invalid("exec: no command given"));
+        }
+        let config_path = ctr.dir.join("config.json");
+        let spec: serde_json::Value = std::fs::read(&config_path)
+            .ok()
+            .and_then(|d| serde_json::from_slice(&d).ok())
+            .ok_or_else(|| EngineError::internal(format!("read {}", config_path.display())))?;
+        let mut process = spec["process"].clone();
+        process["args"] = serde_json::json!(start.cmd);
+        process["terminal"] = serde_json::json!(false);
+        let mut env: Vec<String> = process["env"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for e in &start.env {
+            let key = e.split('=').next().unwrap_or(e);
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        process["env"] = serde_json::json!(env);
+        if !start.working_dir.is_empty() {
+            if !start.working_dir.starts_with('/') {
+                return Err(EngineError::invalid(format!(
+                    "exec: working directory {:?} must be absolute",
+                    start.working_dir
+                )));
+            }
+            process["cwd"] = serde_json::json!(start.working_dir);
+        }
+        if !start.user.is_empty() {
+            let rootfs = PathBuf::from(spec["root"]["path"].as_str().unwrap_or_default());
+            let (uid, gid, extra) = spec::resolve_user(
+                &start.user,
+                std::fs::read_to_string(rootfs.join("etc/passwd"))
+                    .ok()
+                    .as_deref(),
+                std::fs::read_to_string(rootfs.join("etc/group"))
+                    .ok()
+                    .as_deref(),
+            )?;
+            process["user"] = serde_json::json!({"uid": uid, "gid": gid, "additionalGids": extra});
+        }
+        if start.privileged {
+            let all: Vec<&str> = spec::ALL_CAPS.to_vec();
+            process["capabilities"] =
+                serde_json::json!({"bounding": all, "effective": all, "permitted": all});
+        }
+        let path = ctr.dir.join(format!("exec-{}.json", random_hex(8)));
+        let data =
+            serde_json::to_vec(&process).map_err(|e| EngineError::internal(e.to_string()))?;
+        std::fs::write(&path, data).map_err(|e| EngineError::io("write", &path, e))?;
+        Ok((ctr.id.clone(), path, self.runtime_root()))
     }
 
     /// Counts for `info`.
@@ -1315,7 +1765,10 @@ impl Engine {
 }
 
 fn start_error(msg: &str) -> EngineError {
-    let kind = if msg.contains("No such file") || msg.contains("not found") || msg.contains("executable") {
+    let kind = if msg.contains("No such file")
+        || msg.contains("not found")
+        || msg.contains("executable")
+    {
         Kind::Invalid
     } else {
         Kind::Internal
@@ -1326,11 +1779,17 @@ fn start_error(msg: &str) -> EngineError {
 /// Copies what the image has at `target` into a new, empty volume (docker's volume seeding).
 fn seed_volume(rootfs: &Path, target: &str, volume: &Path) {
     let src = rootfs.join(target.trim_start_matches('/'));
-    let empty = std::fs::read_dir(volume).map(|mut d| d.next().is_none()).unwrap_or(false);
+    let empty = std::fs::read_dir(volume)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false);
     if !empty || !src.is_dir() {
         return;
     }
-    let status = std::process::Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(volume).status();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(volume)
+        .status();
     if !status.is_ok_and(|s| s.success()) {
         warn!(src = %src.display(), volume = %volume.display(), "could not seed the volume from the image");
     }
@@ -1370,7 +1829,13 @@ fn resolv_conf(dns: &[String]) -> String {
 /// Args joined for display, quoting those with spaces.
 pub fn shell_join(args: &[String]) -> String {
     args.iter()
-        .map(|a| if a.is_empty() || a.contains(char::is_whitespace) || a.contains('"') { format!("{a:?}") } else { a.clone() })
+        .map(|a| {
+            if a.is_empty() || a.contains(char::is_whitespace) || a.contains('"') {
+                format!("{a:?}")
+            } else {
+                a.clone()
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -1396,7 +1861,10 @@ mod tests {
     }
 
     fn pol(name: &str, max: u32) -> pb::RestartPolicy {
-        pb::RestartPolicy { name: name.into(), max_retries: max }
+        pb::RestartPolicy {
+            name: name.into(),
+            max_retries: max,
+        }
     }
 
     #[test]
@@ -1404,22 +1872,40 @@ mod tests {
         let quick = Duration::from_millis(10);
         assert_eq!(restart_delay(None, 1, &st(), quick), None);
         assert_eq!(restart_delay(Some(&pol("no", 0)), 1, &st(), quick), None);
-        assert_eq!(restart_delay(Some(&pol("on-failure", 0)), 0, &st(), quick), None);
-        assert_eq!(restart_delay(Some(&pol("on-failure", 0)), 1, &st(), quick), Some(Duration::from_millis(100)));
+        assert_eq!(
+            restart_delay(Some(&pol("on-failure", 0)), 0, &st(), quick),
+            None
+        );
+        assert_eq!(
+            restart_delay(Some(&pol("on-failure", 0)), 1, &st(), quick),
+            Some(Duration::from_millis(100))
+        );
         let mut s = st();
         s.restart_count = 3;
-        assert_eq!(restart_delay(Some(&pol("on-failure", 3)), 1, &s, quick), None);
+        assert_eq!(
+            restart_delay(Some(&pol("on-failure", 3)), 1, &s, quick),
+            None
+        );
         assert!(restart_delay(Some(&pol("on-failure", 4)), 1, &s, quick).is_some());
         assert!(restart_delay(Some(&pol("always", 0)), 0, &st(), quick).is_some());
         s.user_stopped = true;
         assert_eq!(restart_delay(Some(&pol("always", 0)), 0, &s, quick), None);
         let mut s = st();
         s.restart_streak = 3;
-        assert_eq!(restart_delay(Some(&pol("always", 0)), 0, &s, quick), Some(Duration::from_millis(800)));
+        assert_eq!(
+            restart_delay(Some(&pol("always", 0)), 0, &s, quick),
+            Some(Duration::from_millis(800))
+        );
         s.restart_streak = 30;
-        assert_eq!(restart_delay(Some(&pol("always", 0)), 0, &s, quick), Some(Duration::from_secs(60)));
+        assert_eq!(
+            restart_delay(Some(&pol("always", 0)), 0, &s, quick),
+            Some(Duration::from_secs(60))
+        );
         // A long run resets the back-off.
-        assert_eq!(restart_delay(Some(&pol("always", 0)), 0, &s, Duration::from_secs(11)), Some(Duration::from_millis(100)));
+        assert_eq!(
+            restart_delay(Some(&pol("always", 0)), 0, &s, Duration::from_secs(11)),
+            Some(Duration::from_millis(100))
+        );
         assert!(validate_restart_policy(&pol("sometimes", 0)).is_err());
         assert!(validate_restart_policy(&pol("always", 3)).is_err());
         assert!(validate_restart_policy(&pol("on-failure", 3)).is_ok());
@@ -1428,17 +1914,42 @@ mod tests {
     #[test]
     fn bind_policy_refuses_host_system_paths() {
         let state = Path::new("/var/lib/flotilla");
-        for p in ["/", "/etc", "/etc/shadow", "/proc/1", "/sys", "/dev/sda", "/boot", "/run/flotilla/agent.sock", "/var/run", "/var/lib/flotilla/images"] {
+        for p in [
+            "/",
+            "/etc",
+            "/etc/shadow",
+            "/proc/1",
+            "/sys",
+            "/dev/sda",
+            "/boot",
+            "/run/flotilla/agent.sock",
+            "/var/run",
+            "/var/lib/flotilla/images",
+        ] {
             let e = bind_allowed(Path::new(p), state, &[], false).unwrap_err();
             assert!(e.msg.contains("refused"), "{p}: {}", e.msg);
         }
-        for p in ["/srv/data", "/home/u", "/tmp/x", "/var/lib/other", "/etcetera"] {
+        for p in [
+            "/srv/data",
+            "/home/u",
+            "/tmp/x",
+            "/var/lib/other",
+            "/etcetera",
+        ] {
             assert!(bind_allowed(Path::new(p), state, &[], false).is_ok(), "{p}");
         }
-        assert!(bind_allowed(Path::new("/etc/app"), state, &[PathBuf::from("/etc/app")], false).is_ok());
+        assert!(bind_allowed(
+            Path::new("/etc/app"),
+            state,
+            &[PathBuf::from("/etc/app")],
+            false
+        )
+        .is_ok());
         assert!(bind_allowed(Path::new("/etc"), state, &[], true).is_ok());
         let other_state = Path::new("/data/flotilla");
-        assert!(bind_allowed(Path::new("/data/flotilla/volumes"), other_state, &[], false).is_err());
+        assert!(
+            bind_allowed(Path::new("/data/flotilla/volumes"), other_state, &[], false).is_err()
+        );
     }
 
     #[test]
@@ -1446,7 +1957,10 @@ mod tests {
         assert!(valid_container_name("web-1.a_b"));
         assert!(!valid_container_name("-web"));
         assert!(!valid_container_name("w"));
-        assert_eq!(shell_join(&["sh".into(), "-c".into(), "echo hi".into()]), "sh -c \"echo hi\"");
+        assert_eq!(
+            shell_join(&["sh".into(), "-c".into(), "echo hi".into()]),
+            "sh -c \"echo hi\""
+        );
         assert_eq!(random_hex(32).len(), 64);
         assert_ne!(random_hex(8), random_hex(8));
     }

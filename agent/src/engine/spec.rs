@@ -17,14 +17,46 @@ use super::error::{EngineError, Result};
 
 /// Every capability the kernel knows (what `--privileged` and `--cap-add ALL` give).
 pub const ALL_CAPS: [&str; 41] = [
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
-    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
-    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
-    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
-    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
-    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE",
 ];
 
@@ -42,8 +74,16 @@ pub enum NetNs {
 /// A mount resolved to what the kernel needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolvedMount {
-    Bind { source: PathBuf, target: String, read_only: bool },
-    Tmpfs { target: String, size: u64, mode: u32 },
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
+    Tmpfs {
+        target: String,
+        size: u64,
+        mode: u32,
+    },
 }
 
 /// What the engine prepared for the spec.
@@ -123,15 +163,25 @@ pub fn capabilities(cfg: &pb::ContainerConfig, default: &[String]) -> Result<Vec
         if up == "ALL" {
             return Ok(up);
         }
-        let name = if up.starts_with("CAP_") { up } else { format!("CAP_{up}") };
+        let name = if up.starts_with("CAP_") {
+            up
+        } else {
+            format!("CAP_{up}")
+        };
         if ALL_CAPS.contains(&name.as_str()) {
             Ok(name)
         } else {
-            Err(EngineError::invalid(format!("unknown capability {c:?} (e.g. NET_ADMIN, SYS_TIME)")))
+            Err(EngineError::invalid(format!(
+                "unknown capability {c:?} (e.g. NET_ADMIN, SYS_TIME)"
+            )))
         }
     };
     let mut caps: Vec<String> = default.to_vec();
-    let drops: Vec<String> = cfg.cap_drop.iter().map(|c| norm(c)).collect::<Result<_>>()?;
+    let drops: Vec<String> = cfg
+        .cap_drop
+        .iter()
+        .map(|c| norm(c))
+        .collect::<Result<_>>()?;
     let adds: Vec<String> = cfg.cap_add.iter().map(|c| norm(c)).collect::<Result<_>>()?;
     if drops.iter().any(|d| d == "ALL") {
         caps.clear();
@@ -152,7 +202,11 @@ pub fn capabilities(cfg: &pb::ContainerConfig, default: &[String]) -> Result<Vec
 }
 
 /// `uid[:gid]` or `name[:group]` resolved through the image's passwd/group files.
-pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Result<(u32, u32, Vec<u32>)> {
+pub fn resolve_user(
+    user: &str,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<(u32, u32, Vec<u32>)> {
     if user.is_empty() {
         return Ok((0, 0, Vec::new()));
     }
@@ -171,19 +225,32 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
     let gr = entries(group);
     let (uid, primary_gid, name) = match u.parse::<u32>() {
         Ok(uid) => {
-            let e = pw.iter().find(|e| e.get(2).and_then(|s| s.parse().ok()) == Some(uid));
-            (uid, e.and_then(|e| e.get(3)?.parse().ok()).unwrap_or(0), e.and_then(|e| e.first().cloned()))
+            let e = pw
+                .iter()
+                .find(|e| e.get(2).and_then(|s| s.parse().ok()) == Some(uid));
+            (
+                uid,
+                e.and_then(|e| e.get(3)?.parse().ok()).unwrap_or(0),
+                e.and_then(|e| e.first().cloned()),
+            )
         }
         Err(_) => {
-            let e = pw.iter().find(|e| e.first().map(String::as_str) == Some(u)).ok_or_else(|| {
-                EngineError::invalid(format!(
-                    "unable to find user {u}: no matching entries in the image's /etc/passwd"
-                ))
-            })?;
+            let e = pw
+                .iter()
+                .find(|e| e.first().map(String::as_str) == Some(u))
+                .ok_or_else(|| {
+                    EngineError::invalid(format!(
+                        "unable to find user {u}: no matching entries in the image's /etc/passwd"
+                    ))
+                })?;
             let uid = e.get(2).and_then(|s| s.parse().ok()).ok_or_else(|| {
                 EngineError::invalid(format!("malformed /etc/passwd entry for user {u}"))
             })?;
-            (uid, e.get(3).and_then(|s| s.parse().ok()).unwrap_or(0), Some(u.to_string()))
+            (
+                uid,
+                e.get(3).and_then(|s| s.parse().ok()).unwrap_or(0),
+                Some(u.to_string()),
+            )
         }
     };
     let gid = match g {
@@ -220,29 +287,58 @@ pub fn resolve_user(user: &str, passwd: Option<&str>, group: Option<&str>) -> Re
 
 fn rlimit_type(name: &str) -> Result<String> {
     const KNOWN: [&str; 16] = [
-        "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile",
-        "nproc", "rss", "rtprio", "rttime", "sigpending", "stack",
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
     ];
     let n = name.to_ascii_lowercase();
     if KNOWN.contains(&n.as_str()) {
         Ok(format!("RLIMIT_{}", n.to_ascii_uppercase()))
     } else {
-        Err(EngineError::invalid(format!("unknown ulimit {name:?} (one of {})", KNOWN.join(", "))))
+        Err(EngineError::invalid(format!(
+            "unknown ulimit {name:?} (one of {})",
+            KNOWN.join(", ")
+        )))
     }
 }
 
 /// Edits the bundle `spec` (the image's process on the runtime's default container) for `cfg`.
-pub fn build(mut spec: Value, cfg: &pb::ContainerConfig, ctx: &SpecContext, caps: &[String], sec: &SecurityOpts) -> Result<Value> {
+pub fn build(
+    mut spec: Value,
+    cfg: &pb::ContainerConfig,
+    ctx: &SpecContext,
+    caps: &[String],
+    sec: &SecurityOpts,
+) -> Result<Value> {
     let process = &mut spec["process"];
     // Env: the image's, overridden key by key by the request's.
     let mut env: Vec<String> = process["env"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     for e in &cfg.env {
         let key = e.split('=').next().unwrap_or(e);
         if key.is_empty() {
-            return Err(EngineError::invalid(format!("invalid environment variable {e:?}: empty name")));
+            return Err(EngineError::invalid(format!(
+                "invalid environment variable {e:?}: empty name"
+            )));
         }
         env.retain(|x| x.split('=').next() != Some(key));
         env.push(e.clone());
@@ -264,7 +360,8 @@ pub fn build(mut spec: Value, cfg: &pb::ContainerConfig, ctx: &SpecContext, caps
         process["cwd"] = json!(cfg.working_dir);
     }
     if !cfg.user.is_empty() {
-        let (uid, gid, extra) = resolve_user(&cfg.user, ctx.passwd.as_deref(), ctx.group.as_deref())?;
+        let (uid, gid, extra) =
+            resolve_user(&cfg.user, ctx.passwd.as_deref(), ctx.group.as_deref())?;
         process["user"] = json!({"uid": uid, "gid": gid, "additionalGids": extra});
     }
     process["terminal"] = json!(cfg.tty);
@@ -304,7 +401,11 @@ pub fn build(mut spec: Value, cfg: &pb::ContainerConfig, ctx: &SpecContext, caps
     let mut extra: Vec<Value> = Vec::new();
     for m in &ctx.mounts {
         match m {
-            ResolvedMount::Bind { source, target, read_only } => {
+            ResolvedMount::Bind {
+                source,
+                target,
+                read_only,
+            } => {
                 let mut opts = vec!["rbind", "rprivate"];
                 if *read_only {
                     opts.push("ro");
@@ -312,7 +413,11 @@ pub fn build(mut spec: Value, cfg: &pb::ContainerConfig, ctx: &SpecContext, caps
                 extra.push(json!({"destination": target, "type": "bind", "source": source, "options": opts}));
             }
             ResolvedMount::Tmpfs { target, size, mode } => {
-                let mut opts = vec!["nosuid".to_string(), "nodev".to_string(), format!("mode={:o}", if *mode == 0 { 0o1777 } else { *mode })];
+                let mut opts = vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    format!("mode={:o}", if *mode == 0 { 0o1777 } else { *mode }),
+                ];
                 if *size > 0 {
                     opts.push(format!("size={size}"));
                 }
@@ -328,15 +433,28 @@ pub fn build(mut spec: Value, cfg: &pb::ContainerConfig, ctx: &SpecContext, caps
     }
     let mut seen = std::collections::HashSet::new();
     for m in &extra {
-        let d = m["destination"].as_str().unwrap_or("").trim_end_matches('/').to_string();
+        let d = m["destination"]
+            .as_str()
+            .unwrap_or("")
+            .trim_end_matches('/')
+            .to_string();
         if !d.starts_with('/') {
-            return Err(EngineError::invalid(format!("invalid mount target {d:?}: it must be an absolute path")));
+            return Err(EngineError::invalid(format!(
+                "invalid mount target {d:?}: it must be an absolute path"
+            )));
         }
         if !seen.insert(d.clone()) {
             return Err(EngineError::invalid(format!("duplicate mount point: {d}")));
         }
     }
-    mounts.retain(|m| !seen.contains(m["destination"].as_str().unwrap_or("").trim_end_matches('/')));
+    mounts.retain(|m| {
+        !seen.contains(
+            m["destination"]
+                .as_str()
+                .unwrap_or("")
+                .trim_end_matches('/'),
+        )
+    });
     if cfg.privileged {
         for m in mounts.iter_mut() {
             if m["destination"] == json!("/sys") {
@@ -411,7 +529,9 @@ pub fn build(mut spec: Value, cfg: &pb::ContainerConfig, ctx: &SpecContext, caps
         return Err(EngineError::invalid("invalid --cpus: must be positive"));
     }
     if res.nano_cpus > 0 {
-        let ncpu = std::thread::available_parallelism().map(|n| n.get() as i64).unwrap_or(1);
+        let ncpu = std::thread::available_parallelism()
+            .map(|n| n.get() as i64)
+            .unwrap_or(1);
         if res.nano_cpus > ncpu * 1_000_000_000 {
             return Err(EngineError::invalid(format!(
                 "invalid --cpus {:.2}: this node has {ncpu} CPUs",
@@ -492,8 +612,16 @@ mod tests {
             ..Default::default()
         };
         let s = run(&cfg).expect("spec");
-        let env: Vec<&str> = s["process"]["env"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
-        assert_eq!(env, ["PATH=/bin", "A=2", "B=3", "HOSTNAME=abc", "TERM=xterm"]);
+        let env: Vec<&str> = s["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            env,
+            ["PATH=/bin", "A=2", "B=3", "HOSTNAME=abc", "TERM=xterm"]
+        );
         assert_eq!(s["process"]["cwd"], "/srv");
         assert_eq!(s["process"]["terminal"], true);
         assert_eq!(s["process"]["noNewPrivileges"], true);
@@ -502,8 +630,14 @@ mod tests {
         assert_eq!(s["annotations"]["k"], "v");
         assert_eq!(s["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
         let ns = s["linux"]["namespaces"].as_array().unwrap();
-        assert!(ns.iter().any(|n| n["type"] == "network" && n["path"] == "/run/flotilla/netns/x"));
-        assert!(s["mounts"].as_array().unwrap().iter().any(|m| m["destination"] == "/etc/hosts" && m["type"] == "bind"));
+        assert!(ns
+            .iter()
+            .any(|n| n["type"] == "network" && n["path"] == "/run/flotilla/netns/x"));
+        assert!(s["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["destination"] == "/etc/hosts" && m["type"] == "bind"));
         // The result is a valid OCI spec.
         let _: oci_spec::runtime::Spec = serde_json::from_value(s).expect("valid spec");
     }
@@ -522,8 +656,14 @@ mod tests {
                 &d,
             )
         };
-        assert_eq!(c(&["net_admin"], &["KILL"], false).unwrap(), ["CAP_CHOWN", "CAP_NET_ADMIN", "CAP_NET_RAW"]);
-        assert_eq!(c(&["CAP_SYS_TIME"], &["ALL"], false).unwrap(), ["CAP_SYS_TIME"]);
+        assert_eq!(
+            c(&["net_admin"], &["KILL"], false).unwrap(),
+            ["CAP_CHOWN", "CAP_NET_ADMIN", "CAP_NET_RAW"]
+        );
+        assert_eq!(
+            c(&["CAP_SYS_TIME"], &["ALL"], false).unwrap(),
+            ["CAP_SYS_TIME"]
+        );
         assert_eq!(c(&["ALL"], &[], false).unwrap().len(), ALL_CAPS.len());
         assert_eq!(c(&[], &[], true).unwrap().len(), ALL_CAPS.len());
         let e = c(&["FLY"], &[], false).unwrap_err();
@@ -532,16 +672,35 @@ mod tests {
 
     #[test]
     fn privileged_and_unconfined_drop_seccomp_and_masks() {
-        let s = run(&pb::ContainerConfig { privileged: true, ..Default::default() }).unwrap();
+        let s = run(&pb::ContainerConfig {
+            privileged: true,
+            ..Default::default()
+        })
+        .unwrap();
         assert!(s["linux"].get("seccomp").is_none());
         assert_eq!(s["linux"]["maskedPaths"], json!([]));
         assert_eq!(s["process"]["noNewPrivileges"], false);
-        let s = run(&pb::ContainerConfig { security_opt: vec!["seccomp=unconfined".into()], ..Default::default() }).unwrap();
+        let s = run(&pb::ContainerConfig {
+            security_opt: vec!["seccomp=unconfined".into()],
+            ..Default::default()
+        })
+        .unwrap();
         assert!(s["linux"].get("seccomp").is_none());
-        let s = run(&pb::ContainerConfig { security_opt: vec!["no-new-privileges=false".into()], ..Default::default() }).unwrap();
+        let s = run(&pb::ContainerConfig {
+            security_opt: vec!["no-new-privileges=false".into()],
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(s["process"]["noNewPrivileges"], false);
         for bad in ["apparmor=x", "nope", "no-new-privileges=maybe"] {
-            assert!(run(&pb::ContainerConfig { security_opt: vec![bad.into()], ..Default::default() }).is_err(), "{bad}");
+            assert!(
+                run(&pb::ContainerConfig {
+                    security_opt: vec![bad.into()],
+                    ..Default::default()
+                })
+                .is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -553,22 +712,41 @@ mod tests {
         assert_eq!(resolve_user("33", p, g).unwrap(), (33, 34, vec![500]));
         assert_eq!(resolve_user("1000:7", p, g).unwrap(), (1000, 7, vec![]));
         assert_eq!(resolve_user("www:web", p, g).unwrap(), (33, 500, vec![]));
-        assert!(resolve_user("nobody", p, g).unwrap_err().msg.contains("unable to find user nobody"));
-        assert!(resolve_user("www:nogroup", p, g).unwrap_err().msg.contains("unable to find group nogroup"));
-        let s = run(&pb::ContainerConfig { user: "www".into(), ..Default::default() }).unwrap();
+        assert!(resolve_user("nobody", p, g)
+            .unwrap_err()
+            .msg
+            .contains("unable to find user nobody"));
+        assert!(resolve_user("www:nogroup", p, g)
+            .unwrap_err()
+            .msg
+            .contains("unable to find group nogroup"));
+        let s = run(&pb::ContainerConfig {
+            user: "www".into(),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!(s["process"]["user"]["uid"], 33);
     }
 
     #[test]
     fn resources_and_limits_validate() {
-        let res = |r: pb::Resources| run(&pb::ContainerConfig { resources: Some(r), ..Default::default() });
+        let res = |r: pb::Resources| {
+            run(&pb::ContainerConfig {
+                resources: Some(r),
+                ..Default::default()
+            })
+        };
         let s = res(pb::Resources {
             memory: 64 << 20,
             memory_swap: 128 << 20,
             nano_cpus: 500_000_000,
             cpu_shares: 512,
             pids_limit: 50,
-            ulimits: vec![pb::Ulimit { name: "nofile".into(), soft: 100, hard: 200 }],
+            ulimits: vec![pb::Ulimit {
+                name: "nofile".into(),
+                soft: 100,
+                hard: 200,
+            }],
             oom_score_adj: 500,
             ..Default::default()
         })
@@ -584,13 +762,64 @@ mod tests {
         assert_eq!(s["process"]["oomScoreAdj"], 500);
         let _: oci_spec::runtime::Spec = serde_json::from_value(s).expect("valid spec");
         for (bad, want) in [
-            (pb::Resources { memory: 1024, ..Default::default() }, "minimum memory limit"),
-            (pb::Resources { memory: 64 << 20, memory_swap: 1 << 20, ..Default::default() }, "at least --memory"),
-            (pb::Resources { memory_swap: 1 << 30, ..Default::default() }, "needs --memory"),
-            (pb::Resources { nano_cpus: 1_000_000_000_000, ..Default::default() }, "CPUs"),
-            (pb::Resources { oom_score_adj: 5000, ..Default::default() }, "-1000 and 1000"),
-            (pb::Resources { ulimits: vec![pb::Ulimit { name: "bogus".into(), soft: 1, hard: 1 }], ..Default::default() }, "unknown ulimit"),
-            (pb::Resources { ulimits: vec![pb::Ulimit { name: "nofile".into(), soft: 10, hard: 1 }], ..Default::default() }, "above the hard limit"),
+            (
+                pb::Resources {
+                    memory: 1024,
+                    ..Default::default()
+                },
+                "minimum memory limit",
+            ),
+            (
+                pb::Resources {
+                    memory: 64 << 20,
+                    memory_swap: 1 << 20,
+                    ..Default::default()
+                },
+                "at least --memory",
+            ),
+            (
+                pb::Resources {
+                    memory_swap: 1 << 30,
+                    ..Default::default()
+                },
+                "needs --memory",
+            ),
+            (
+                pb::Resources {
+                    nano_cpus: 1_000_000_000_000,
+                    ..Default::default()
+                },
+                "CPUs",
+            ),
+            (
+                pb::Resources {
+                    oom_score_adj: 5000,
+                    ..Default::default()
+                },
+                "-1000 and 1000",
+            ),
+            (
+                pb::Resources {
+                    ulimits: vec![pb::Ulimit {
+                        name: "bogus".into(),
+                        soft: 1,
+                        hard: 1,
+                    }],
+                    ..Default::default()
+                },
+                "unknown ulimit",
+            ),
+            (
+                pb::Resources {
+                    ulimits: vec![pb::Ulimit {
+                        name: "nofile".into(),
+                        soft: 10,
+                        hard: 1,
+                    }],
+                    ..Default::default()
+                },
+                "above the hard limit",
+            ),
         ] {
             let e = res(bad).unwrap_err();
             assert!(e.msg.contains(want), "{} vs {want}", e.msg);
@@ -601,8 +830,16 @@ mod tests {
     fn mounts_replace_defaults_and_duplicates_are_refused() {
         let mut c = ctx();
         c.mounts = vec![
-            ResolvedMount::Tmpfs { target: "/tmp".into(), size: 1 << 20, mode: 0 },
-            ResolvedMount::Bind { source: "/srv/data".into(), target: "/data".into(), read_only: true },
+            ResolvedMount::Tmpfs {
+                target: "/tmp".into(),
+                size: 1 << 20,
+                mode: 0,
+            },
+            ResolvedMount::Bind {
+                source: "/srv/data".into(),
+                target: "/data".into(),
+                read_only: true,
+            },
         ];
         let cfg = pb::ContainerConfig::default();
         let caps = capabilities(&cfg, &defaults()).unwrap();
@@ -612,8 +849,15 @@ mod tests {
         let data = ms.iter().find(|m| m["destination"] == "/data").unwrap();
         assert!(data["options"].as_array().unwrap().contains(&json!("ro")));
         let tmp = ms.iter().find(|m| m["destination"] == "/tmp").unwrap();
-        assert!(tmp["options"].as_array().unwrap().contains(&json!("size=1048576")));
-        c.mounts.push(ResolvedMount::Tmpfs { target: "/data/".into(), size: 0, mode: 0 });
+        assert!(tmp["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("size=1048576")));
+        c.mounts.push(ResolvedMount::Tmpfs {
+            target: "/data/".into(),
+            size: 0,
+            mode: 0,
+        });
         let e = build(base(), &cfg, &c, &caps, &sec).unwrap_err();
         assert!(e.msg.contains("duplicate mount point: /data"), "{}", e.msg);
     }

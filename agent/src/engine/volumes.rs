@@ -33,7 +33,8 @@ pub fn valid_name(name: &str) -> bool {
     b.len() >= 2
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(c))
 }
 
 impl Volumes {
@@ -84,7 +85,12 @@ impl Volumes {
     }
 
     /// Creates the volume, or returns the existing one with that name (as docker does).
-    pub fn create(&self, name: &str, labels: BTreeMap<String, String>, anonymous: bool) -> Result<pb::Volume> {
+    pub fn create(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+        anonymous: bool,
+    ) -> Result<pb::Volume> {
         let name = if name.is_empty() {
             super::random_hex(32)
         } else {
@@ -100,16 +106,19 @@ impl Volumes {
             return Ok(self.to_pb(&m, Vec::new()));
         }
         let data = self.mountpoint(&name);
-        fs::create_dir_all(&data).map_err(|e| EngineError::io("create volume directory", &data, e))?;
+        fs::create_dir_all(&data)
+            .map_err(|e| EngineError::io("create volume directory", &data, e))?;
         let m = Meta {
             name: name.clone(),
             created_unix_nano: crate::shim::logfile::now_unix_nano(),
             labels,
             anonymous,
         };
-        let bytes = serde_json::to_vec_pretty(&m).map_err(|e| EngineError::internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(&m).map_err(|e| EngineError::internal(e.to_string()))?;
         let path = self.meta_path(&name);
-        crate::shim::write_file_atomic(&path, &bytes).map_err(|e| EngineError::io("write", &path, e))?;
+        crate::shim::write_file_atomic(&path, &bytes)
+            .map_err(|e| EngineError::io("write", &path, e))?;
         Ok(self.to_pb(&m, Vec::new()))
     }
 
@@ -120,7 +129,11 @@ impl Volumes {
     pub fn inspect(&self, name: &str, used_by: Vec<String>) -> Result<pb::Volume> {
         match self.load(name) {
             Some(m) => Ok(self.to_pb(&m, used_by)),
-            None => Err(no_such("volume", name, self.names().iter().map(String::as_str))),
+            None => Err(no_such(
+                "volume",
+                name,
+                self.names().iter().map(String::as_str),
+            )),
         }
     }
 
@@ -140,7 +153,11 @@ impl Volumes {
     pub fn remove(&self, name: &str, used_by: &[String]) -> Result<u64> {
         let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         if self.load(name).is_none() {
-            return Err(no_such("volume", name, self.names().iter().map(String::as_str)));
+            return Err(no_such(
+                "volume",
+                name,
+                self.names().iter().map(String::as_str),
+            ));
         }
         if !used_by.is_empty() {
             return Err(EngineError::precondition(format!(
@@ -194,7 +211,11 @@ mod tests {
         assert_eq!(v.list(|_| vec![]).len(), 1);
         let e = v.remove("data", &["web".into()]).unwrap_err();
         assert!(e.msg.contains("in use by container(s) web"), "{}", e.msg);
-        assert!(v.inspect("dta", vec![]).unwrap_err().msg.contains("did you mean data"));
+        assert!(v
+            .inspect("dta", vec![])
+            .unwrap_err()
+            .msg
+            .contains("did you mean data"));
         assert_eq!(v.remove("data", &[]).expect("rm"), 5);
         assert!(!v.exists("data"));
         for bad in ["a", "-x", "a/b", "..", "a b"] {
