@@ -440,6 +440,10 @@ impl NetworkManager {
         }
         let mut k = self.inner.ops.lock().await;
         let cfg = &self.inner.cfg;
+        let host_nets = match req.subnet {
+            None => link::host_ipv4_nets(&k.nl).await?,
+            Some(_) => Vec::new(),
+        };
         let (subnet, gateway) = {
             let st = self.read()?;
             if let Some(n) = st.networks.values().find(|n| n.name == req.name) {
@@ -460,11 +464,8 @@ impl NetworkManager {
                     .parse::<Ipv4Net>()
                     .map_err(|e| NetError::invalid("subnet", s.clone(), e.0))?,
                 None => {
-                    drop(st);
-                    let host = link::host_ipv4_nets(&k.nl).await?;
-                    let st = self.read()?;
                     let mut taken: Vec<Ipv4Net> = st.networks.values().map(|n| n.subnet).collect();
-                    taken.extend(host);
+                    taken.extend(host_nets);
                     ipam::pick_subnet(cfg.pool, cfg.pool_prefix_len, &taken).ok_or(
                         NetError::PoolExhausted {
                             pool: cfg.pool.to_string(),
@@ -495,7 +496,6 @@ impl NetworkManager {
                     gw
                 }
             };
-            let st = self.read()?;
             if let Some(other) = st.networks.values().find(|n| n.subnet.overlaps(&subnet)) {
                 return Err(NetError::SubnetOverlap {
                     subnet: subnet.to_string(),
