@@ -119,6 +119,22 @@ async fn sandboxes_on_a_user_network_ping_and_resolve_each_other() {
         "{t}"
     );
 
+    // the embedded DNS answers its bridge only: the host's own query is dropped by nft
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").expect("udp");
+    probe
+        .set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    // a minimal query for "web" (id 0x1234, RD, one A/IN question)
+    let query = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x00\x00\x01\x00\x01";
+    probe
+        .send_to(query, (info.gateway.expect("gateway"), 53))
+        .expect("send");
+    let mut buf = [0u8; 512];
+    assert!(
+        probe.recv_from(&mut buf).is_err(),
+        "the gateway's DNS answered the host"
+    );
+
     // the container's resolv.conf points at the embedded DNS; /etc/hosts carries its address
     let rc = net.resolv_conf(&web_id, &[]);
     assert!(rc.starts_with(&format!("nameserver {gw}\n")), "{rc}");
