@@ -171,7 +171,9 @@ pub fn api_error(host: &str, s: tonic::Status) -> anyhow::Error {
             return anyhow::anyhow!(unreachable_message(host, &root_cause(src)));
         }
     }
-    let message = if s.message().is_empty() {
+    let message = if s.code() == tonic::Code::Unimplemented {
+        format!("the agent at {host} does not support this command yet (it answered UNIMPLEMENTED); upgrade the agent")
+    } else if s.message().is_empty() {
         s.code().description().to_string()
     } else {
         s.message().to_string()
@@ -248,6 +250,11 @@ mod tests {
         );
         assert_eq!(e.to_string(), "no such container: wbe (did you mean web?)");
         assert!(is_not_found(&e));
+        let e = api_error("unix:///a.sock", tonic::Status::unimplemented(""));
+        assert_eq!(
+            e.to_string(),
+            "the agent at unix:///a.sock does not support this command yet (it answered UNIMPLEMENTED); upgrade the agent"
+        );
         let e = api_error("h", tonic::Status::new(tonic::Code::AlreadyExists, ""));
         assert!(!is_not_found(&e));
         assert!(!e.to_string().is_empty());

@@ -1138,10 +1138,14 @@ pub struct PsRow {
 
 /// The `ps` row of a container.
 pub fn ps_row(c: &ContainerInfo, now: i64, no_trunc: bool) -> PsRow {
-    let image = if c.image.starts_with("sha256:") && !no_trunc {
-        format::short_id(&c.image)
+    let image = if c.image.starts_with("sha256:") {
+        if no_trunc {
+            c.image.clone()
+        } else {
+            format::short_id(&c.image)
+        }
     } else {
-        c.image.clone()
+        format::familiar_reference(&c.image)
     };
     let cfg = c.config.clone().unwrap_or_default();
     PsRow {
@@ -2304,7 +2308,7 @@ mod tests {
         ContainerInfo {
             id: "0123456789abcdef0123456789abcdef".into(),
             name: "web".into(),
-            image: "nginx".into(),
+            image: "docker.io/library/nginx:latest".into(),
             image_id: "sha256:feed".into(),
             created_unix_nano: 100 * s,
             command: "nginx -g 'daemon off;'".into(),
@@ -2357,6 +2361,7 @@ mod tests {
     fn ps_rows() {
         let r = ps_row(&ci(), 115 * 1_000_000_000, false);
         assert_eq!(r.id, "0123456789ab");
+        assert_eq!(r.image, "nginx:latest");
         assert_eq!(r.command, "\"nginx -g 'daemon of…\"");
         assert_eq!(r.running_for, "15 seconds ago");
         assert_eq!(r.status, "Up 5 seconds");
@@ -2395,7 +2400,7 @@ mod tests {
         assert_eq!(v["State"]["OOMKilled"], false);
         assert!(v["State"].get("Health").is_none());
         assert_eq!(v["State"]["FinishedAt"], "0001-01-01T00:00:00Z");
-        assert_eq!(v["Config"]["Image"], "nginx");
+        assert_eq!(v["Config"]["Image"], "docker.io/library/nginx:latest");
         assert_eq!(v["Config"]["Entrypoint"], serde_json::Value::Null);
         assert_eq!(v["Config"]["Labels"]["tier"], "front");
         assert_eq!(
