@@ -2010,7 +2010,7 @@ async fn stats(ctx: &Ctx, a: StatsArgs) -> anyhow::Result<i32> {
             _ = tick.tick(), if !a.no_stream => render(&samples)?,
         }
     }
-    if a.no_stream || !samples.is_empty() || !placeholders.is_empty() {
+    if !samples.is_empty() || !placeholders.is_empty() || (a.no_stream && !failed) {
         render(&samples)?;
     }
     Ok(if failed { 1 } else { 0 })

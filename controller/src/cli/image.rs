@@ -274,20 +274,23 @@ impl Progress {
             }
             return;
         };
-        let bar = self.bars.entry(l.digest.clone()).or_insert_with(|| {
-            let b = multi.add(ProgressBar::new(l.total.max(1)));
-            b.set_prefix(short.clone());
-            b
-        });
         let with_bar = !is_final(&l.status) && l.total > 0;
         let style = if with_bar {
             ProgressStyle::with_template("{prefix}: {msg:<18} [{bar:40}] {bytes}/{total_bytes}")
         } else {
             ProgressStyle::with_template("{prefix}: {msg}")
-        };
-        if let Ok(s) = style {
-            bar.set_style(s.progress_chars("=> "));
         }
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let bar = self.bars.entry(l.digest.clone()).or_insert_with(|| {
+            multi.add(
+                ProgressBar::new(l.total.max(1))
+                    .with_style(style.clone())
+                    .with_prefix(short.clone())
+                    .with_message(label.clone()),
+            )
+        });
+        bar.set_style(style);
         if with_bar {
             bar.set_length(l.total);
             bar.set_position(l.current.min(l.total));
@@ -299,12 +302,15 @@ impl Progress {
         }
     }
 
+    /// Finishes every bar (they stay on screen) and stops drawing, so later lines go below them.
     fn finish(&mut self) {
         for b in self.bars.values() {
             if !b.is_finished() {
                 b.finish();
             }
         }
+        self.bars.clear();
+        self.multi = None;
     }
 }
 
@@ -359,8 +365,8 @@ async fn pull(ctx: &Ctx, a: PullArgs) -> anyhow::Result<i32> {
         let Some(msg) = msg else { break };
         match msg.event {
             Some(pull_image_progress::Event::Resolved(r)) => {
-                let (repo, tag) = format::split_reference(&r.reference);
-                p.line(&format!("{tag}: Pulling from {repo}"));
+                let (_, tag) = format::split_reference(&r.reference);
+                p.line(&format!("{tag}: Pulling from {}", repo_path(&r.reference)));
                 resolved_digest = r.manifest_digest;
             }
             Some(pull_image_progress::Event::Layer(l)) => p.layer(&l),
@@ -450,6 +456,23 @@ async fn push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<i32> {
         outln(&format!("{tag}: digest: {}", d.digest));
     }
     Ok(0)
+}
+
+/// The repository path without the registry, as docker's "Pulling from" line shows it:
+/// `docker.io/library/alpine:3` -> `library/alpine`, `127.0.0.1:5000/app:1` -> `app`.
+pub fn repo_path(reference: &str) -> String {
+    let name = reference.split('@').next().unwrap_or(reference);
+    let name = match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    };
+    match name.split_once('/') {
+        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
+            rest.to_string()
+        }
+        Some(_) => name.to_string(),
+        None => format!("library/{name}"),
+    }
 }
 
 // ------------------------------------------------------------------ ls / rm / tag / inspect
@@ -964,6 +987,19 @@ mod tests {
         });
         assert_eq!(v["RepoTags"], serde_json::json!([]));
         assert_eq!(v["Config"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn repo_paths() {
+        assert_eq!(repo_path("docker.io/library/alpine:3.20"), "library/alpine");
+        assert_eq!(
+            repo_path("docker.io/bitnami/redis@sha256:abc"),
+            "bitnami/redis"
+        );
+        assert_eq!(repo_path("127.0.0.1:5055/bb:1"), "bb");
+        assert_eq!(repo_path("localhost/team/app"), "team/app");
+        assert_eq!(repo_path("ghcr.io/org/app:v1"), "org/app");
+        assert_eq!(repo_path("alpine"), "library/alpine");
     }
 
     #[test]
