@@ -12,9 +12,9 @@ use clap::{ArgAction, Args, Subcommand};
 use flotilla_proto::agent::v1::{
     attach_input, attach_output, exec_input, exec_output, log_entry, AttachInput, AttachOutput,
     AttachStart, ContainerConfig, ContainerInfo, ContainerRef, ContainerStats,
-    CreateContainerRequest, ExecInput, ExecOutput, ExecStart, HealthConfig, KillContainerRequest,
-    ListContainersRequest, LogsRequest, RemoveContainerRequest, Resources, StatsRequest,
-    StopContainerRequest,
+    CreateContainerRequest, ExecInput, ExecOutput, ExecStart, HealthConfig, InspectImageRequest,
+    KillContainerRequest, ListContainersRequest, LogsRequest, RemoveContainerRequest, Resources,
+    StatsRequest, StopContainerRequest,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -127,6 +127,12 @@ pub struct CreateArgs {
     /// Print help
     #[arg(long, action = ArgAction::Help)]
     pub help: Option<bool>,
+    /// Pull the image first: missing (when not present), always, never
+    #[arg(long, default_value = "missing", value_parser = ["missing", "always", "never"])]
+    pub pull: String,
+    /// Pull progress: do not print it
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Assign a name to the container
     #[arg(long)]
     pub name: Option<String>,
@@ -736,6 +742,27 @@ async fn create_container(ctx: &Ctx, a: &CreateArgs) -> anyhow::Result<(Agent, S
     };
     let req = build_create(a, &env)?;
     let agent = ctx.agent().await?;
+    let pull = match a.pull.as_str() {
+        "always" => true,
+        "never" => false,
+        _ => match agent
+            .images()
+            .inspect(InspectImageRequest {
+                reference: a.image.clone(),
+            })
+            .await
+        {
+            Ok(_) => false,
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                eprintln!("Unable to find image '{}' locally", a.image);
+                true
+            }
+            Err(s) => return Err(agent.err(s)),
+        },
+    };
+    if pull {
+        super::image::pull_with_progress(&agent, &a.image, None, false, a.quiet).await?;
+    }
     let resp = agent
         .containers()
         .create(req)
@@ -2068,6 +2095,10 @@ mod tests {
         assert_eq!(c.image, "alpine");
         assert!(c.cmd.is_empty());
         assert!(!c.entrypoint_set);
+        let a = args(&["alpine"]);
+        assert_eq!((a.pull.as_str(), a.quiet), ("missing", false));
+        let a = args(&["--pull", "always", "-q", "alpine"]);
+        assert_eq!((a.pull.as_str(), a.quiet), ("always", true));
         assert_eq!(c.stop_timeout, -1);
         assert_eq!(c.network, "");
         assert!(c.healthcheck.is_none());

@@ -20,6 +20,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::client::Agent;
 use super::container::{inspect_each, print_rows};
 use super::format::{self, outln};
 use super::parse::{self, ParseError};
@@ -341,17 +342,32 @@ fn auth(r: &RegistryArgs) -> anyhow::Result<Option<RegistryAuth>> {
 async fn pull(ctx: &Ctx, a: PullArgs) -> anyhow::Result<i32> {
     let auth = auth(&a.registry)?;
     let agent = ctx.agent().await?;
+    let reference =
+        pull_with_progress(&agent, &a.reference, auth, a.registry.insecure, a.quiet).await?;
+    outln(&reference);
+    Ok(0)
+}
+
+/// Pulls an image showing docker's progress on stderr (nothing when `quiet`); returns the
+/// fully-qualified reference. Also used by `run`/`create` for missing images.
+pub async fn pull_with_progress(
+    agent: &Agent,
+    reference: &str,
+    auth: Option<RegistryAuth>,
+    insecure: bool,
+    quiet: bool,
+) -> anyhow::Result<String> {
     let mut stream = agent
         .images()
         .pull(PullImageRequest {
-            reference: a.reference.clone(),
+            reference: reference.to_string(),
             auth,
-            insecure: a.registry.insecure,
+            insecure,
         })
         .await
         .map_err(|s| agent.err(s))?
         .into_inner();
-    let mut p = Progress::new(false, a.quiet);
+    let mut p = Progress::new(false, quiet);
     let mut done: Option<ImageSummary> = None;
     let mut resolved_digest = String::new();
     loop {
@@ -376,34 +392,30 @@ async fn pull(ctx: &Ctx, a: PullArgs) -> anyhow::Result<i32> {
     }
     p.finish();
     let Some(s) = done else {
-        anyhow::bail!(
-            "the agent ended the pull of {} without a result",
-            a.reference
-        );
+        anyhow::bail!("the agent ended the pull of {reference} without a result");
     };
     let digest = if s.manifest_digest.is_empty() {
         resolved_digest
     } else {
         s.manifest_digest.clone()
     };
-    let reference = if s.reference.is_empty() {
-        a.reference.clone()
+    let full = if s.reference.is_empty() {
+        reference.to_string()
     } else {
         s.reference.clone()
     };
-    if !a.quiet {
+    if !quiet {
         if !digest.is_empty() {
             p.line(&format!("Digest: {digest}"));
         }
-        let fam = format::familiar_reference(&reference);
+        let fam = format::familiar_reference(&full);
         if p.transferred {
             p.line(&format!("Status: Downloaded newer image for {fam}"));
         } else {
             p.line(&format!("Status: Image is up to date for {fam}"));
         }
     }
-    outln(&reference);
-    Ok(0)
+    Ok(full)
 }
 
 async fn push(ctx: &Ctx, a: PushArgs) -> anyhow::Result<i32> {
