@@ -130,8 +130,10 @@ pub fn main_with_args(args: &[String]) -> i32 {
         }
         Ok(ForkResult::Parent { .. }) => {
             drop(ready_w);
+            // One line, not EOF: a container waiting for `Start` holds a copy of the write end
+            // until it execs.
             let mut msg = String::new();
-            let _ = File::from(ready_r).read_to_string(&mut msg);
+            let _ = io::BufRead::read_line(&mut io::BufReader::new(File::from(ready_r)), &mut msg);
             let msg = msg.trim();
             if msg.is_empty() {
                 println!("err the shim died before the container was created");
