@@ -237,6 +237,21 @@ struct ServeArgs {
     /// Mount point of the cgroup filesystems.
     #[arg(long, default_value = "/sys/fs/cgroup", hide = true)]
     cgroup_root: PathBuf,
+    /// Bridge of the default network `bridge`.
+    #[arg(long, default_value = "flotilla0")]
+    bridge_name: String,
+    /// Subnet of the default network.
+    #[arg(long, default_value = "10.88.0.0/16")]
+    bridge_subnet: String,
+    /// Pool that user-defined networks without --subnet take a /24 from.
+    #[arg(long, default_value = "10.89.0.0/16")]
+    network_pool: String,
+    /// Prefix of the bridges of user-defined networks (at most 9 characters).
+    #[arg(long, default_value = "flbr-")]
+    bridge_prefix: String,
+    /// The nftables table (family ip) the agent owns for NAT, isolation and published ports.
+    #[arg(long, default_value = "flotilla")]
+    nft_table: String,
 }
 
 fn parse_userns(s: &str) -> Result<(u32, u32, u32)> {
@@ -277,14 +292,31 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| args.run_dir.join("agent.sock"));
     let cfg = EngineConfig {
-        state_dir: args.state_dir,
-        run_dir: args.run_dir,
+        state_dir: args.state_dir.clone(),
+        run_dir: args.run_dir.clone(),
         cgroup_root: args.cgroup_root,
         shim_bin,
         runtime_bin,
         allow_host_paths: args.allow_host_path,
         userns_remap,
         insecure_registries: args.insecure_registry,
+        network: flotilla_agent::network::NetConfig {
+            state_dir: args.state_dir.join("network"),
+            run_dir: args.run_dir.clone(),
+            default_bridge: args.bridge_name,
+            default_subnet: args
+                .bridge_subnet
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid --bridge-subnet: {e}"))?,
+            pool: args
+                .network_pool
+                .parse()
+                .map_err(|e| anyhow::anyhow!("invalid --network-pool: {e}"))?,
+            pool_prefix_len: 24,
+            bridge_prefix: args.bridge_prefix,
+            nft_table: args.nft_table,
+            host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

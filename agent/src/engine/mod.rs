@@ -16,6 +16,7 @@
 pub mod error;
 pub mod events;
 pub mod logs;
+pub mod net;
 pub mod spec;
 pub mod volumes;
 
@@ -31,6 +32,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::image::{self, ImageStore, StoreConfig};
+use crate::network::{EndpointRequest, NetConfig, NetworkManager};
 use crate::runtime;
 use crate::shim::frame::Frame;
 use crate::shim::{logfile, ExitRecord, ShimConfig};
@@ -56,6 +58,8 @@ pub struct EngineConfig {
     pub userns_remap: Option<(u32, u32, u32)>,
     /// Registries reached over plain http beside loopback ones.
     pub insecure_registries: Vec<String>,
+    /// Container networking (bridges, nftables table, address pools).
+    pub network: NetConfig,
 }
 
 /// Observed status of a container.
@@ -124,6 +128,9 @@ pub struct Record {
     pub endpoints: Vec<pb::EndpointInfo>,
     #[serde(default)]
     pub ports: Vec<pb::PortBinding>,
+    /// Networks joined with `network connect`, joined again at each start.
+    #[serde(default)]
+    pub extra_networks: Vec<pb::ConnectNetworkRequest>,
 }
 
 /// Tells whether a container is (about to be) running.
@@ -311,6 +318,7 @@ pub struct Engine {
     pub images: ImageStore,
     pub volumes: Volumes,
     pub events: Events,
+    pub net: NetworkManager,
     containers: Mutex<BTreeMap<String, Arc<Ctr>>>,
 }
 
@@ -338,10 +346,12 @@ impl Engine {
         sc.insecure_registries = cfg.insecure_registries.clone();
         let images = ImageStore::open(sc)?;
         let volumes = Volumes::open(cfg.state_dir.join("volumes"))?;
+        let net = NetworkManager::open(cfg.network.clone()).await?;
         let engine = Arc::new(Engine {
             cfg,
             images,
             volumes,
+            net,
             events: Events::default(),
             containers: Mutex::new(BTreeMap::new()),
         });
@@ -516,6 +526,7 @@ impl Engine {
                 mounts: Vec::new(),
                 endpoints: Vec::new(),
                 ports: Vec::new(),
+                extra_networks: Vec::new(),
             };
             let ctr = Arc::new(Ctr {
                 id: id.clone(),
@@ -726,16 +737,32 @@ impl Engine {
 
         // Network mode.
         let netns = match cfg.network.as_str() {
-            "none" => NetNs::New,
             "host" => NetNs::Host,
-            "" | "bridge" | "default" => {
-                warnings.push("bridge networking is not available on this agent yet: the container has only a loopback interface (--network none)".into());
-                NetNs::New
-            }
+            "none" => NetNs::New,
             other => {
-                return Err(EngineError::not_found(format!("network {other} not found")));
+                let name = if other.is_empty() || other == "default" {
+                    "bridge"
+                } else {
+                    other
+                };
+                self.net.inspect(name)?;
+                if !cfg.ip.is_empty() {
+                    cfg.ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                        EngineError::invalid(format!(
+                            "invalid --ip {:?}: not an IPv4 address",
+                            cfg.ip
+                        ))
+                    })?;
+                }
+                NetNs::Path(self.net.sandbox_path(&ctr.id))
             }
         };
+        if !matches!(netns, NetNs::Path(_)) && (!cfg.ports.is_empty() || cfg.publish_all) {
+            warnings.push(format!(
+                "published ports are ignored with --network {}",
+                cfg.network
+            ));
+        }
         let hostname = if cfg.hostname.is_empty() {
             if netns == NetNs::Host {
                 nix::unistd::gethostname()
@@ -759,6 +786,7 @@ impl Engine {
             )));
         }
         let mut etc_files = Vec::new();
+        parse_extra_hosts(&cfg.extra_hosts)?;
         if netns != NetNs::Host {
             let hosts = self.hosts_file(&hostname, &cfg.extra_hosts)?;
             write_etc(&ctr.dir.join("hosts"), &hosts)?;
@@ -897,6 +925,7 @@ impl Engine {
             wait_start,
             size: None,
         };
+        let networked = self.setup_network(ctr, &rec).await?;
         let shim_json = ctr.dir.join("shim.json");
         let data = serde_json::to_vec_pretty(&shim_cfg)
             .map_err(|e| EngineError::internal(e.to_string()))?;
@@ -924,6 +953,9 @@ impl Engine {
                 } else {
                     msg
                 };
+                if networked {
+                    self.teardown_network(ctr).await;
+                }
                 ctr.update(|r| {
                     r.state.error = msg.clone();
                     r.state.exit_code = 128;
@@ -959,6 +991,96 @@ impl Engine {
             );
         }
         Ok(())
+    }
+
+    /// Sandbox, endpoints, published ports and /etc files for a container on a bridge network.
+    /// Returns whether a sandbox was set up.
+    async fn setup_network(&self, ctr: &Ctr, rec: &Record) -> Result<bool> {
+        let mode = rec.config.network.as_str();
+        if mode == "host" || mode == "none" {
+            return Ok(false);
+        }
+        let result = async {
+            self.net.create_sandbox(&ctr.id).await?;
+            let first = if mode.is_empty() || mode == "default" {
+                "bridge"
+            } else {
+                mode
+            };
+            let ip = if rec.config.ip.is_empty() {
+                None
+            } else {
+                Some(rec.config.ip.parse::<std::net::Ipv4Addr>().map_err(|_| {
+                    EngineError::invalid(format!("invalid --ip {:?}", rec.config.ip))
+                })?)
+            };
+            let mut reqs = vec![EndpointRequest {
+                container_name: rec.name.clone(),
+                network: first.to_string(),
+                ip,
+                aliases: rec.config.network_aliases.clone(),
+            }];
+            for extra in &rec.extra_networks {
+                reqs.push(EndpointRequest {
+                    container_name: rec.name.clone(),
+                    network: extra.network.clone(),
+                    ip: extra.ip.parse().ok(),
+                    aliases: extra.aliases.clone(),
+                });
+            }
+            let mut endpoints = Vec::new();
+            for req in reqs {
+                let ep = self.net.connect(&ctr.id, req).await?;
+                endpoints.push(net::endpoint_pb(&ep));
+            }
+            let exposed = self.images.inspect(&rec.image).ok().and_then(|i| {
+                i.config["config"]["ExposedPorts"]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            });
+            let specs = net::port_specs(&rec.config, &exposed.unwrap_or_default())?;
+            let ports = if specs.is_empty() {
+                Vec::new()
+            } else {
+                self.net.publish(&ctr.id, &specs).await?
+            };
+            let hostname = std::fs::read_to_string(ctr.dir.join("hostname"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let extra_hosts = parse_extra_hosts(&rec.config.extra_hosts)?;
+            write_etc(
+                &ctr.dir.join("hosts"),
+                &self.net.hosts_file(&ctr.id, &hostname, &extra_hosts),
+            )?;
+            write_etc(
+                &ctr.dir.join("resolv.conf"),
+                &self.net.resolv_conf(&ctr.id, &rec.config.dns),
+            )?;
+            ctr.update(|r| {
+                r.endpoints = endpoints;
+                r.ports = ports.iter().map(net::port_pb).collect();
+            })?;
+            Ok::<_, EngineError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.teardown_network(ctr).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn teardown_network(&self, ctr: &Ctr) {
+        if let Err(e) = self.net.remove_sandbox(&ctr.id).await {
+            warn!(id = %ctr.id, error = %e, "cannot remove the container's network sandbox");
+        }
+        let _ = ctr.update(|r| {
+            r.endpoints.clear();
+            r.ports.clear();
+        });
     }
 
     /// One task per running container: fans the shim's output out, forwards input, and handles
@@ -1075,6 +1197,7 @@ impl Engine {
                 ctr.record()
             }
         };
+        self.teardown_network(&ctr).await;
         if exit.oom_killed {
             self.events.emit(
                 "container",
@@ -1318,6 +1441,7 @@ impl Engine {
         if !lock(&self.containers).contains_key(&ctr.id) {
             return Ok(());
         }
+        self.teardown_network(ctr).await;
         let images = self.images.clone();
         let id = ctr.id.clone();
         tokio::task::spawn_blocking(move || image::bundle::remove(&images, &id))
@@ -1749,6 +1873,128 @@ impl Engine {
         Ok((ctr.id.clone(), path, self.runtime_root()))
     }
 
+    /// `network connect`: joins now when the container runs, and at every start from now on.
+    pub async fn connect(&self, req: pb::ConnectNetworkRequest) -> Result<pb::EndpointInfo> {
+        let ctr = self.find(&req.container)?;
+        let _op = ctr.op.lock().await;
+        let rec = ctr.record();
+        if matches!(rec.config.network.as_str(), "host" | "none") {
+            return Err(EngineError::invalid(format!(
+                "container {} uses --network {}: it cannot join other networks",
+                rec.name, rec.config.network
+            )));
+        }
+        let info = self.net.inspect(&req.network)?;
+        let first = if rec.config.network.is_empty() {
+            "bridge"
+        } else {
+            rec.config.network.as_str()
+        };
+        if info.name == first || rec.extra_networks.iter().any(|e| e.network == info.name) {
+            return Err(EngineError::conflict(format!(
+                "container {} is already connected to network {}",
+                rec.name, info.name
+            )));
+        }
+        let ip = if req.ip.is_empty() {
+            None
+        } else {
+            Some(
+                req.ip
+                    .parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| EngineError::invalid(format!("invalid --ip {:?}", req.ip)))?,
+            )
+        };
+        let mut ep = pb::EndpointInfo {
+            network: info.name.clone(),
+            aliases: req.aliases.clone(),
+            ..Default::default()
+        };
+        if matches!(rec.state.status, Status::Running | Status::Paused) {
+            let e = self
+                .net
+                .connect(
+                    &ctr.id,
+                    EndpointRequest {
+                        container_name: rec.name.clone(),
+                        network: info.name.clone(),
+                        ip,
+                        aliases: req.aliases.clone(),
+                    },
+                )
+                .await?;
+            ep = net::endpoint_pb(&e);
+            let hostname = std::fs::read_to_string(ctr.dir.join("hostname"))
+                .unwrap_or_default()
+                .trim()
+                .to_string();
+            let extra_hosts = parse_extra_hosts(&rec.config.extra_hosts)?;
+            write_etc(
+                &ctr.dir.join("hosts"),
+                &self.net.hosts_file(&ctr.id, &hostname, &extra_hosts),
+            )?;
+        }
+        let mut stored = req.clone();
+        stored.network = info.name.clone();
+        let ep2 = ep.clone();
+        let running = matches!(rec.state.status, Status::Running | Status::Paused);
+        ctr.update(|r| {
+            r.extra_networks.push(stored);
+            if running {
+                r.endpoints.push(ep2);
+            }
+        })?;
+        self.events.emit(
+            "network",
+            "connect",
+            &info.id,
+            &info.name,
+            &[("container", ctr.id.clone())],
+        );
+        Ok(ep)
+    }
+
+    /// `network disconnect`.
+    pub async fn disconnect(&self, network: &str, container: &str, force: bool) -> Result<()> {
+        let ctr = self.find(container)?;
+        let _op = ctr.op.lock().await;
+        let rec = ctr.record();
+        let info = self.net.inspect(network)?;
+        let first = if rec.config.network.is_empty() {
+            "bridge"
+        } else {
+            rec.config.network.as_str()
+        };
+        let is_extra = rec.extra_networks.iter().any(|e| e.network == info.name);
+        if info.name == first && !force {
+            return Err(EngineError::precondition(format!(
+                "network {} is the primary network of container {}: recreate the container to change it (or use -f to cut it off until the next start)",
+                info.name, rec.name
+            )));
+        }
+        if !is_extra && info.name != first {
+            return Err(EngineError::precondition(format!(
+                "container {} is not connected to network {}",
+                rec.name, info.name
+            )));
+        }
+        if matches!(rec.state.status, Status::Running | Status::Paused) {
+            self.net.disconnect(&ctr.id, &info.name).await?;
+        }
+        ctr.update(|r| {
+            r.extra_networks.retain(|e| e.network != info.name);
+            r.endpoints.retain(|e| e.network != info.name);
+        })?;
+        self.events.emit(
+            "network",
+            "disconnect",
+            &info.id,
+            &info.name,
+            &[("container", ctr.id.clone())],
+        );
+        Ok(())
+    }
+
     /// Counts for `info`.
     pub fn counts(&self) -> (u32, u32, u32, u32) {
         let (mut running, mut paused, mut stopped) = (0, 0, 0);
@@ -1793,6 +2039,29 @@ fn seed_volume(rootfs: &Path, target: &str, volume: &Path) {
     if !status.is_ok_and(|s| s.success()) {
         warn!(src = %src.display(), volume = %volume.display(), "could not seed the volume from the image");
     }
+}
+
+/// `--add-host NAME:IP` entries.
+fn parse_extra_hosts(extra: &[String]) -> Result<Vec<(String, std::net::Ipv4Addr)>> {
+    extra
+        .iter()
+        .map(|e| {
+            let (name, ip) = e.split_once(':').ok_or_else(|| {
+                EngineError::invalid(format!("invalid --add-host {e:?}: use NAME:IP"))
+            })?;
+            let ip = ip.parse().map_err(|_| {
+                EngineError::invalid(format!(
+                    "invalid --add-host {e:?}: {ip:?} is not an IPv4 address"
+                ))
+            })?;
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(EngineError::invalid(format!(
+                    "invalid --add-host {e:?}: bad host name"
+                )));
+            }
+            Ok((name.to_string(), ip))
+        })
+        .collect()
 }
 
 fn write_etc(path: &Path, content: &str) -> Result<()> {

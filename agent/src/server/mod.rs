@@ -4,6 +4,7 @@
 mod containers;
 mod exec;
 mod images;
+mod networks;
 mod system;
 mod volumes;
 
@@ -19,6 +20,7 @@ use crate::engine::{Engine, EngineError, Kind};
 
 pub use containers::ContainersService;
 pub use images::ImagesService;
+pub use networks::NetworksService;
 pub use system::SystemService;
 pub use volumes::VolumesService;
 
@@ -56,6 +58,9 @@ pub fn router(engine: Arc<Engine>) -> tonic::service::Routes {
     )))
     .add_service(pb::containers_server::ContainersServer::new(
         ContainersService::new(engine.clone()),
+    ))
+    .add_service(pb::networks_server::NetworksServer::new(
+        NetworksService::new(engine.clone()),
     ))
     .add_service(pb::volumes_server::VolumesServer::new(VolumesService::new(
         engine,
