@@ -57,7 +57,7 @@ enum Cmd {
         Containers run under one flotilla-shim each and keep running when the agent stops, \
         crashes or is upgraded; on start the agent re-attaches to them and records the exits that \
         happened meanwhile.")]
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage images in the local store.
     #[command(subcommand)]
     Image(ImageCmd),
@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         ImageStore::open(config).with_context(|| format!("open image store {}", cli.root.display()))
     };
     match cli.cmd {
-        Cmd::Serve(args) => return serve(args),
+        Cmd::Serve(args) => return serve(*args),
         Cmd::Image(cmd) => match cmd {
             ImageCmd::Pull {
                 reference,

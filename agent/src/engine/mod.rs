@@ -15,6 +15,7 @@
 
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod logs;
 pub mod net;
 pub mod spec;
@@ -899,8 +900,23 @@ impl Engine {
     /// and waits for a `Start` frame (sent by `attach_and_start`).
     pub async fn start(self: &Arc<Self>, input: &str) -> Result<pb::ContainerInfo> {
         let ctr = self.find(input)?;
-        self.start_ctr(&ctr, false).await?;
+        self.start_or_clean(&ctr, false).await?;
         Ok(self.info(&ctr))
+    }
+
+    /// Starts; a `--rm` container that fails to start is removed, as docker does.
+    async fn start_or_clean(self: &Arc<Self>, ctr: &Arc<Ctr>, wait_start: bool) -> Result<()> {
+        match self.start_ctr(ctr, wait_start).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if ctr.record().config.auto_remove {
+                    if let Err(e2) = self.remove_ctr(ctr, true, true).await {
+                        warn!(id = %ctr.id, error = %e2, "cannot remove the --rm container after its failed start");
+                    }
+                }
+                Err(e)
+            }
+        }
     }
 
     async fn start_ctr(self: &Arc<Self>, ctr: &Arc<Ctr>, wait_start: bool) -> Result<()> {
@@ -1092,6 +1108,7 @@ impl Engine {
             to_shim: tx,
             output: out_tx.clone(),
         });
+        self.spawn_health(ctr.clone());
         let (mut rd, mut wr) = stream.into_split();
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
@@ -1659,7 +1676,7 @@ impl Engine {
         let ctr = self.find(input)?;
         let needs_start = start && !matches!(ctr.status(), Status::Running | Status::Paused);
         if needs_start {
-            self.start_ctr(&ctr, true).await?;
+            self.start_or_clean(&ctr, true).await?;
         }
         let (rx, tx) = {
             let live = lock(&ctr.live);

@@ -230,10 +230,37 @@ impl pb::containers_server::Containers for ContainersService {
                 ))
             }
         };
-        let (id, mut rx, to_shim) = self
+        let attached = self
             .engine
             .attach(&start.container, start.start_container)
-            .await?;
+            .await;
+        let (id, mut rx, to_shim) = match attached {
+            Ok(x) => x,
+            // A container that could not start is an exit status for `run` (docker's 126/127),
+            // not a transport error.
+            Err(e) if start.start_container && e.kind != crate::engine::Kind::NotFound => {
+                let code = if e.msg.contains("not found") {
+                    127
+                } else if e.msg.contains("ermission denied") {
+                    126
+                } else {
+                    125
+                };
+                let (tx, out) = tokio::sync::mpsc::channel(1);
+                let st = pb::ExitStatus {
+                    code,
+                    oom_killed: false,
+                    error: e.msg,
+                };
+                let _ = tx
+                    .send(Ok(pb::AttachOutput {
+                        output: Some(Output::Exit(st)),
+                    }))
+                    .await;
+                return Ok(Response::new(stream_of(out)));
+            }
+            Err(e) => return Err(e.into()),
+        };
         if let Some(size) = start.size {
             let _ = to_shim.send(Frame::Resize {
                 rows: size.rows as u16,
