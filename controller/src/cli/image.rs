@@ -847,7 +847,10 @@ const CHANGES: &[&str] = &["CMD", "ENTRYPOINT", "ENV", "EXPOSE", "USER", "WORKDI
 /// argument; the keyword is upper-cased.
 pub fn check_change(c: &str) -> Result<String, ParseError> {
     let t = c.trim();
-    let (kw, rest) = t.split_once(char::is_whitespace).unwrap_or((t, ""));
+    // `KEY VALUE` (Dockerfile style) or `KEY=VALUE` (what flotilla-agent image import takes).
+    let (kw, rest) = t
+        .split_once(|c: char| c.is_whitespace() || c == '=')
+        .unwrap_or((t, ""));
     let up = kw.to_ascii_uppercase();
     if !CHANGES.contains(&up.as_str()) {
         return Err(ParseError(format!(
@@ -1022,6 +1025,11 @@ mod tests {
         );
         assert_eq!(check_change("ENV  A=1").unwrap(), "ENV A=1");
         assert_eq!(check_change("WORKDIR /app").unwrap(), "WORKDIR /app");
+        assert_eq!(check_change("ENV=A=1").unwrap(), "ENV A=1");
+        assert_eq!(
+            check_change("CMD=[\"/bin/sh\"]").unwrap(),
+            "CMD [\"/bin/sh\"]"
+        );
         assert!(check_change("RUN make")
             .unwrap_err()
             .0
