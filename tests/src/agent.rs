@@ -706,7 +706,8 @@ pub fn ps_json(out: &str) -> Result<Vec<serde_json::Value>> {
     t.lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            serde_json::from_str(l).with_context(|| format!("ps --format json line is not JSON: {l}"))
+            serde_json::from_str(l)
+                .with_context(|| format!("ps --format json line is not JSON: {l}"))
         })
         .collect()
 }

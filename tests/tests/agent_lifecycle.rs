@@ -20,7 +20,14 @@ fn run_propagates_exit_codes_and_keeps_streams_apart() {
 
     // stdout and stderr of an attached run stay apart
     let o = lab
-        .cli(&["run", "--rm", "busybox", "sh", "-c", "echo to-out; echo to-err >&2; exit 0"])
+        .cli(&[
+            "run",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 0",
+        ])
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(stdout(&o), "to-out\n", "{}", text(&o));
@@ -45,7 +52,9 @@ fn run_propagates_exit_codes_and_keeps_streams_apart() {
 fn run_rm_has_removed_the_container_when_run_returns() {
     let lab = lab();
     let o = lab
-        .cli(&["run", "--rm", "--name", "once", "busybox", "echo", "hi there"])
+        .cli(&[
+            "run", "--rm", "--name", "once", "busybox", "echo", "hi there",
+        ])
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(stdout(&o), "hi there\n");
@@ -57,7 +66,11 @@ fn run_rm_has_removed_the_container_when_run_returns() {
     let o = lab
         .cli(&["run", "--rm", "--name", "once", "busybox", "true"])
         .unwrap();
-    assert!(o.status.success(), "the name of a --rm container is free again: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "the name of a --rm container is free again: {}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -82,7 +95,13 @@ fn detached_exec_logs_and_ps() {
 
     // exec: output and exit code
     let o = lab
-        .cli(&["exec", "app", "sh", "-c", "echo from-exec; echo exec-err >&2; exit 5"])
+        .cli(&[
+            "exec",
+            "app",
+            "sh",
+            "-c",
+            "echo from-exec; echo exec-err >&2; exit 5",
+        ])
         .unwrap();
     assert_eq!(o.status.code(), Some(5), "{}", text(&o));
     assert_eq!(stdout(&o), "from-exec\n", "{}", text(&o));
@@ -122,7 +141,11 @@ fn detached_exec_logs_and_ps() {
     assert!(ps.contains("app") && ps.contains("done"), "{ps}");
     assert!(ps.contains("Exited (0)"), "{ps}");
     let q = lab.cli_ok(&["ps", "-q"]).unwrap();
-    assert_eq!(q.trim(), &id[..12], "ps -q shows short ids of running containers");
+    assert_eq!(
+        q.trim(),
+        &id[..12],
+        "ps -q shows short ids of running containers"
+    );
     let rows = ps_json(&lab.cli_ok(&["ps", "-a", "--format", "json"]).unwrap()).unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     let app = rows
@@ -212,17 +235,33 @@ fn stop_rm_wait_and_names() {
     assert_eq!(lab.inspect("polite").unwrap()["State"]["ExitCode"], 42);
 
     // wait prints the exit code
-    lab.cli_ok(&["run", "-d", "--name", "waiter", "busybox", "sh", "-c", "sleep 0.3; exit 4"])
-        .unwrap();
+    lab.cli_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "waiter",
+        "busybox",
+        "sh",
+        "-c",
+        "sleep 0.3; exit 4",
+    ])
+    .unwrap();
     let o = lab.cli(&["wait", "waiter"]).unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(stdout(&o).trim(), "4", "{}", text(&o));
     assert_eq!(lab.status("waiter").unwrap(), "exited");
 
     // name conflict
-    let o = lab.cli(&["run", "-d", "--name", "waiter", "busybox", "true"]).unwrap();
+    let o = lab
+        .cli(&["run", "-d", "--name", "waiter", "busybox", "true"])
+        .unwrap();
     assert!(!o.status.success(), "{}", text(&o));
-    assert_eq!(o.status.code(), Some(125), "docker uses 125 for run failures: {}", text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(125),
+        "docker uses 125 for run failures: {}",
+        text(&o)
+    );
     assert!(
         stderr(&o).contains("already in use"),
         "name conflict is explained: {}",
