@@ -408,6 +408,48 @@ impl AgentLab {
         output_with_timeout(c, CLI_TIMEOUT)
     }
 
+    /// `flotilla ARGS` for a command that does not end by itself (`events`, `logs -f`): runs it
+    /// for `run_for`, then kills it and returns what it printed.
+    pub fn cli_for(&self, args: &[&str], run_for: Duration) -> Result<Output> {
+        let mut c = self.cli_command();
+        c.args(args);
+        let shown = format!("{c:?}");
+        let mut child = c
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("spawn {shown}"))?;
+        let mut out_pipe = child.stdout.take().context("stdout pipe")?;
+        let mut err_pipe = child.stderr.take().context("stderr pipe")?;
+        let out_t = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = out_pipe.read_to_end(&mut b);
+            b
+        });
+        let err_t = std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = err_pipe.read_to_end(&mut b);
+            b
+        });
+        let deadline = Instant::now() + run_for;
+        let status = loop {
+            if let Some(s) = child.try_wait().context("wait for the command")? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().context("wait for the killed command")?;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Output {
+            status,
+            stdout: out_t.join().unwrap_or_default(),
+            stderr: err_t.join().unwrap_or_default(),
+        })
+    }
+
     /// `flotilla ARGS` that must succeed: its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
         let o = self.cli(args)?;
