@@ -157,7 +157,7 @@ pub enum ImageError {
 
     /// A config change (`--change`) that does not parse.
     #[error(
-        "invalid config change {change:?}: {reason} (expected CMD=..., ENTRYPOINT=..., ENV=K=V, WORKDIR=/dir or USER=uid[:gid])"
+        "invalid config change {change:?}: {reason} (expected CMD=..., ENTRYPOINT=..., ENV=K=V, WORKDIR=/dir, USER=uid[:gid] or EXPOSE=80/tcp)"
     )]
     InvalidChange { change: String, reason: String },
 

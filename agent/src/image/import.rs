@@ -33,8 +33,10 @@ pub enum ConfigChange {
     Env(String),
     /// Working directory (absolute).
     Workdir(String),
-    /// User (`uid[:gid]` or a name; the bundle only runs numeric ones for now).
+    /// User (`uid[:gid]` or a name).
     User(String),
+    /// Exposed ports (`80`, `80/tcp`, `53/udp`), for `run -P`.
+    Expose(Vec<String>),
 }
 
 impl FromStr for ConfigChange {
@@ -85,6 +87,18 @@ impl ConfigChange {
                 Ok(ConfigChange::Workdir(value.to_string()))
             }
             "USER" => Ok(ConfigChange::User(value.to_string())),
+            "EXPOSE" => {
+                let mut ports = Vec::new();
+                for p in value.split_whitespace() {
+                    let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
+                    let ok = num.parse::<u16>().is_ok_and(|n| n > 0) && matches!(proto, "tcp" | "udp");
+                    if !ok {
+                        return Err(bad(&format!("EXPOSE takes PORT[/tcp|udp], not {p:?}")));
+                    }
+                    ports.push(format!("{num}/{proto}"));
+                }
+                Ok(ConfigChange::Expose(ports))
+            }
             _ => Err(bad(&format!("unknown key {key}"))),
         }
     }
@@ -143,6 +157,7 @@ impl ImageStore {
         let mut env: Vec<String> = Vec::new();
         let mut workdir: Option<String> = None;
         let mut user: Option<String> = None;
+        let mut exposed = serde_json::Map::new();
         for c in changes {
             match c {
                 ConfigChange::Cmd(v) => cmd = Some(v.clone()),
@@ -154,6 +169,11 @@ impl ImageStore {
                 }
                 ConfigChange::Workdir(w) => workdir = Some(w.clone()),
                 ConfigChange::User(u) => user = Some(u.clone()),
+                ConfigChange::Expose(ports) => {
+                    for p in ports {
+                        exposed.insert(p.clone(), serde_json::json!({}));
+                    }
+                }
             }
         }
         if !env.iter().any(|e| e.starts_with("PATH=")) {
@@ -172,6 +192,9 @@ impl ImageStore {
         }
         if let Some(v) = user {
             exec.insert("User".into(), serde_json::json!(v));
+        }
+        if !exposed.is_empty() {
+            exec.insert("ExposedPorts".into(), serde_json::Value::Object(exposed));
         }
         let source = tar_path
             .file_name()
@@ -262,10 +285,20 @@ mod tests {
     }
 
     #[test]
+    fn expose_lists_ports_with_their_protocol() {
+        assert_eq!(
+            ConfigChange::parse("EXPOSE 80 53/udp").expect("expose"),
+            ConfigChange::Expose(vec!["80/tcp".into(), "53/udp".into()])
+        );
+    }
+
+    #[test]
     fn bad_changes_are_refused_with_the_input() {
         for bad in [
             "CMD",
-            "EXPOSE=80",
+            "EXPOSE=http",
+            "EXPOSE=80/sctp",
+            "HEALTHCHECK=x",
             "WORKDIR=rel",
             "ENV=novalue",
             "CMD=[1,2]",
