@@ -140,7 +140,9 @@ fn prepare(cfg: &InitConfig<'_>) -> Result<OwnedFd, RuntimeError> {
     let ctx = RootfsContext {
         rootfs: &cfg.rootfs,
         in_userns: cfg.ns.has(LinuxNamespaceType::User),
-        new_netns: cfg.ns.new_netns(),
+        // A fresh sysfs needs CAP_SYS_ADMIN over the network namespace's owner: true for a new
+        // netns, and for a joined one (the agent's sandboxes) when there is no user namespace.
+        new_netns: cfg.ns.new_netns() || !cfg.ns.has(LinuxNamespaceType::User),
         readlink: rootfs::real_readlink(),
     };
     rootfs::prepare(&sys, spec, &ctx)?;

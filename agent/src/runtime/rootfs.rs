@@ -182,7 +182,8 @@ pub struct RootfsContext<'a> {
     pub rootfs: &'a Path,
     /// In a new user namespace device nodes cannot be created: they are bind-mounted from the host.
     pub in_userns: bool,
-    /// A new network namespace is needed to mount a fresh sysfs; without one /sys is bind-mounted.
+    /// A fresh sysfs can be mounted (a new network namespace, or a joined one without a user
+    /// namespace); otherwise the host's /sys is bind-mounted read-only.
     pub new_netns: bool,
     pub readlink: &'a dyn Fn(&Path) -> Option<PathBuf>,
 }
