@@ -137,6 +137,15 @@ pub struct Record {
 /// Tells whether a container is (about to be) running.
 pub type IsActive = Arc<dyn Fn() -> bool + Send + Sync>;
 
+/// A container being waited on, valid even after it is removed (for `run --rm`).
+pub struct ExitHandle(Arc<Ctr>);
+
+impl ExitHandle {
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+}
+
 /// A running container's live channels (while its shim runs).
 struct Live {
     to_shim: mpsc::UnboundedSender<Frame>,
@@ -1669,7 +1678,7 @@ impl Engine {
         input: &str,
         start: bool,
     ) -> Result<(
-        String,
+        ExitHandle,
         broadcast::Receiver<Frame>,
         mpsc::UnboundedSender<Frame>,
     )> {
@@ -1701,24 +1710,28 @@ impl Engine {
                 &[("image", rec.image.clone())],
             );
         }
-        Ok((ctr.id.clone(), rx, tx))
+        Ok((ExitHandle(ctr.clone()), rx, tx))
     }
 
     /// The exit status of a container that is no longer running (after `attach`'s exit frame).
-    pub async fn exit_status(&self, id: &str) -> pb::ExitStatus {
-        let Ok(ctr) = self.find(id) else {
-            return pb::ExitStatus {
-                code: 0,
-                oom_killed: false,
-                error: String::new(),
-            };
-        };
+    pub async fn exit_status(&self, handle: &ExitHandle) -> pb::ExitStatus {
+        let ctr = &handle.0;
         let _ = tokio::time::timeout(
             Duration::from_secs(5),
-            self.wait_inactive(&ctr, Duration::from_secs(5)),
+            self.wait_inactive(ctr, Duration::from_secs(5)),
         )
         .await;
-        let st = ctr.record().state;
+        let rec = ctr.record();
+        if rec.config.auto_remove {
+            // `run --rm` returns once the container is gone, so its name is free again.
+            for _ in 0..200 {
+                if !lock(&self.containers).contains_key(&ctr.id) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let st = rec.state;
         pb::ExitStatus {
             code: st.exit_code,
             oom_killed: st.oom_killed,

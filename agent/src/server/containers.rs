@@ -234,7 +234,7 @@ impl pb::containers_server::Containers for ContainersService {
             .engine
             .attach(&start.container, start.start_container)
             .await;
-        let (id, mut rx, to_shim) = match attached {
+        let (handle, mut rx, to_shim) = match attached {
             Ok(x) => x,
             // A container that could not start is an exit status for `run` (docker's 126/127),
             // not a transport error.
@@ -298,7 +298,7 @@ impl pb::containers_server::Containers for ContainersService {
                     | Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(id = %id, missed = n, "an attached client fell behind; output skipped");
+                        tracing::warn!(id = %handle.id(), missed = n, "an attached client fell behind; output skipped");
                         continue;
                     }
                 };
@@ -310,7 +310,7 @@ impl pb::containers_server::Containers for ContainersService {
                     return;
                 }
             }
-            let st = engine.exit_status(&id).await;
+            let st = engine.exit_status(&handle).await;
             let _ = tx
                 .send(Ok(pb::AttachOutput {
                     output: Some(Output::Exit(st)),
