@@ -865,6 +865,15 @@ impl Engine {
                 .collect(),
         };
         let spec_json = spec::build(base, &cfg_user, &ctx, &caps, &sec)?;
+        prepare_mount_targets(&rootfs, &spec_json)?;
+        if let Some((uid, gid, count)) = self.cfg.userns_remap {
+            shift_ownership(&rootfs, uid, gid, count)?;
+            for m in &infos {
+                if m.r#type == "volume" {
+                    shift_ownership(Path::new(&m.source), uid, gid, count)?;
+                }
+            }
+        }
         let _: oci_spec::runtime::Spec = serde_json::from_value(spec_json.clone())
             .map_err(|e| EngineError::internal(format!("generated an invalid spec: {e}")))?;
         let data = serde_json::to_vec_pretty(&spec_json)
@@ -2069,6 +2078,69 @@ fn seed_volume(rootfs: &Path, target: &str, volume: &Path) {
     if !status.is_ok_and(|s| s.success()) {
         warn!(src = %src.display(), volume = %volume.display(), "could not seed the volume from the image");
     }
+}
+
+/// Creates the targets of bind mounts in the rootfs as the agent (root on the host): inside a
+/// user namespace the container's root may not write the image's directories.
+fn prepare_mount_targets(rootfs: &Path, spec: &serde_json::Value) -> Result<()> {
+    for m in spec["mounts"].as_array().into_iter().flatten() {
+        if m["type"] != "bind" {
+            continue;
+        }
+        let (Some(dest), Some(src)) = (m["destination"].as_str(), m["source"].as_str()) else {
+            continue;
+        };
+        let target = rootfs.join(dest.trim_start_matches('/'));
+        // Never follow a symlink the image put there: the runtime resolves targets safely itself.
+        if std::fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        let Some(parent) = target.parent() else {
+            continue;
+        };
+        if !parent.starts_with(rootfs) || std::fs::create_dir_all(parent).is_err() {
+            continue;
+        }
+        let _ = if Path::new(src).is_dir() {
+            std::fs::create_dir(&target)
+        } else {
+            std::fs::File::create(&target).map(|_| ())
+        };
+    }
+    Ok(())
+}
+
+/// userns-remap: shifts the owner of every file under `root` by (uid, gid), as docker does, so the
+/// container's root (host `uid`) owns what the image's root owned. Files of ids beyond `count` are
+/// left alone. On an overlay rootfs this copies the files up (metadata and data): the cost of
+/// remapping without idmapped mounts.
+fn shift_ownership(root: &Path, uid: u32, gid: u32, count: u32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let md = std::fs::symlink_metadata(&p).map_err(|e| EngineError::io("stat", &p, e))?;
+        if md.uid() < count && md.gid() < count && md.uid() < uid {
+            std::os::unix::fs::lchown(&p, Some(md.uid() + uid), Some(md.gid() + gid))
+                .map_err(|e| EngineError::io("chown", &p, e))?;
+            // chown clears set-id bits; put them back like docker.
+            if md.is_file() && md.mode() & 0o6000 != 0 {
+                use std::os::unix::fs::PermissionsExt;
+                let _ = std::fs::set_permissions(
+                    &p,
+                    std::fs::Permissions::from_mode(md.mode() & 0o7777),
+                );
+            }
+        }
+        if md.is_dir() {
+            for e in std::fs::read_dir(&p)
+                .map_err(|e| EngineError::io("read", &p, e))?
+                .flatten()
+            {
+                stack.push(e.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `--add-host NAME:IP` entries.
