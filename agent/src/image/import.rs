@@ -91,7 +91,8 @@ impl ConfigChange {
                 let mut ports = Vec::new();
                 for p in value.split_whitespace() {
                     let (num, proto) = p.split_once('/').unwrap_or((p, "tcp"));
-                    let ok = num.parse::<u16>().is_ok_and(|n| n > 0) && matches!(proto, "tcp" | "udp");
+                    let ok =
+                        num.parse::<u16>().is_ok_and(|n| n > 0) && matches!(proto, "tcp" | "udp");
                     if !ok {
                         return Err(bad(&format!("EXPOSE takes PORT[/tcp|udp], not {p:?}")));
                     }
