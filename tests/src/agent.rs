@@ -598,7 +598,68 @@ impl AgentLab {
         ids
     }
 
-    fn sweep_network(&self) {
+    /// Simulates a host restart (power loss): SIGKILLs the agent, every shim and container of the
+    /// lab, and takes away what a reboot takes: overlay and namespace mounts, the run dir, the
+    /// containers' cgroups, bridges and the nft table. The state dir stays. The agent is not
+    /// started again.
+    pub fn simulate_host_restart(&mut self) -> Result<()> {
+        self.kill_agent();
+        let dir = self.dir().to_path_buf();
+        let _ = Command::new("pkill")
+            .arg("-9")
+            .arg("-f")
+            .arg(dir.as_os_str())
+            .output();
+        let ids: Vec<String> = std::fs::read_dir(self.state_dir().join("containers"))
+            .map(|rd| {
+                rd.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hierarchies: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        for id in &ids {
+            for h in &hierarchies {
+                let cg = h.join("flotilla").join(id);
+                if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs")) {
+                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for id in &ids {
+            for h in &hierarchies {
+                let _ = std::fs::remove_dir(h.join("flotilla").join(id));
+            }
+        }
+        let prefix = dir.to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(1).map(str::to_string))
+            .filter(|m| m.starts_with(&prefix))
+            .collect();
+        mounts.sort();
+        for m in mounts.iter().rev() {
+            let _ = nix::mount::umount2(Path::new(m), nix::mount::MntFlags::MNT_DETACH);
+        }
+        self.sweep_network();
+        let run = self.run_dir();
+        if run.exists() {
+            std::fs::remove_dir_all(&run).with_context(|| format!("remove {}", run.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the lab's network namespaces, bridges (with their veths) and nft table.
+    pub fn sweep_network(&self) {
         let netns = self.run_dir().join("netns");
         if let Ok(entries) = std::fs::read_dir(&netns) {
             for e in entries.flatten() {

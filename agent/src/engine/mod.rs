@@ -959,6 +959,16 @@ impl Engine {
             wait_start,
             size: None,
         };
+        // After a host restart the overlay is gone; its upper directory (the container's
+        // changes) is still there.
+        let images = self.images.clone();
+        let id = ctr.id.clone();
+        let remounted = tokio::task::spawn_blocking(move || images.ensure_rootfs_mounted(&id))
+            .await
+            .map_err(|e| EngineError::internal(e.to_string()))??;
+        if remounted {
+            info!(id = %ctr.id, "container root filesystem mounted again");
+        }
         let networked = self.setup_network(ctr, &rec).await?;
         let shim_json = ctr.dir.join("shim.json");
         let data = serde_json::to_vec_pretty(&shim_cfg)

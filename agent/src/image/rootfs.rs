@@ -105,6 +105,30 @@ impl ImageStore {
         }
     }
 
+    /// Mounts container `container_id`'s root file system again if it is not mounted (after a host
+    /// restart); its changes are kept. Returns whether it had to be mounted.
+    pub fn ensure_rootfs_mounted(&self, container_id: &str) -> Result<bool> {
+        check_container_id(container_id)?;
+        let pin_path = self.pin_file(container_id);
+        let data =
+            fs::read(&pin_path).map_err(|e| ImageError::io("read snapshot pin", &pin_path, e))?;
+        let pin: SnapshotPin =
+            serde_json::from_slice(&data).map_err(|e| ImageError::InvalidContent {
+                what: format!("snapshot pin {container_id}"),
+                reason: e.to_string(),
+            })?;
+        let mut lowers = Vec::with_capacity(pin.layers.len());
+        for d in pin.layers.iter().rev() {
+            lowers.push(self.inner.layers.path(d)?);
+        }
+        snapshot::remount(&self.inner.snapshots, container_id, lowers).map_err(|e| {
+            ImageError::Snapshot {
+                id: container_id.to_string(),
+                reason: error_chain(&e),
+            }
+        })
+    }
+
     /// Unmount and delete container `container_id`'s root file system, then release its layers.
     /// Removing a rootfs that does not exist is not an error.
     pub fn remove_rootfs(&self, container_id: &str) -> Result<()> {

@@ -478,6 +478,27 @@ fn populate_and_mount(
     })
 }
 
+/// Mounts the overlay of an existing snapshot again (after a host restart unmounted it), keeping
+/// its upper directory: the container's changes survive. Returns false when it was mounted.
+pub fn remount(root: &Path, id: &str, mut lowers: Vec<PathBuf>) -> Result<bool, SnapshotError> {
+    check_id(id)?;
+    let dir = root.join(id);
+    let rootfs = dir.join("rootfs");
+    let dir_md = fs::symlink_metadata(&dir).map_err(io_err("inspect snapshot directory", &dir))?;
+    let root_md =
+        fs::symlink_metadata(&rootfs).map_err(io_err("inspect snapshot rootfs", &rootfs))?;
+    if root_md.dev() != dir_md.dev() {
+        return Ok(false);
+    }
+    if lowers.is_empty() {
+        lowers.push(dir.join("lower"));
+    }
+    let overlay = OverlayMount::new(lowers, dir.join("upper"), dir.join("work"), rootfs);
+    overlay.mount()?;
+    debug!(snapshot = id, "snapshot mounted again");
+    Ok(true)
+}
+
 /// Unmounts and deletes snapshot `id`. Idempotent: a missing snapshot, an unmounted rootfs or a
 /// half-made directory left by a crash are all fine.
 pub fn remove(root: &Path, id: &str) -> Result<(), SnapshotError> {
