@@ -593,10 +593,16 @@ impl Engine {
     fn prepare(&self, ctr: &Ctr, cfg: &pb::ContainerConfig) -> Result<Vec<String>> {
         let mut warnings = Vec::new();
         let image_rec = self.images.get(&cfg.image).map_err(|e| match e {
-            image::ImageError::NotFound { .. } => EngineError::not_found(format!(
-                "image {} not found locally: pull it first (flotilla pull {})",
-                cfg.image, cfg.image
-            )),
+            image::ImageError::NotFound { .. } => {
+                let hint = match self.image_error(e).msg.rsplit_once(" (did you mean ") {
+                    Some((_, c)) => format!(" (did you mean {}", c),
+                    None => String::new(),
+                };
+                EngineError::not_found(format!(
+                    "image {} not found locally: pull it first (flotilla pull {}){hint}",
+                    cfg.image, cfg.image
+                ))
+            }
             other => other.into(),
         })?;
         let image_cfg = self.images.image_config(&cfg.image)?;
@@ -2044,6 +2050,23 @@ impl Engine {
         Ok(())
     }
 
+    /// An image-store error, with the closest local image suggested when the name is unknown.
+    pub fn image_error(&self, e: image::ImageError) -> EngineError {
+        if let image::ImageError::NotFound { reference } = &e {
+            let names: Vec<String> = self
+                .images
+                .list()
+                .iter()
+                .map(|r| short_reference(&r.reference))
+                .collect();
+            let short = short_reference(reference);
+            if let Some(c) = error::closest(&short, names.iter().map(String::as_str)) {
+                return EngineError::not_found(format!("{e} (did you mean {c}?)"));
+            }
+        }
+        e.into()
+    }
+
     /// Counts for `info`.
     pub fn counts(&self) -> (u32, u32, u32, u32) {
         let (mut running, mut paused, mut stopped) = (0, 0, 0);
@@ -2205,6 +2228,14 @@ fn resolv_conf(dns: &[String]) -> String {
         }
     }
     s
+}
+
+/// `docker.io/library/busybox:latest` -> `busybox:latest`, as users type it.
+pub fn short_reference(r: &str) -> String {
+    r.strip_prefix("docker.io/library/")
+        .or_else(|| r.strip_prefix("docker.io/"))
+        .unwrap_or(r)
+        .to_string()
 }
 
 /// Args joined for display, quoting those with spaces.

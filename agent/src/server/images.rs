@@ -275,7 +275,7 @@ impl pb::images_server::Images for ImagesService {
             .engine
             .images
             .inspect(&r.reference)
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         let exposed = i.config["config"]["ExposedPorts"]
             .as_object()
             .map(|o| o.keys().cloned().collect())
@@ -297,7 +297,7 @@ impl pb::images_server::Images for ImagesService {
             .engine
             .images
             .get(&r.reference)
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         let users = self.engine.image_users(&rec.config_digest);
         if !users.is_empty() && !r.force {
             return Err(Status::failed_precondition(format!(
@@ -310,7 +310,7 @@ impl pb::images_server::Images for ImagesService {
             .engine
             .images
             .remove(&r.reference)
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         self.engine
             .events
             .emit("image", "delete", &rec.config_digest, &rec.reference, &[]);
@@ -331,7 +331,7 @@ impl pb::images_server::Images for ImagesService {
             .engine
             .images
             .tag(&r.source, &r.target)
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         self.engine
             .events
             .emit("image", "tag", &rec.config_digest, &rec.reference, &[]);
@@ -358,7 +358,7 @@ impl pb::images_server::Images for ImagesService {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(EngineError::from)?;
+        .map_err(|e| self.engine.image_error(e))?;
         let (tx, out) = tokio::sync::mpsc::channel(8);
         tokio::task::spawn_blocking(move || {
             let spool = spool;
@@ -409,7 +409,7 @@ impl pb::images_server::Images for ImagesService {
         let recs = tokio::task::spawn_blocking(move || images.load(&path, None))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         drop(spool);
         for r in &recs {
             self.engine
@@ -443,7 +443,7 @@ impl pb::images_server::Images for ImagesService {
             .iter()
             .map(|c| ConfigChange::parse(c))
             .collect::<Result<_, _>>()
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         let mut spool = self.spool()?;
         let data = stream.map(|m| match m {
             Ok(pb::ImportImageRequest {
@@ -461,7 +461,7 @@ impl pb::images_server::Images for ImagesService {
         let rec = tokio::task::spawn_blocking(move || images.import(&path, &name, &changes))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(EngineError::from)?;
+            .map_err(|e| self.engine.image_error(e))?;
         drop(spool);
         self.engine
             .events
