@@ -1493,6 +1493,7 @@ impl Engine {
             return Ok(());
         }
         self.teardown_network(ctr).await;
+        let _ = std::fs::remove_file(self.socket_path(&ctr.id));
         let images = self.images.clone();
         let id = ctr.id.clone();
         tokio::task::spawn_blocking(move || image::bundle::remove(&images, &id))

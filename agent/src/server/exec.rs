@@ -55,26 +55,33 @@ pub async fn serve(
         cmd.arg("--detach");
     }
     let mut master: Option<OwnedFd> = None;
+    // A terminal is made by the runtime inside the container (its own devpts, so `tty` names
+    // it) and handed to us over a console socket, as runc does.
+    let mut console: Option<(tokio::net::UnixListener, std::path::PathBuf)> = None;
     if start.tty && !start.detach {
-        let pty = nix::pty::openpty(None, None)
-            .map_err(|e| Status::internal(format!("open a pty: {e}")))?;
-        if let Some(s) = &start.size {
-            set_winsize(pty.master.as_raw_fd(), s.rows, s.cols);
-        }
-        let slave = pty.slave;
-        cmd.arg("--tty-stdin");
-        cmd.stdin(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| Status::internal(e.to_string()))?,
-        ));
-        cmd.stdout(Stdio::from(
-            slave
-                .try_clone()
-                .map_err(|e| Status::internal(e.to_string()))?,
-        ));
-        cmd.stderr(Stdio::from(slave));
-        master = Some(pty.master);
+        // Unix socket paths are short (108 bytes): the run dir, not the container's dir.
+        let sock = engine
+            .cfg
+            .run_dir
+            .join("shims")
+            .join(format!("exec-{}.sock", crate::engine::random_hex(8)));
+        let bound = std::fs::create_dir_all(sock.parent().unwrap_or(&engine.cfg.run_dir))
+            .and_then(|_| tokio::net::UnixListener::bind(&sock));
+        let l = match bound {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(&process_file);
+                return Err(Status::internal(format!(
+                    "listen on {}: {e}",
+                    sock.display()
+                )));
+            }
+        };
+        cmd.arg("--tty").arg("--console-socket").arg(&sock);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        console = Some((l, sock));
     } else if start.detach {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -91,8 +98,52 @@ pub async fn serve(
     let mut child = cmd
         .spawn()
         .map_err(|e| Status::internal(format!("run {}: {e}", engine.cfg.runtime_bin.display())))?;
-    // The pty slave copies held by the Command go with it.
     drop(cmd);
+    if let Some((listener, sock)) = console {
+        let accepted =
+            tokio::time::timeout(std::time::Duration::from_secs(10), listener.accept()).await;
+        let _ = std::fs::remove_file(&sock);
+        let received = match accepted {
+            Ok(Ok((stream, _))) => match stream.into_std() {
+                Ok(std_stream) => tokio::task::spawn_blocking(move || {
+                    let _ = std_stream.set_nonblocking(false);
+                    crate::runtime::console::recv_fd(std_stream.as_raw_fd())
+                })
+                .await
+                .ok()
+                .and_then(|r| r.ok()),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        match received {
+            Some(m) => {
+                if let Some(s) = &start.size {
+                    set_winsize(m.as_raw_fd(), s.rows, s.cols);
+                }
+                master = Some(m);
+            }
+            None => {
+                let _ = child.start_kill();
+                let mut msg = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(2),
+                        e.read_to_string(&mut msg),
+                    )
+                    .await;
+                }
+                let _ = child.wait().await;
+                let _ = std::fs::remove_file(&process_file);
+                let msg = msg.trim().trim_start_matches("error: ").to_string();
+                return Err(Status::failed_precondition(if msg.is_empty() {
+                    "exec: the runtime did not hand over a terminal".to_string()
+                } else {
+                    format!("exec: {msg}")
+                }));
+            }
+        }
+    }
     let (tx, out) = tokio::sync::mpsc::channel::<Result<pb::ExecOutput, Status>>(256);
     engine
         .events
@@ -129,6 +180,23 @@ pub async fn serve(
     // Output pumps.
     let mut pumps = Vec::new();
     let mut master_writer: Option<std::fs::File> = None;
+    if master.is_some() {
+        // The runtime's own errors (say, a missing executable) come on its stderr.
+        if let Some(mut e) = child.stderr.take() {
+            let tx2 = tx.clone();
+            pumps.push(tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let _ = e.read_to_end(&mut buf).await;
+                if !buf.is_empty() {
+                    let _ = tx2
+                        .send(Ok(pb::ExecOutput {
+                            output: Some(Output::Stderr(buf)),
+                        }))
+                        .await;
+                }
+            }));
+        }
+    }
     if let Some(m) = master {
         let reader =
             std::fs::File::from(m.try_clone().map_err(|e| Status::internal(e.to_string()))?);

@@ -149,6 +149,7 @@ pub fn main_with_args(args: &[String]) -> i32 {
             let code = match Shim::run(&cfg, &mut ready) {
                 Ok(()) => 0,
                 Err(e) => {
+                    let _ = fs::remove_file(&cfg.socket_path);
                     if let Some(mut r) = ready.take() {
                         let _ = writeln!(r, "err {e}");
                     }
