@@ -176,18 +176,23 @@ impl Ctr {
     }
     /// Applies `f` to the record, persists it, wakes waiters.
     fn update(&self, f: impl FnOnce(&mut Record)) -> Result<Record> {
-        let rec = {
+        // The write happens under the lock: records reach the disk in the order they were made.
+        let result = {
             let mut r = lock(&self.rec);
             f(&mut r);
-            r.clone()
+            let rec = r.clone();
+            let path = self.dir.join("container.json");
+            serde_json::to_vec_pretty(&rec)
+                .map_err(|e| EngineError::internal(e.to_string()))
+                .and_then(|data| {
+                    crate::shim::write_file_atomic(&path, &data)
+                        .map_err(|e| EngineError::io("write", &path, e))
+                })
+                .map(|()| rec)
         };
-        let data =
-            serde_json::to_vec_pretty(&rec).map_err(|e| EngineError::internal(e.to_string()))?;
-        let path = self.dir.join("container.json");
-        crate::shim::write_file_atomic(&path, &data)
-            .map_err(|e| EngineError::io("write", &path, e))?;
+        // Waiters see the change in memory even when the disk refused it.
         self.changed.send_modify(|v| *v += 1);
-        Ok(rec)
+        result
     }
 }
 
@@ -299,16 +304,19 @@ const SENSITIVE: [&str; 8] = [
 /// Whether binding `source` (canonical) is allowed.
 pub fn bind_allowed(
     source: &Path,
-    state_dir: &Path,
+    agent_dirs: &[&Path],
     allow: &[PathBuf],
     privileged: bool,
 ) -> Result<()> {
     if privileged || allow.iter().any(|a| source.starts_with(a)) {
         return Ok(());
     }
+    // A protected path, anything under one, or anything above one (binding /var exposes
+    // /var/lib/flotilla and /var/run).
+    let touches = |p: &Path| source.starts_with(p) || p.starts_with(source);
     let refused = source == Path::new("/")
-        || SENSITIVE.iter().any(|s| source.starts_with(s))
-        || source.starts_with(state_dir);
+        || SENSITIVE.iter().any(|s| touches(Path::new(s)))
+        || agent_dirs.iter().any(|d| touches(d));
     if refused {
         return Err(EngineError::new(
             Kind::Precondition,
@@ -348,9 +356,11 @@ impl Engine {
 
     /// Opens the state, re-attaches to running containers and reconciles those that ended while the
     /// agent was away.
-    pub async fn open(cfg: EngineConfig) -> Result<Arc<Engine>> {
-        for d in [&cfg.state_dir, &cfg.run_dir] {
-            std::fs::create_dir_all(d).map_err(|e| EngineError::io("create", d, e))?;
+    pub async fn open(mut cfg: EngineConfig) -> Result<Arc<Engine>> {
+        for d in [&mut cfg.state_dir, &mut cfg.run_dir] {
+            std::fs::create_dir_all(&*d).map_err(|e| EngineError::io("create", d, e))?;
+            // Canonical, so the bind-mount policy compares real paths.
+            *d = std::fs::canonicalize(&*d).map_err(|e| EngineError::io("resolve", d, e))?;
         }
         let mut sc = StoreConfig::with_root(cfg.state_dir.join("images"));
         sc.insecure_registries = cfg.insecure_registries.clone();
@@ -367,6 +377,17 @@ impl Engine {
         });
         let dir = engine.containers_dir();
         std::fs::create_dir_all(&dir).map_err(|e| EngineError::io("create", &dir, e))?;
+        // Records hold the containers' environment (secrets): root only; traversable, so that a
+        // user-namespaced container's runtime can reach its bind sources.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711))
+                .map_err(|e| EngineError::io("chmod", &dir, e))?;
+            let shims = engine.cfg.run_dir.join("shims");
+            std::fs::create_dir_all(&shims).map_err(|e| EngineError::io("create", &shims, e))?;
+            std::fs::set_permissions(&shims, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| EngineError::io("chmod", &shims, e))?;
+        }
         let mut recovered = Vec::new();
         for entry in std::fs::read_dir(&dir)
             .map_err(|e| EngineError::io("read", &dir, e))?
@@ -374,12 +395,22 @@ impl Engine {
         {
             let cdir = entry.path();
             let path = cdir.join("container.json");
-            let rec: Record = match std::fs::read(&path)
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok())
-            {
-                Some(r) => r,
-                None => {
+            if cdir.extension().is_some() {
+                continue; // quarantined (`<id>.corrupt-<time>`)
+            }
+            let rec: Record = match std::fs::read(&path) {
+                Ok(d) => match serde_json::from_slice(&d) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // Never delete what might belong to a running container: set it aside.
+                        let aside =
+                            cdir.with_extension(format!("corrupt-{}", logfile::now_unix_nano()));
+                        tracing::error!(dir = %cdir.display(), error = %e, aside = %aside.display(), "unreadable container record set aside");
+                        let _ = std::fs::rename(&cdir, &aside);
+                        continue;
+                    }
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // A create that crashed before its record was written: nothing refers to it.
                     warn!(dir = %cdir.display(), "removing a container directory without a record");
                     if let Some(id) = cdir.file_name().and_then(|n| n.to_str()) {
@@ -388,6 +419,7 @@ impl Engine {
                     let _ = std::fs::remove_dir_all(&cdir);
                     continue;
                 }
+                Err(e) => return Err(EngineError::io("read", &path, e)),
             };
             let ctr = Arc::new(Ctr {
                 id: rec.id.clone(),
@@ -413,7 +445,7 @@ impl Engine {
                 if let Ok(stream) = tokio::net::UnixStream::connect(self.socket_path(&ctr.id)).await
                 {
                     info!(id = %ctr.id, "re-attached to the container's shim");
-                    self.attach_monitor(ctr, stream);
+                    self.attach_monitor(ctr, stream, true);
                 } else {
                     // The shim is gone: its exit.json (if any) says how the container ended.
                     self.handle_exit(ctr).await;
@@ -650,13 +682,7 @@ impl Engine {
         let mut infos = Vec::new();
         let mut targets: Vec<String> = Vec::new();
         for m in &cfg.mounts {
-            let target = m.target.trim_end_matches('/').to_string();
-            if !target.starts_with('/') || target.is_empty() {
-                return Err(EngineError::invalid(format!(
-                    "invalid mount target {:?}: it must be an absolute path other than /",
-                    m.target
-                )));
-            }
+            let target = check_target(&m.target)?;
             targets.push(target.clone());
             match pb::mount::Type::try_from(m.r#type).unwrap_or(pb::mount::Type::Bind) {
                 pb::mount::Type::Bind => {
@@ -675,7 +701,7 @@ impl Engine {
                     })?;
                     bind_allowed(
                         &canon,
-                        &self.cfg.state_dir,
+                        &[&self.cfg.state_dir, &self.cfg.run_dir],
                         &self.cfg.allow_host_paths,
                         cfg.privileged,
                     )?;
@@ -729,8 +755,12 @@ impl Engine {
         // The image's VOLUMEs not covered by the request get anonymous volumes, as with docker.
         if let Some(vols) = exec.volumes() {
             for t in vols {
-                let t = t.trim_end_matches('/').to_string();
-                if t.is_empty() || targets.contains(&t) {
+                // An image's VOLUME with `..` is ignored rather than trusted.
+                let Ok(t) = check_target(t) else {
+                    warn!(image = %cfg.image, volume = %t, "ignoring an invalid VOLUME of the image");
+                    continue;
+                };
+                if targets.contains(&t) {
                     continue;
                 }
                 let v = self.volumes.create("", BTreeMap::new(), true)?;
@@ -945,6 +975,17 @@ impl Engine {
 
     async fn start_ctr(self: &Arc<Self>, ctr: &Arc<Ctr>, wait_start: bool) -> Result<()> {
         let _op = ctr.op.lock().await;
+        self.start_locked(ctr, wait_start).await
+    }
+
+    /// `start_ctr` with the container's op lock held by the caller.
+    async fn start_locked(self: &Arc<Self>, ctr: &Arc<Ctr>, wait_start: bool) -> Result<()> {
+        if !lock(&self.containers).contains_key(&ctr.id) {
+            return Err(EngineError::not_found(format!(
+                "container {} was removed",
+                ctr.id
+            )));
+        }
         match ctr.status() {
             Status::Running | Status::Paused => return Ok(()),
             _ => {}
@@ -974,6 +1015,25 @@ impl Engine {
             .map_err(|e| EngineError::internal(e.to_string()))??;
         if remounted {
             info!(id = %ctr.id, "container root filesystem mounted again");
+        }
+        // A bind source could have been swapped for a symlink since create: check again.
+        for m in rec.mounts.iter().filter(|m| m.r#type == "bind") {
+            let now = std::fs::canonicalize(&m.source).map_err(|_| {
+                EngineError::precondition(format!("bind source path {} no longer exists", m.source))
+            })?;
+            if now != Path::new(&m.source) {
+                return Err(EngineError::precondition(format!(
+                    "bind source {} now resolves to {}: refusing to start; recreate the container",
+                    m.source,
+                    now.display()
+                )));
+            }
+            bind_allowed(
+                &now,
+                &[&self.cfg.state_dir, &self.cfg.run_dir],
+                &self.cfg.allow_host_paths,
+                rec.config.privileged,
+            )?;
         }
         let networked = self.setup_network(ctr, &rec).await?;
         let shim_json = ctr.dir.join("shim.json");
@@ -1030,7 +1090,7 @@ impl Engine {
             r.state.oom_killed = false;
             r.state.user_stopped = false;
         })?;
-        self.attach_monitor(ctr.clone(), stream);
+        self.attach_monitor(ctr.clone(), stream, true);
         if !wait_start {
             self.events.emit(
                 "container",
@@ -1135,14 +1195,21 @@ impl Engine {
 
     /// One task per running container: fans the shim's output out, forwards input, and handles
     /// the exit when the shim reports it or goes away.
-    fn attach_monitor(self: &Arc<Self>, ctr: Arc<Ctr>, stream: tokio::net::UnixStream) {
+    fn attach_monitor(
+        self: &Arc<Self>,
+        ctr: Arc<Ctr>,
+        stream: tokio::net::UnixStream,
+        health: bool,
+    ) {
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let (out_tx, _) = broadcast::channel::<Frame>(1024);
         *lock(&ctr.live) = Some(Live {
             to_shim: tx,
             output: out_tx.clone(),
         });
-        self.spawn_health(ctr.clone());
+        if health {
+            self.spawn_health(ctr.clone());
+        }
         let (mut rd, mut wr) = stream.into_split();
         tokio::spawn(async move {
             while let Some(f) = rx.recv().await {
@@ -1188,11 +1255,15 @@ impl Engine {
         *lock(&ctr.live) = None;
         let exit_path = ctr.dir.join("exit.json");
         let mut exit = ExitRecord::load(&exit_path).ok().flatten();
-        for _ in 0..20 {
-            if exit.is_some() {
-                break;
+        if exit.is_none() {
+            // The connection ended without an exit: a shim that dropped a slow client is still
+            // there, and a dead one refuses connections.
+            if let Ok(stream) = tokio::net::UnixStream::connect(self.socket_path(&ctr.id)).await {
+                info!(id = %ctr.id, "reconnected to the container's shim");
+                self.attach_monitor(ctr, stream, false);
+                return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
             exit = ExitRecord::load(&exit_path).ok().flatten();
         }
         let exit = match exit {
@@ -1227,6 +1298,9 @@ impl Engine {
                 ran_for,
             )
         };
+        // The network goes before the status says exited: a start that follows (restart, stop
+        // then start) must not meet this run's sandbox.
+        self.teardown_network(&ctr).await;
         let rec = match ctr.update(|r| {
             r.state.status = if delay.is_some() {
                 Status::Restarting
@@ -1248,7 +1322,6 @@ impl Engine {
                 ctr.record()
             }
         };
-        self.teardown_network(&ctr).await;
         if exit.oom_killed {
             self.events.emit(
                 "container",
@@ -1284,6 +1357,8 @@ impl Engine {
         let _ = ctr.update(|r| r.state.status = Status::Restarting);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
+            // Decided under the op lock, so a stop or rm that ran meanwhile wins.
+            let _op = ctr.op.lock().await;
             let rec = ctr.record();
             if rec.state.status != Status::Restarting || rec.state.user_stopped {
                 return;
@@ -1301,14 +1376,17 @@ impl Engine {
             engine
                 .events
                 .emit("container", "restart", &ctr.id, &rec.name, &[]);
-            if let Err(e) = engine.start_ctr(&ctr, false).await {
+            if let Err(e) = engine.start_locked(&ctr, false).await {
                 warn!(id = %ctr.id, error = %e, "restart failed");
                 // Counted as a failed run: try again later with the back-off.
                 let st = ctr.record().state;
                 let again =
                     restart_delay(rec.config.restart_policy.as_ref(), 128, &st, Duration::ZERO);
                 match again {
-                    Some(d) => engine.schedule_restart(ctr, d),
+                    Some(d) => {
+                        drop(_op);
+                        engine.schedule_restart(ctr, d);
+                    }
                     None => {
                         let _ = ctr.update(|r| r.state.status = Status::Exited);
                     }
@@ -1326,6 +1404,9 @@ impl Engine {
     }
 
     async fn stop_ctr(self: &Arc<Self>, ctr: &Arc<Ctr>, timeout: i32) -> Result<()> {
+        // Held while waiting for the exit: a pending restart cannot start it again meanwhile
+        // (the exit itself is handled without this lock).
+        let _op = ctr.op.lock().await;
         let rec = ctr.update(|r| r.state.user_stopped = true)?;
         match rec.state.status {
             Status::Restarting => {
@@ -1458,6 +1539,10 @@ impl Engine {
         force: bool,
         volumes: bool,
     ) -> Result<()> {
+        let _op = ctr.op.lock().await;
+        if !lock(&self.containers).contains_key(&ctr.id) {
+            return Ok(());
+        }
         let rec = ctr.record();
         if rec.state.status.is_active() {
             if !force {
@@ -1487,10 +1572,6 @@ impl Engine {
                     )));
                 }
             }
-        }
-        let _op = ctr.op.lock().await;
-        if !lock(&self.containers).contains_key(&ctr.id) {
-            return Ok(());
         }
         self.teardown_network(ctr).await;
         let _ = std::fs::remove_file(self.socket_path(&ctr.id));
@@ -1925,7 +2006,9 @@ impl Engine {
         let path = ctr.dir.join(format!("exec-{}.json", random_hex(8)));
         let data =
             serde_json::to_vec(&process).map_err(|e| EngineError::internal(e.to_string()))?;
-        std::fs::write(&path, data).map_err(|e| EngineError::io("write", &path, e))?;
+        // 0600: the process's environment may hold secrets.
+        crate::shim::write_file_atomic(&path, &data)
+            .map_err(|e| EngineError::io("write", &path, e))?;
         Ok((ctr.id.clone(), path, self.runtime_root()))
     }
 
@@ -2097,13 +2180,19 @@ fn start_error(msg: &str) -> EngineError {
 
 /// Copies what the image has at `target` into a new, empty volume (docker's volume seeding).
 fn seed_volume(rootfs: &Path, target: &str, volume: &Path) {
-    let src = rootfs.join(target.trim_start_matches('/'));
+    // Host-side access to the image's files: only through a path without symlinks, so an image
+    // cannot point a VOLUME at the host's /etc.
+    let Some(src) = in_rootfs_no_symlinks(rootfs, target) else {
+        return;
+    };
     let empty = std::fs::read_dir(volume)
         .map(|mut d| d.next().is_none())
         .unwrap_or(false);
-    if !empty || !src.is_dir() {
+    let is_dir = std::fs::symlink_metadata(&src).is_ok_and(|m| m.is_dir());
+    if !empty || !is_dir {
         return;
     }
+    // `cp -a` copies symlinks inside the tree as symlinks, never what they point at.
     let status = std::process::Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", src.display()))
@@ -2112,6 +2201,43 @@ fn seed_volume(rootfs: &Path, target: &str, volume: &Path) {
     if !status.is_ok_and(|s| s.success()) {
         warn!(src = %src.display(), volume = %volume.display(), "could not seed the volume from the image");
     }
+}
+
+/// `rootfs` + `target` when no component of `target` inside the rootfs is a symlink, `..` or
+/// missing beyond the last existing one; `None` otherwise (the runtime resolves such targets
+/// safely inside the container; the agent does not touch them from the host).
+fn in_rootfs_no_symlinks(rootfs: &Path, target: &str) -> Option<PathBuf> {
+    let mut p = rootfs.to_path_buf();
+    for c in Path::new(target).components() {
+        match c {
+            std::path::Component::RootDir | std::path::Component::CurDir => continue,
+            std::path::Component::Normal(n) => p.push(n),
+            _ => return None,
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(md) if md.file_type().is_symlink() => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(_) => return None,
+        }
+    }
+    Some(p)
+}
+
+/// A mount target: absolute, without `..`, not `/`.
+fn check_target(target: &str) -> Result<String> {
+    let t = target.trim_end_matches('/');
+    let bad = !t.starts_with('/')
+        || t.is_empty()
+        || Path::new(t)
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir));
+    if bad {
+        return Err(EngineError::invalid(format!(
+            "invalid mount target {target:?}: it must be an absolute path other than / without `..`"
+        )));
+    }
+    Ok(t.to_string())
 }
 
 /// Creates the targets of bind mounts in the rootfs as the agent (root on the host): inside a
@@ -2124,15 +2250,36 @@ fn prepare_mount_targets(rootfs: &Path, spec: &serde_json::Value) -> Result<()> 
         let (Some(dest), Some(src)) = (m["destination"].as_str(), m["source"].as_str()) else {
             continue;
         };
-        let target = rootfs.join(dest.trim_start_matches('/'));
-        // Never follow a symlink the image put there: the runtime resolves targets safely itself.
+        let Some(target) = in_rootfs_no_symlinks(rootfs, dest) else {
+            continue;
+        };
         if std::fs::symlink_metadata(&target).is_ok() {
             continue;
         }
+        // Parents are created one by one, each checked again: no symlink can appear midway.
         let Some(parent) = target.parent() else {
             continue;
         };
-        if !parent.starts_with(rootfs) || std::fs::create_dir_all(parent).is_err() {
+        let rel = parent.strip_prefix(rootfs).unwrap_or(Path::new(""));
+        let mut cur = rootfs.to_path_buf();
+        let mut ok = true;
+        for c in rel.components() {
+            cur.push(c);
+            match std::fs::symlink_metadata(&cur) {
+                Ok(md) if md.is_dir() => {}
+                Ok(_) => {
+                    ok = false;
+                    break;
+                }
+                Err(_) => {
+                    if std::fs::create_dir(&cur).is_err() {
+                        ok = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if !ok {
             continue;
         }
         let _ = if Path::new(src).is_dir() {
@@ -2338,8 +2485,10 @@ mod tests {
             "/run/flotilla/agent.sock",
             "/var/run",
             "/var/lib/flotilla/images",
+            "/var",
+            "/var/lib",
         ] {
-            let e = bind_allowed(Path::new(p), state, &[], false).unwrap_err();
+            let e = bind_allowed(Path::new(p), &[state], &[], false).unwrap_err();
             assert!(e.msg.contains("refused"), "{p}: {}", e.msg);
         }
         for p in [
@@ -2349,20 +2498,27 @@ mod tests {
             "/var/lib/other",
             "/etcetera",
         ] {
-            assert!(bind_allowed(Path::new(p), state, &[], false).is_ok(), "{p}");
+            assert!(
+                bind_allowed(Path::new(p), &[state], &[], false).is_ok(),
+                "{p}"
+            );
         }
         assert!(bind_allowed(
             Path::new("/etc/app"),
-            state,
+            &[state],
             &[PathBuf::from("/etc/app")],
             false
         )
         .is_ok());
-        assert!(bind_allowed(Path::new("/etc"), state, &[], true).is_ok());
+        assert!(bind_allowed(Path::new("/etc"), &[state], &[], true).is_ok());
         let other_state = Path::new("/data/flotilla");
-        assert!(
-            bind_allowed(Path::new("/data/flotilla/volumes"), other_state, &[], false).is_err()
-        );
+        assert!(bind_allowed(
+            Path::new("/data/flotilla/volumes"),
+            &[other_state],
+            &[],
+            false
+        )
+        .is_err());
     }
 
     #[test]

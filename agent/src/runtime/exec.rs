@@ -629,6 +629,7 @@ fn child_main(plan: &ChildPlan<'_>, from_parent: OwnedFd, to_parent: OwnedFd) ->
 
 fn setup_and_exec(sys: &dyn Syscall, plan: &ChildPlan<'_>) -> Result<Infallible, ChildError> {
     let exe = prepare(sys, plan)?;
+    init::reset_signals();
     let e = nix::unistd::execve(&exe, &plan.argv, &plan.envp).unwrap_err();
     if e == nix::Error::ENOENT {
         return Err(ChildError::NotFound(

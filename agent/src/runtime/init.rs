@@ -250,6 +250,7 @@ fn finalize_and_exec(cfg: &InitConfig<'_>) -> Result<Infallible, RuntimeError> {
         .map(|a| CString::new(a.as_str()))
         .collect::<Result<_, _>>()
         .map_err(|_| nul("env"))?;
+    reset_signals();
     if let (Some(f), true) = (cfg.seccomp, process.no_new_privileges().unwrap_or(false)) {
         // Last step before exec, so the filter only has to allow execve itself.
         sys.load_seccomp(f)?;
@@ -303,6 +304,34 @@ pub fn find_executable(name: &str, env: &[String], cwd: &Path) -> Option<PathBuf
         .filter(|d| !d.is_empty())
         .map(|d| Path::new(d).join(name))
         .find(|p| is_exec(p))
+}
+
+/// Gives the process a clean signal state before exec, as runc does: the signal mask and ignored
+/// dispositions survive execve, and our callers (a shim blocking SIGCHLD for its signalfd, Rust's
+/// runtime ignoring SIGPIPE) must not leak theirs into the container.
+pub(crate) fn reset_signals() {
+    // SAFETY: sigprocmask and signal(SIG_DFL) are async-signal-safe syscalls without allocation;
+    // this runs in a single-threaded child just before exec.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // The raw syscall: glibc's wrappers refuse the two real-time signals it reserves (32,
+        // 33), which the Rust runtime of our caller may have ignored.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl as *const libc::sigaction,
+                    std::ptr::null_mut::<libc::sigaction>(),
+                    8usize,
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]
