@@ -38,6 +38,10 @@ use crate::runtime::container::{self, CreateOptions};
 use frame::{Decoder, Frame};
 use logfile::{LineSplitter, Stream};
 
+/// Stdin bytes the shim buffers for a container that reads slower than its clients send; beyond
+/// this, clients are not read until the container catches up.
+const MAX_PENDING_STDIN: usize = 1 << 20;
+
 /// What the agent tells a shim (`shim.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimConfig {
@@ -191,8 +195,12 @@ struct Shim<'a> {
     clients: Vec<Client>,
     log: File,
     outputs: Vec<Output>,
-    /// Our end of the container's stdin (pipe write end or the pty master).
+    /// Our end of the container's stdin (pipe write end or the pty master), non-blocking.
     stdin: Option<File>,
+    /// Input not yet accepted by the container (it reads slower than clients send).
+    pending: Vec<u8>,
+    /// Close stdin (or send ^D on a terminal) once `pending` is written.
+    close_pending: bool,
     pty: Option<OwnedFd>,
     pid: i32,
     started: bool,
@@ -314,6 +322,9 @@ impl<'a> Shim<'a> {
         for o in &outputs {
             set_nonblocking(o.fd.as_raw_fd())?;
         }
+        if let Some(s) = &stdin {
+            set_nonblocking(s.as_raw_fd())?;
+        }
         let mut shim = Shim {
             cfg,
             listener,
@@ -321,6 +332,8 @@ impl<'a> Shim<'a> {
             log,
             outputs,
             stdin,
+            pending: Vec::new(),
+            close_pending: false,
             pty,
             pid,
             started: false,
@@ -382,12 +395,27 @@ impl<'a> Shim<'a> {
                     PollFlags::POLLIN,
                 ));
             }
+            // Back-pressure: clients are not read while the container is behind on its stdin.
+            let client_flags = if self.pending.len() < MAX_PENDING_STDIN {
+                PollFlags::POLLIN
+            } else {
+                PollFlags::empty()
+            };
             let client_base = fds.len();
             for c in &self.clients {
                 // SAFETY: as above, the stream outlives the poll call.
                 fds.push(PollFd::new(
                     unsafe { BorrowedFd::borrow_raw(c.stream.as_raw_fd()) },
-                    PollFlags::POLLIN,
+                    client_flags,
+                ));
+            }
+            let stdin_idx = fds.len();
+            let want_out = !self.pending.is_empty();
+            if let (true, Some(s)) = (want_out, self.stdin.as_ref()) {
+                // SAFETY: as above, stdin outlives the poll call.
+                fds.push(PollFd::new(
+                    unsafe { BorrowedFd::borrow_raw(s.as_raw_fd()) },
+                    PollFlags::POLLOUT,
                 ));
             }
             let timeout = if exit.is_some() {
@@ -412,7 +440,11 @@ impl<'a> Shim<'a> {
             let client_ready: Vec<usize> = (0..self.clients.len())
                 .filter(|k| ready(client_base + k))
                 .collect();
+            let stdin_ready = want_out && fds.len() > stdin_idx && ready(stdin_idx);
             drop(fds);
+            if stdin_ready {
+                self.flush_stdin();
+            }
 
             for i in out_ready {
                 self.read_output(i, &mut buf);
@@ -542,22 +574,15 @@ impl<'a> Shim<'a> {
             Frame::Start if !self.started => self.start(),
             Frame::Start => Ok(()),
             Frame::Stdin(data) => {
-                if let Some(s) = self.stdin.as_mut() {
-                    if s.write_all(&data).is_err() {
-                        self.stdin = None;
-                    }
+                if self.stdin.is_some() && !self.close_pending {
+                    self.pending.extend_from_slice(&data);
+                    self.flush_stdin();
                 }
                 Ok(())
             }
             Frame::CloseStdin => {
-                if self.pty.is_some() {
-                    // A terminal has no half-close: send EOF (^D) like a user would.
-                    if let Some(s) = self.stdin.as_mut() {
-                        let _ = s.write_all(&[4]);
-                    }
-                } else {
-                    self.stdin = None;
-                }
+                self.close_pending = true;
+                self.flush_stdin();
                 Ok(())
             }
             Frame::Resize { rows, cols } => {
@@ -568,6 +593,38 @@ impl<'a> Shim<'a> {
             }
             // Output-direction frames from a client are ignored.
             _ => Ok(()),
+        }
+    }
+
+    /// Writes what the container's stdin takes now; the rest waits for POLLOUT.
+    fn flush_stdin(&mut self) {
+        let Some(s) = self.stdin.as_mut() else {
+            self.pending.clear();
+            return;
+        };
+        while !self.pending.is_empty() {
+            match s.write(&self.pending) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    // The container closed its stdin.
+                    self.stdin = None;
+                    self.pending.clear();
+                    return;
+                }
+            }
+        }
+        if self.close_pending && self.pending.is_empty() {
+            if self.pty.is_some() {
+                // A terminal has no half-close: send EOF (^D) like a user would.
+                let _ = s.write(&[4]);
+            }
+            self.stdin = None;
+            self.close_pending = false;
         }
     }
 
