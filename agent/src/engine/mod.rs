@@ -1003,7 +1003,9 @@ impl Engine {
             socket_path: self.socket_path(&ctr.id),
             tty: rec.config.tty,
             stdin: rec.config.open_stdin,
-            wait_start,
+            // Always created first and started by a frame once the agent is connected: a
+            // container that exits at once cannot finish before the agent is watching it.
+            wait_start: true,
             size: None,
         };
         // After a host restart the overlay is gone; its upper directory (the container's
@@ -1037,22 +1039,34 @@ impl Engine {
         }
         let networked = self.setup_network(ctr, &rec).await?;
         let shim_json = ctr.dir.join("shim.json");
-        let data = serde_json::to_vec_pretty(&shim_cfg)
-            .map_err(|e| EngineError::internal(e.to_string()))?;
-        crate::shim::write_file_atomic(&shim_json, &data)
-            .map_err(|e| EngineError::io("write", &shim_json, e))?;
         // A leftover runtime state of this id (agent crash mid-start) would make create fail.
         let rt = self.runtime_root();
         let _ = runtime::container::delete(&rt, &ctr.id, true, &self.cfg.cgroup_root);
-        let out = tokio::process::Command::new(&self.cfg.shim_bin)
-            .arg(&shim_json)
-            .stdin(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .output()
-            .await
-            .map_err(|e| {
-                EngineError::internal(format!("run {}: {e}", self.cfg.shim_bin.display()))
-            })?;
+        let launched = async {
+            let data = serde_json::to_vec_pretty(&shim_cfg)
+                .map_err(|e| EngineError::internal(e.to_string()))?;
+            crate::shim::write_file_atomic(&shim_json, &data)
+                .map_err(|e| EngineError::io("write", &shim_json, e))?;
+            tokio::process::Command::new(&self.cfg.shim_bin)
+                .arg(&shim_json)
+                .stdin(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .output()
+                .await
+                .map_err(|e| {
+                    EngineError::internal(format!("run {}: {e}", self.cfg.shim_bin.display()))
+                })
+        }
+        .await;
+        let out = match launched {
+            Ok(o) => o,
+            Err(e) => {
+                if networked {
+                    self.teardown_network(ctr).await;
+                }
+                return Err(e);
+            }
+        };
         let line = String::from_utf8_lossy(&out.stdout).trim().to_string();
         let pid = match line.strip_prefix("ok ").and_then(|p| p.parse::<i32>().ok()) {
             Some(pid) => pid,
@@ -1076,11 +1090,21 @@ impl Engine {
                 return Err(start_error(&msg));
             }
         };
-        let stream = tokio::net::UnixStream::connect(&shim_cfg.socket_path)
-            .await
-            .map_err(|e| {
-                EngineError::internal(format!("connect to the shim of {}: {e}", ctr.id))
-            })?;
+        let stream = match tokio::net::UnixStream::connect(&shim_cfg.socket_path).await {
+            Ok(s) => s,
+            Err(e) => {
+                // The container was created but will never be started: remove it (its shim
+                // then exits) rather than leave it untracked.
+                let _ = runtime::container::delete(&rt, &ctr.id, true, &self.cfg.cgroup_root);
+                if networked {
+                    self.teardown_network(ctr).await;
+                }
+                return Err(EngineError::internal(format!(
+                    "connect to the shim of {}: {e}",
+                    ctr.id
+                )));
+            }
+        };
         ctr.update(|r| {
             r.state.status = Status::Running;
             r.state.pid = pid;
@@ -1092,6 +1116,10 @@ impl Engine {
         })?;
         self.attach_monitor(ctr.clone(), stream, true);
         if !wait_start {
+            // The caller attaches first and sends `Start` itself otherwise.
+            if let Some(l) = lock(&ctr.live).as_ref() {
+                let _ = l.to_shim.send(Frame::Start);
+            }
             self.events.emit(
                 "container",
                 "start",
