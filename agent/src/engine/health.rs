@@ -137,8 +137,13 @@ impl Engine {
                 tokio::time::sleep(check.interval).await;
                 let rec = ctr.record();
                 // A restart starts a new task; this one ends with its run.
-                if rec.state.status != Status::Running || rec.state.started_unix_nano != started {
+                if !matches!(rec.state.status, Status::Running | Status::Paused)
+                    || rec.state.started_unix_nano != started
+                {
                     return;
+                }
+                if rec.state.status == Status::Paused {
+                    continue; // no checks while frozen; they resume with unpause
                 }
                 let begin = logfile::now_unix_nano();
                 let (code, output) = engine.run_check(&ctr.id, &check).await;
