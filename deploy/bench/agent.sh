@@ -414,8 +414,8 @@ report="$work/report.md"
   echo
   echo "### 1. \`run --rm … busybox true\` through the daemon"
   echo
-  echo "hyperfine -N, $ROUNDS rounds of $WARMUP warm-up + $RUNS runs per command, the rounds merged. Note: \`docker run --rm\`"
-  echo "returns after the daemon removed the container; \`flotilla run --rm\` returns at the exit, and the agent removes it afterwards."
+  echo "hyperfine -N, $ROUNDS rounds of $WARMUP warm-up + $RUNS runs per command, the rounds merged. Both CLIs return once"
+  echo "the daemon has removed the container (flotilla since 513c4c1)."
   echo
   echo "| command | median (ms) | mean ± σ (ms) | min (ms) | failed runs | × docker |"
   echo "|---|---:|---:|---:|---:|---:|"
