@@ -1611,6 +1611,7 @@ impl Engine {
         // The record goes last: a crash before leaves a container that can be removed again.
         std::fs::remove_dir_all(&ctr.dir).map_err(|e| EngineError::io("remove", &ctr.dir, e))?;
         lock(&self.containers).remove(&ctr.id);
+        ctr.changed.send_modify(|v| *v += 1);
         if volumes {
             for m in rec.mounts.iter().filter(|m| m.r#type == "volume") {
                 let anon = self
@@ -1858,12 +1859,17 @@ impl Engine {
         .await;
         let rec = ctr.record();
         if rec.config.auto_remove {
-            // `run --rm` returns once the container is gone, so its name is free again.
-            for _ in 0..200 {
-                if !lock(&self.containers).contains_key(&ctr.id) {
+            // `run --rm` returns once the container is gone, so its name is free again; the
+            // removal bumps `changed`.
+            let mut rx = ctr.changed.subscribe();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while lock(&self.containers).contains_key(&ctr.id) {
+                if tokio::time::timeout_at(deadline, rx.changed())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         let st = rec.state;

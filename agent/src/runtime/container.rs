@@ -192,7 +192,12 @@ fn create_inner(
     cg.create()?;
     cg.apply(&resources)?;
 
-    let seccomp = linux.seccomp().as_ref().map(Filter::compile).transpose()?;
+    let cache = opts.root.join(".seccomp-cache");
+    let seccomp = linux
+        .seccomp()
+        .as_ref()
+        .map(|s| Filter::compile_cached(s, &cache))
+        .transpose()?;
     let ns = namespaces::plan(linux.namespaces().as_deref().unwrap_or_default());
     let joins = namespaces::open_joins(&ns)?;
     let caps = super::capabilities::plan(

@@ -398,7 +398,7 @@ pub fn exec(opts: &ExecOptions<'_>) -> Result<i32, RuntimeError> {
         .linux()
         .as_ref()
         .and_then(|l| l.seccomp().as_ref())
-        .map(Filter::compile)
+        .map(|s| Filter::compile_cached(s, &opts.root.join(".seccomp-cache")))
         .transpose()?;
     let caps = capabilities::plan(
         process.capabilities().as_ref(),

@@ -183,7 +183,10 @@ pub fn list_ids(root: &Path) -> Result<Vec<String>, RuntimeError> {
     for entry in rd.flatten() {
         if entry.path().is_dir() {
             if let Some(name) = entry.file_name().to_str() {
-                ids.push(name.to_string());
+                // Dot directories are the runtime's own (the seccomp cache), not containers.
+                if !name.starts_with('.') {
+                    ids.push(name.to_string());
+                }
             }
         }
     }

@@ -215,6 +215,99 @@ impl fmt::Debug for Filter {
 }
 
 impl Filter {
+    /// [`Filter::compile`] through a cache of compiled programs in `dir` (root-only, under the
+    /// runtime's state root): libseccomp takes most of a container start's CPU, and the same
+    /// profile (Docker's default for the default capabilities) comes back for every container.
+    /// The key covers the spec, the architecture and the libseccomp version; a damaged or
+    /// unreadable entry is compiled again.
+    pub fn compile_cached(
+        spec: &LinuxSeccomp,
+        dir: &std::path::Path,
+    ) -> Result<Filter, SeccompError> {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(b"flotilla-seccomp-v1\0");
+        h.update(std::env::consts::ARCH.as_bytes());
+        if let Ok(v) = ScmpVersion::current() {
+            h.update(format!("{}.{}.{}", v.major, v.minor, v.micro).as_bytes());
+        }
+        match serde_json::to_vec(spec) {
+            Ok(j) => h.update(&j),
+            Err(_) => return Filter::compile(spec),
+        }
+        let path = dir.join(format!("{}.bpf", hex::encode(h.finalize())));
+        if let Ok(data) = std::fs::read(&path) {
+            if let Some(f) = Filter::decode(&data) {
+                return Ok(f);
+            }
+        }
+        let f = Filter::compile(spec)?;
+        // Best effort: a cache that cannot be written only costs time.
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+            let tmp = dir.join(format!(
+                ".{}.{}",
+                std::process::id(),
+                path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+            ));
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            out.write_all(&f.encode())?;
+            drop(out);
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
+        };
+        if let Err(e) = write() {
+            debug!(dir = %dir.display(), error = %e, "seccomp cache not written");
+        }
+        Ok(f)
+    }
+
+    /// `flags` (u64 LE) then each instruction as code u16, jt u8, jf u8, k u32 (LE).
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + self.program.len() * 8);
+        // c_ulong is 32 bits on 32-bit targets.
+        #[allow(clippy::useless_conversion)]
+        let flags = u64::from(self.flags);
+        out.extend_from_slice(&flags.to_le_bytes());
+        for i in &self.program {
+            out.extend_from_slice(&i.code.to_le_bytes());
+            out.push(i.jt);
+            out.push(i.jf);
+            out.extend_from_slice(&i.k.to_le_bytes());
+        }
+        out
+    }
+
+    fn decode(data: &[u8]) -> Option<Filter> {
+        if data.len() < 16
+            || !(data.len() - 8).is_multiple_of(8)
+            || (data.len() - 8) / 8 > usize::from(u16::MAX)
+        {
+            return None;
+        }
+        let flags = u64::from_le_bytes(data[..8].try_into().ok()?) as libc::c_ulong;
+        let program = data[8..]
+            .chunks_exact(8)
+            .map(|c| libc::sock_filter {
+                code: u16::from_le_bytes([c[0], c[1]]),
+                jt: c[2],
+                jf: c[3],
+                k: u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            })
+            .collect();
+        Some(Filter { program, flags })
+    }
+
     /// Compiles `spec` into a BPF program. Does all allocation and name resolution.
     ///
     /// Unknown syscall names for this architecture are skipped (debug log). `SCMP_ACT_NOTIFY`,
@@ -1196,5 +1289,29 @@ mod tests {
             i32::from(failed(unsafe { libc::syscall(libc::SYS_unshare, 0) }) == Some(Errno::EPERM))
         });
         assert_eq!(exit_code(status), 1);
+    }
+
+    #[test]
+    fn cached_programs_equal_compiled_ones() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let spec = oci(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["chmod"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+        }));
+        let direct = Filter::compile(&spec).expect("compile");
+        let first = Filter::compile_cached(&spec, tmp.path()).expect("miss");
+        let second = Filter::compile_cached(&spec, tmp.path()).expect("hit");
+        assert_eq!(direct.encode(), first.encode());
+        assert_eq!(direct.encode(), second.encode());
+        let entries: Vec<_> = std::fs::read_dir(tmp.path())
+            .expect("dir")
+            .flatten()
+            .collect();
+        assert_eq!(entries.len(), 1);
+        // A damaged entry is compiled again, not trusted.
+        std::fs::write(entries[0].path(), b"garbage").expect("damage");
+        let again = Filter::compile_cached(&spec, tmp.path()).expect("recompile");
+        assert_eq!(direct.encode(), again.encode());
+        assert!(Filter::decode(b"short").is_none());
     }
 }
