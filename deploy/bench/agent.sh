@@ -80,9 +80,10 @@ had_key_json=0; [ -e /etc/docker/key.json ] && had_key_json=1 # dockerd 20.10 wr
 
 # pids_of EXE NEEDLE: pids whose executable is EXE and whose command line contains NEEDLE.
 pids_of() {
-  local p
+  local p want
+  want=$(readlink -f "$1")   # /proc/PID/exe is the resolved path ($CARGO_TARGET_DIR may be a symlink)
   for p in /proc/[0-9]*; do
-    [ "$(readlink "$p/exe" 2>/dev/null)" = "$1" ] || continue
+    [ "$(readlink "$p/exe" 2>/dev/null)" = "$want" ] || continue
     tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "$2" && echo "${p#/proc/}"
   done
   return 0
