@@ -850,7 +850,7 @@ impl Engine {
             .iter()
             .map(|c| runtime::spec::cap_name(*c))
             .collect();
-        let caps = spec::capabilities(cfg, &defaults)?;
+        let caps = within_our_bounding_set(spec::capabilities(cfg, &defaults)?);
         let default_seccomp =
             if cfg.privileged || sec.seccomp_unconfined || sec.seccomp_profile.is_some() {
                 None
@@ -2033,7 +2033,8 @@ impl Engine {
             process["user"] = serde_json::json!({"uid": uid, "gid": gid, "additionalGids": extra});
         }
         if start.privileged {
-            let all: Vec<&str> = spec::ALL_CAPS.to_vec();
+            let all =
+                within_our_bounding_set(spec::ALL_CAPS.iter().map(|c| c.to_string()).collect());
             process["capabilities"] =
                 serde_json::json!({"bounding": all, "effective": all, "permitted": all});
         }
@@ -2356,6 +2357,19 @@ fn shift_ownership(root: &Path, uid: u32, gid: u32, count: u32) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `caps` limited to what the agent itself may hand out (its bounding set): `--privileged` means
+/// every capability the agent has, as with docker, not ones the kernel would refuse.
+fn within_our_bounding_set(caps: Vec<String>) -> Vec<String> {
+    match ::caps::read(None, ::caps::CapSet::Bounding) {
+        Ok(ours) => {
+            let ours: std::collections::HashSet<String> =
+                ours.iter().map(|c| c.to_string()).collect();
+            caps.into_iter().filter(|c| ours.contains(c)).collect()
+        }
+        Err(_) => caps,
+    }
 }
 
 /// `--add-host NAME:IP` entries.
