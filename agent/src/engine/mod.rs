@@ -2107,6 +2107,11 @@ impl Engine {
                 &ctr.dir.join("hosts"),
                 &self.net.hosts_file(&ctr.id, &hostname, &extra_hosts),
             )?;
+            // Joining a user network brings the embedded DNS.
+            write_etc(
+                &ctr.dir.join("resolv.conf"),
+                &self.net.resolv_conf(&ctr.id, &rec.config.dns),
+            )?;
         }
         let mut stored = req.clone();
         stored.network = info.name.clone();
@@ -2154,6 +2159,10 @@ impl Engine {
         }
         if matches!(rec.state.status, Status::Running | Status::Paused) {
             self.net.disconnect(&ctr.id, &info.name).await?;
+            write_etc(
+                &ctr.dir.join("resolv.conf"),
+                &self.net.resolv_conf(&ctr.id, &rec.config.dns),
+            )?;
         }
         ctr.update(|r| {
             r.extra_networks.retain(|e| e.network != info.name);
