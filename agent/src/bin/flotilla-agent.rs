@@ -318,6 +318,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
         },
     };
+    // Few arenas, and free memory given back when idle: the agent lives for weeks and its work
+    // comes in bursts (a hundred starts, then nothing).
+    flotilla_agent::runtime::syscall::limit_malloc_arenas(2);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -329,6 +332,16 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("listen on {}", socket.display()))?;
         let engine = Engine::open(cfg).await.context("open the agent state")?;
         let routes = flotilla_agent::server::router(engine.clone());
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                let _ = tokio::task::spawn_blocking(
+                    flotilla_agent::runtime::syscall::release_free_memory,
+                )
+                .await;
+            }
+        });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {

@@ -545,3 +545,15 @@ impl Syscall for RecordingSyscall {
         self.push(Call::Umask(mask));
     }
 }
+/// Caps glibc's malloc arenas (one per thread by default, up to 8 per core): a daemon with
+/// worker and blocking-pool threads otherwise keeps several heaps of freed memory.
+pub fn limit_malloc_arenas(n: i32) {
+    // SAFETY: mallopt only changes allocator tuning; called at start-up before other threads.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, n) };
+}
+
+/// Returns free heap memory to the kernel (glibc `malloc_trim`).
+pub fn release_free_memory() {
+    // SAFETY: malloc_trim only releases memory that is already free; it takes malloc's own locks.
+    unsafe { libc::malloc_trim(0) };
+}
