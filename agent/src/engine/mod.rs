@@ -148,7 +148,9 @@ impl ExitHandle {
 
 /// A running container's live channels (while its shim runs).
 struct Live {
-    to_shim: mpsc::UnboundedSender<Frame>,
+    /// Bounded: a client sending stdin faster than the container reads is slowed down (HTTP/2
+    /// flow control), not buffered without limit.
+    to_shim: mpsc::Sender<Frame>,
     output: broadcast::Sender<Frame>,
 }
 
@@ -1118,7 +1120,7 @@ impl Engine {
         if !wait_start {
             // The caller attaches first and sends `Start` itself otherwise.
             if let Some(l) = lock(&ctr.live).as_ref() {
-                let _ = l.to_shim.send(Frame::Start);
+                let _ = l.to_shim.try_send(Frame::Start);
             }
             self.events.emit(
                 "container",
@@ -1229,7 +1231,7 @@ impl Engine {
         stream: tokio::net::UnixStream,
         health: bool,
     ) {
-        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let (tx, mut rx) = mpsc::channel::<Frame>(64);
         let (out_tx, _) = broadcast::channel::<Frame>(1024);
         *lock(&ctr.live) = Some(Live {
             to_shim: tx,
@@ -1813,11 +1815,7 @@ impl Engine {
         self: &Arc<Self>,
         input: &str,
         start: bool,
-    ) -> Result<(
-        ExitHandle,
-        broadcast::Receiver<Frame>,
-        mpsc::UnboundedSender<Frame>,
-    )> {
+    ) -> Result<(ExitHandle, broadcast::Receiver<Frame>, mpsc::Sender<Frame>)> {
         let ctr = self.find(input)?;
         let needs_start = start && !matches!(ctr.status(), Status::Running | Status::Paused);
         if needs_start {
@@ -1837,7 +1835,7 @@ impl Engine {
         };
         if needs_start {
             let rec = ctr.record();
-            let _ = tx.send(Frame::Start);
+            let _ = tx.try_send(Frame::Start);
             self.events.emit(
                 "container",
                 "start",

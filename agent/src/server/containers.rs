@@ -262,7 +262,7 @@ impl pb::containers_server::Containers for ContainersService {
             Err(e) => return Err(e.into()),
         };
         if let Some(size) = start.size {
-            let _ = to_shim.send(Frame::Resize {
+            let _ = to_shim.try_send(Frame::Resize {
                 rows: size.rows as u16,
                 cols: size.cols as u16,
             });
@@ -279,12 +279,12 @@ impl pb::containers_server::Containers for ContainersService {
                     },
                     _ => continue,
                 };
-                if to_shim.send(f).is_err() {
+                if to_shim.send(f).await.is_err() {
                     return;
                 }
             }
             if forward_stdin {
-                let _ = to_shim.send(Frame::CloseStdin);
+                let _ = to_shim.send(Frame::CloseStdin).await;
             }
         });
         let (tx, out) = tokio::sync::mpsc::channel(256);
