@@ -1184,19 +1184,7 @@ impl Engine {
             } else {
                 self.net.publish(&ctr.id, &specs).await?
             };
-            let hostname = std::fs::read_to_string(ctr.dir.join("hostname"))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            let extra_hosts = parse_extra_hosts(&rec.config.extra_hosts)?;
-            write_etc(
-                &ctr.dir.join("hosts"),
-                &self.net.hosts_file(&ctr.id, &hostname, &extra_hosts),
-            )?;
-            write_etc(
-                &ctr.dir.join("resolv.conf"),
-                &self.net.resolv_conf(&ctr.id, &rec.config.dns),
-            )?;
+            self.write_net_etc(ctr, rec)?;
             ctr.update(|r| {
                 r.endpoints = endpoints;
                 r.ports = ports.iter().map(net::port_pb).collect();
@@ -1211,6 +1199,24 @@ impl Engine {
                 Err(e)
             }
         }
+    }
+
+    /// The container's /etc/hosts and /etc/resolv.conf from its current endpoints (bind-mounted
+    /// files rewritten in place, so a running container sees the change).
+    fn write_net_etc(&self, ctr: &Ctr, rec: &Record) -> Result<()> {
+        let hostname = std::fs::read_to_string(ctr.dir.join("hostname"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let extra_hosts = parse_extra_hosts(&rec.config.extra_hosts)?;
+        write_etc(
+            &ctr.dir.join("hosts"),
+            &self.net.hosts_file(&ctr.id, &hostname, &extra_hosts),
+        )?;
+        write_etc(
+            &ctr.dir.join("resolv.conf"),
+            &self.net.resolv_conf(&ctr.id, &rec.config.dns),
+        )
     }
 
     async fn teardown_network(&self, ctr: &Ctr) {
@@ -2096,20 +2102,8 @@ impl Engine {
                 )
                 .await?;
             ep = net::endpoint_pb(&e);
-            let hostname = std::fs::read_to_string(ctr.dir.join("hostname"))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            let extra_hosts = parse_extra_hosts(&rec.config.extra_hosts)?;
-            write_etc(
-                &ctr.dir.join("hosts"),
-                &self.net.hosts_file(&ctr.id, &hostname, &extra_hosts),
-            )?;
-            // Joining a user network brings the embedded DNS.
-            write_etc(
-                &ctr.dir.join("resolv.conf"),
-                &self.net.resolv_conf(&ctr.id, &rec.config.dns),
-            )?;
+            // Joining a user network brings its addresses and the embedded DNS.
+            self.write_net_etc(&ctr, &rec)?;
         }
         let mut stored = req.clone();
         stored.network = info.name.clone();
@@ -2157,10 +2151,7 @@ impl Engine {
         }
         if matches!(rec.state.status, Status::Running | Status::Paused) {
             self.net.disconnect(&ctr.id, &info.name).await?;
-            write_etc(
-                &ctr.dir.join("resolv.conf"),
-                &self.net.resolv_conf(&ctr.id, &rec.config.dns),
-            )?;
+            self.write_net_etc(&ctr, &rec)?;
         }
         ctr.update(|r| {
             r.extra_networks.retain(|e| e.network != info.name);

@@ -24,14 +24,7 @@ impl ImagesService {
     }
 
     fn summary(&self, r: &ImageRecord) -> pb::ImageSummary {
-        pb::ImageSummary {
-            id: r.config_digest.clone(),
-            reference: r.reference.clone(),
-            manifest_digest: r.manifest_digest.clone(),
-            size: r.layers.iter().map(|l| l.size).sum(),
-            created: r.created.clone().unwrap_or_default(),
-            containers: self.engine.image_users(&r.config_digest).len() as u32,
-        }
+        summary(&self.engine, r)
     }
 
     fn spool(&self) -> Result<tempfile::NamedTempFile, Status> {
@@ -50,6 +43,27 @@ fn credentials(a: Option<pb::RegistryAuth>) -> Credentials {
             password: a.password,
         },
         _ => Credentials::Anonymous,
+    }
+}
+
+/// The API's view of an image record (`containers`: how many containers use it).
+fn summary(engine: &Engine, r: &ImageRecord) -> pb::ImageSummary {
+    pb::ImageSummary {
+        id: r.config_digest.clone(),
+        reference: r.reference.clone(),
+        manifest_digest: r.manifest_digest.clone(),
+        size: r.layers.iter().map(|l| l.size).sum(),
+        created: r.created.clone().unwrap_or_default(),
+        containers: engine.image_users(&r.config_digest).len() as u32,
+    }
+}
+
+/// The registry of `reference` when the request marks it insecure (plain http).
+fn insecure_for(insecure: bool, reference: &str) -> Vec<String> {
+    if insecure {
+        registry_of(reference)
+    } else {
+        Vec::new()
     }
 }
 
@@ -94,11 +108,7 @@ impl pb::images_server::Images for ImagesService {
         let engine = self.engine.clone();
         let opts = PullOptions {
             credentials: credentials(r.auth),
-            insecure_registries: if r.insecure {
-                registry_of(&r.reference)
-            } else {
-                Vec::new()
-            },
+            insecure_registries: insecure_for(r.insecure, &r.reference),
         };
         let reference = r.reference.clone();
         let pull = tokio::spawn(async move {
@@ -170,14 +180,7 @@ impl pb::images_server::Images for ImagesService {
                     engine
                         .events
                         .emit("image", "pull", &rec.config_digest, &rec.reference, &[]);
-                    let s = pb::ImageSummary {
-                        id: rec.config_digest.clone(),
-                        reference: rec.reference.clone(),
-                        manifest_digest: rec.manifest_digest.clone(),
-                        size: rec.layers.iter().map(|l| l.size).sum(),
-                        created: rec.created.clone().unwrap_or_default(),
-                        containers: 0,
-                    };
+                    let s = summary(&engine, &rec);
                     Ok(pb::PullImageProgress {
                         event: Some(Event::Done(s)),
                     })
@@ -202,11 +205,7 @@ impl pb::images_server::Images for ImagesService {
         let engine = self.engine.clone();
         let opts = PushOptions {
             credentials: credentials(r.auth),
-            insecure_registries: if r.insecure {
-                registry_of(&r.reference)
-            } else {
-                Vec::new()
-            },
+            insecure_registries: insecure_for(r.insecure, &r.reference),
         };
         let reference = r.reference.clone();
         let push = tokio::spawn(async move {
