@@ -834,15 +834,20 @@ impl Engine {
             )));
         }
         let mut etc_files = Vec::new();
-        parse_extra_hosts(&cfg.extra_hosts)?;
+        let extra_hosts = parse_extra_hosts(&cfg.extra_hosts)?;
         if netns != NetNs::Host {
-            let hosts = self.hosts_file(&hostname, &cfg.extra_hosts)?;
+            // Until a network gives it an address, the hostname is the Debian-style 127.0.1.1.
+            let loopback = std::net::Ipv4Addr::new(127, 0, 1, 1);
+            let hosts =
+                crate::network::resolv::hosts_file(Some(loopback), &hostname, None, &extra_hosts);
             write_etc(&ctr.dir.join("hosts"), &hosts)?;
             write_etc(&ctr.dir.join("hostname"), &format!("{hostname}\n"))?;
             etc_files.push((ctr.dir.join("hosts"), "/etc/hosts".to_string()));
             etc_files.push((ctr.dir.join("hostname"), "/etc/hostname".to_string()));
         }
-        let resolv = resolv_conf(&cfg.dns);
+        let host_resolv =
+            std::fs::read_to_string(&self.cfg.network.host_resolv_conf).unwrap_or_default();
+        let resolv = crate::network::resolv::resolv_conf(&host_resolv, None, &cfg.dns);
         write_etc(&ctr.dir.join("resolv.conf"), &resolv)?;
         etc_files.push((ctr.dir.join("resolv.conf"), "/etc/resolv.conf".to_string()));
 
@@ -925,29 +930,6 @@ impl Engine {
             r.mounts = infos;
         })?;
         Ok(warnings)
-    }
-
-    fn hosts_file(&self, hostname: &str, extra: &[String]) -> Result<String> {
-        let mut s =
-            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
-        s.push_str(&format!("127.0.1.1\t{hostname}\n"));
-        for e in extra {
-            let (name, ip) = e.split_once(':').ok_or_else(|| {
-                EngineError::invalid(format!("invalid --add-host {e:?}: use NAME:IP"))
-            })?;
-            let ip: std::net::IpAddr = ip.parse().map_err(|_| {
-                EngineError::invalid(format!(
-                    "invalid --add-host {e:?}: {ip:?} is not an IP address"
-                ))
-            })?;
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(EngineError::invalid(format!(
-                    "invalid --add-host {e:?}: bad host name"
-                )));
-            }
-            s.push_str(&format!("{ip}\t{name}\n"));
-        }
-        Ok(s)
     }
 
     // ------------------------------------------------------------------ start / exit
@@ -2397,33 +2379,6 @@ fn write_etc(path: &Path, content: &str) -> Result<()> {
     std::fs::write(path, content).map_err(|e| EngineError::io("write", path, e))
 }
 
-/// resolv.conf for a container without an embedded resolver: `--dns` servers, else the host's
-/// non-loopback ones.
-fn resolv_conf(dns: &[String]) -> String {
-    let mut s = String::new();
-    if dns.is_empty() {
-        let host = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        for l in host.lines() {
-            let l = l.trim();
-            if let Some(ns) = l.strip_prefix("nameserver") {
-                let ns = ns.trim();
-                if ns.starts_with("127.") || ns == "::1" {
-                    continue;
-                }
-                s.push_str(&format!("nameserver {ns}\n"));
-            } else if l.starts_with("search") || l.starts_with("options") {
-                s.push_str(l);
-                s.push('\n');
-            }
-        }
-    } else {
-        for d in dns {
-            s.push_str(&format!("nameserver {d}\n"));
-        }
-    }
-    s
-}
-
 /// `docker.io/library/busybox:latest` -> `busybox:latest`, as users type it.
 pub fn short_reference(r: &str) -> String {
     r.strip_prefix("docker.io/library/")
@@ -2578,11 +2533,5 @@ mod tests {
         );
         assert_eq!(random_hex(32).len(), 64);
         assert_ne!(random_hex(8), random_hex(8));
-    }
-
-    #[test]
-    fn resolv_conf_uses_dns_flags() {
-        assert_eq!(resolv_conf(&["10.0.0.2".into()]), "nameserver 10.0.0.2\n");
-        assert!(!resolv_conf(&[]).contains("nameserver 127."));
     }
 }
