@@ -106,7 +106,13 @@ pub fn http_get_local(port: u16) -> Result<String> {
 }
 
 /// Runs `cmd` with stdin closed and stdout/stderr captured, killing it after `timeout`.
-pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output> {
+pub fn output_with_timeout(cmd: Command, timeout: Duration) -> Result<Output> {
+    capture(cmd, timeout, true)
+}
+
+/// Runs `cmd` (stdin closed, output captured) for at most `limit`; past it the command is killed,
+/// which is an error when `limit_is_a_hang`, else the normal end (`events`, `logs -f`).
+fn capture(mut cmd: Command, limit: Duration, limit_is_a_hang: bool) -> Result<Output> {
     let shown = format!("{cmd:?}");
     let mut child = cmd
         .stdin(Stdio::null())
@@ -126,24 +132,25 @@ pub fn output_with_timeout(mut cmd: Command, timeout: Duration) -> Result<Output
         let _ = err_pipe.read_to_end(&mut b);
         b
     });
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now() + limit;
     let status: ExitStatus = loop {
         if let Some(s) = child.try_wait().context("wait for the command")? {
             break s;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let _ = child.wait();
-            bail!("{shown} did not finish within {timeout:?}: killed (a hang)");
+            let status = child.wait().context("wait for the killed command")?;
+            if limit_is_a_hang {
+                bail!("{shown} did not finish within {limit:?}: killed (a hang)");
+            }
+            break status;
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let stdout = out_t.join().unwrap_or_default();
-    let stderr = err_t.join().unwrap_or_default();
     Ok(Output {
         status,
-        stdout,
-        stderr,
+        stdout: out_t.join().unwrap_or_default(),
+        stderr: err_t.join().unwrap_or_default(),
     })
 }
 
@@ -413,41 +420,7 @@ impl AgentLab {
     pub fn cli_for(&self, args: &[&str], run_for: Duration) -> Result<Output> {
         let mut c = self.cli_command();
         c.args(args);
-        let shown = format!("{c:?}");
-        let mut child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("spawn {shown}"))?;
-        let mut out_pipe = child.stdout.take().context("stdout pipe")?;
-        let mut err_pipe = child.stderr.take().context("stderr pipe")?;
-        let out_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = out_pipe.read_to_end(&mut b);
-            b
-        });
-        let err_t = std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = err_pipe.read_to_end(&mut b);
-            b
-        });
-        let deadline = Instant::now() + run_for;
-        let status = loop {
-            if let Some(s) = child.try_wait().context("wait for the command")? {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break child.wait().context("wait for the killed command")?;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        Ok(Output {
-            status,
-            stdout: out_t.join().unwrap_or_default(),
-            stderr: err_t.join().unwrap_or_default(),
-        })
+        capture(c, run_for, false)
     }
 
     /// `flotilla ARGS` that must succeed: its stdout.
