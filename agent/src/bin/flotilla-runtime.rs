@@ -282,6 +282,9 @@ fn real_main(cli: Cli) -> Result<u8> {
                 console,
             };
             if detach || keep {
+                if !detach {
+                    container::block_forwarded_signals()?;
+                }
                 let pid = container::create(&opts)?;
                 container::start(root, &id, cg)?;
                 if detach {
@@ -382,6 +385,10 @@ fn real_main(cli: Cli) -> Result<u8> {
                 tty_from_stdin: tty_stdin,
                 pid_file: pid_file.as_deref(),
             };
+            if !detach {
+                // Before the process exists: a signal sent to us from now on is forwarded to it.
+                container::block_forwarded_signals()?;
+            }
             let pid = match exec::exec(&opts) {
                 Ok(pid) => pid,
                 Err(e @ RuntimeError::ExecutableNotFound { .. }) => {

@@ -691,50 +691,62 @@ pub struct Exit {
     pub oom_killed: bool,
 }
 
-static FORWARD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+/// Signals a foreground `run` or `exec` passes on to its process, as runc does.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGINT,
+    Signal::SIGTERM,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
-extern "C" fn record_signal(sig: libc::c_int) {
-    FORWARD.store(sig, std::sync::atomic::Ordering::SeqCst);
+fn forwarded_set() -> nix::sys::signal::SigSet {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in FORWARDED {
+        set.add(s);
+    }
+    set.add(Signal::SIGCHLD);
+    set
 }
 
-/// Waits for our child `pid` (the init after `run`), forwarding INT/TERM/HUP/QUIT/USR1/USR2 to it.
+/// Blocks the forwarded signals and SIGCHLD in the calling thread, so that a signal sent at any
+/// moment from now on is kept pending for [`wait_forwarding`] instead of killing us before the
+/// wait begins. Call it before creating the process and before starting any thread (threads
+/// inherit the mask; the container's processes reset it before exec).
+pub fn block_forwarded_signals() -> Result<(), RuntimeError> {
+    forwarded_set()
+        .thread_block()
+        .map_err(|e| RuntimeError::sys("block the signals to forward", e))
+}
+
+/// Waits for our child `pid` (the init after `run`, the process of `exec`), forwarding
+/// INT/TERM/HUP/QUIT/USR1/USR2 to it. Signals are taken synchronously with sigwait, so none is
+/// lost between two waits.
 pub fn wait_forwarding(pid: i32) -> Result<i32, RuntimeError> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet};
-    let forwarded = [
-        Signal::SIGINT,
-        Signal::SIGTERM,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ];
-    let act = SigAction::new(
-        SigHandler::Handler(record_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for s in forwarded {
-        // SAFETY: the handler only stores into an atomic, which is async-signal-safe.
-        unsafe { sigaction(s, &act) }
-            .map_err(|e| RuntimeError::sys(format!("install a {s} handler"), e))?;
-    }
+    let set = forwarded_set();
+    set.thread_block()
+        .map_err(|e| RuntimeError::sys("block the signals to forward", e))?;
+    let child = Pid::from_raw(pid);
     loop {
-        match waitpid(Pid::from_raw(pid), None) {
+        match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(code),
             Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
-            Ok(_) => {}
-            Err(nix::Error::EINTR) => {
-                let sig = FORWARD.swap(0, std::sync::atomic::Ordering::SeqCst);
-                if sig != 0 {
-                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::try_from(sig).ok());
-                }
-            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
             Err(e) => {
                 return Err(RuntimeError::sys(
                     format!("wait for container process {pid}"),
                     e,
                 ))
             }
+        }
+        // A SIGCHLD raised after the waitpid above stays pending, so this returns at once.
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(nix::Error::EINTR) => {}
+            Ok(sig) => {
+                let _ = nix::sys::signal::kill(child, sig);
+            }
+            Err(e) => return Err(RuntimeError::sys("wait for a signal", e)),
         }
     }
 }
@@ -743,6 +755,7 @@ pub fn wait_forwarding(pid: i32) -> Result<i32, RuntimeError> {
 /// `terminal_peer`: our end of the socket given as `opts.console`; the pty it receives is copied
 /// to and from our stdio.
 pub fn run(opts: &CreateOptions<'_>, terminal_peer: Option<OwnedFd>) -> Result<Exit, RuntimeError> {
+    block_forwarded_signals()?;
     let pid = create(opts)?;
     let proxy = match terminal_peer {
         Some(peer) => match super::console::recv_fd(std::os::fd::AsRawFd::as_raw_fd(&peer))
