@@ -1,7 +1,11 @@
 //! Generates the gRPC code from `proto/flotilla/**.proto` with tonic-prost-build (needs `protoc`,
 //! Debian package `protobuf-compiler`, which `deploy/setup.sh` installs).
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/flotilla/agent/v1/agent.proto"];
+    let protos = [
+        "proto/flotilla/agent/v1/agent.proto",
+        "proto/flotilla/control/v1/control.proto",
+        "proto/flotilla/raft/v1/raft.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -1,5 +1,12 @@
-//! flotilla control plane: cluster state, scheduling and the CLI. For now it holds the
-//! `flotilla` command line for one node (`cli`), which drives a node agent over
-//! `flotilla.agent.v1`; see ARCHITECTURE.md for the layout it grows into.
+//! flotilla control plane: the replicated cluster state (`store`, `raft`), the cluster CA
+//! (`ca`), the reconcilers (`orchestrator`, `scheduler`), the agents' sessions (`dispatcher`),
+//! the cluster API (`api`), and the `flotilla` command line (`cli`). See ARCHITECTURE.md.
 
+pub mod api;
+pub mod ca;
 pub mod cli;
+pub mod dispatcher;
+pub mod orchestrator;
+pub mod raft;
+pub mod scheduler;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Thin gRPC handlers of `flotilla.control.v1`; one mapping from domain errors to `tonic::Status`.

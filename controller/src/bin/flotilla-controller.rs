@@ -1,0 +1,2 @@
+//! `flotilla-controller`: a cluster manager (filled in by issue 4).
+fn main() {}

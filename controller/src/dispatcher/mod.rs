@@ -1,0 +1,1 @@
+//! Agent sessions on the leader: registration, heartbeats, assignments, task status.

@@ -1,0 +1,2 @@
+//! The scheduler: assigns pending tasks to nodes through a filter pipeline, then spreads them;
+//! explains why a task cannot be placed.
