@@ -20,6 +20,17 @@ pub mod agent {
 pub mod control {
     pub mod v1 {
         tonic::include_proto!("flotilla.control.v1");
+
+        macro_rules! into_target {
+            ($($t:ident),*) => {$(
+                impl From<$t> for store_action::Target {
+                    fn from(o: $t) -> store_action::Target {
+                        store_action::Target::$t(o)
+                    }
+                }
+            )*};
+        }
+        into_target!(Cluster, Node, Service, Task, Secret, Config);
     }
 }
 
