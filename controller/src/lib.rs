@@ -6,6 +6,7 @@ pub mod api;
 pub mod ca;
 pub mod cli;
 pub mod dispatcher;
+pub mod manager;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;
