@@ -497,7 +497,8 @@ mod tests {
         // The reloaded CA issues certificates that chain to the same certificate.
         let key = NodeKey::generate().unwrap();
         let issued = again.issue(&key.csr_pem, "n1", Role::Worker, DAY).unwrap();
-        let (_, cert) = x509_parser::parse_x509_certificate(&parse(&issued.cert_pem)).unwrap();
+        let der = parse(&issued.cert_pem);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
         let (_, ca_cert) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
 

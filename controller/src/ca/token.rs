@@ -1,7 +1,7 @@
 //! Join tokens: what an operator hands to a new node so it can find and trust the cluster CA
 //! and obtain a certificate.
 //!
-//! Format (ASCII, 103 characters):
+//! Format (ASCII, 100 characters):
 //!
 //! ```text
 //! FLTKN-1-<ca digest: 64 lower-case hex>-<role: w | m>-<secret: 25 characters [0-9a-z]>
@@ -204,7 +204,7 @@ mod tests {
     fn format_round_trips() {
         let t = JoinToken::generate(&digest(), Role::Manager).unwrap();
         let s = t.to_string();
-        assert_eq!(s.len(), 103);
+        assert_eq!(s.len(), 100);
         assert!(s.starts_with(&format!("FLTKN-1-{}-m-", digest())), "{s}");
         let back = JoinToken::parse(&format!("  {s}\n")).unwrap();
         assert_eq!(back, t);
