@@ -41,10 +41,7 @@ impl DataKey {
     /// The key from its raw bytes (as carried by `JoinManagerResponse.data_key`).
     pub fn from_bytes(bytes: &[u8]) -> Result<DataKey, CaError> {
         let key: [u8; DATA_KEY_LEN] = bytes.try_into().map_err(|_| {
-            CaError::InvalidDataKey(format!(
-                "{} bytes instead of {DATA_KEY_LEN}",
-                bytes.len()
-            ))
+            CaError::InvalidDataKey(format!("{} bytes instead of {DATA_KEY_LEN}", bytes.len()))
         })?;
         Ok(DataKey(key))
     }
@@ -89,8 +86,7 @@ impl DataKey {
             path: path.to_path_buf(),
             reason,
         };
-        let bytes = hex::decode(text.trim())
-            .map_err(|e| bad(format!("not hex: {e}")))?;
+        let bytes = hex::decode(text.trim()).map_err(|e| bad(format!("not hex: {e}")))?;
         DataKey::from_bytes(&bytes).map_err(|e| bad(e.to_string()))
     }
 
@@ -177,8 +173,16 @@ mod tests {
         assert!(k.open(&sealed, b"b").is_err());
         let mut v = sealed.clone();
         v[0] = 2;
-        assert!(k.open(&v, b"a").unwrap_err().to_string().contains("version 2"));
-        assert!(k.open(&sealed[..30], b"a").unwrap_err().to_string().contains("too short"));
+        assert!(k
+            .open(&v, b"a")
+            .unwrap_err()
+            .to_string()
+            .contains("version 2"));
+        assert!(k
+            .open(&sealed[..30], b"a")
+            .unwrap_err()
+            .to_string()
+            .contains("too short"));
         assert!(k.open(&[], b"a").is_err());
     }
 
@@ -194,7 +198,10 @@ mod tests {
         assert_eq!(format!("{k1:?}"), "DataKey(<redacted>)");
         std::fs::write(&p, "zz\n").unwrap();
         let err = DataKey::load_or_create(&p).unwrap_err().to_string();
-        assert!(err.contains("invalid data key") && err.contains("not hex"), "{err}");
+        assert!(
+            err.contains("invalid data key") && err.contains("not hex"),
+            "{err}"
+        );
         assert_eq!(DataKey::from_bytes(&k1.to_bytes()).unwrap(), k1);
         assert!(DataKey::from_bytes(&[0; 31]).is_err());
     }

@@ -76,21 +76,22 @@ impl PeerIdentity {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| CaError::InvalidCertificate(format!("cannot parse: {e}")))?;
         let subject = cert.subject();
-        let one = |what: &str,
-                   mut it: Box<dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue> + '_>|
-         -> Result<String, CaError> {
-            let v = it
-                .next()
-                .ok_or_else(|| CaError::InvalidCertificate(format!("no subject {what}")))?;
-            if it.next().is_some() {
-                return Err(CaError::InvalidCertificate(format!(
-                    "more than one subject {what}"
-                )));
-            }
-            v.as_str()
-                .map(str::to_string)
-                .map_err(|e| CaError::InvalidCertificate(format!("subject {what}: {e}")))
-        };
+        let one =
+            |what: &str,
+             mut it: Box<dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue> + '_>|
+             -> Result<String, CaError> {
+                let v = it
+                    .next()
+                    .ok_or_else(|| CaError::InvalidCertificate(format!("no subject {what}")))?;
+                if it.next().is_some() {
+                    return Err(CaError::InvalidCertificate(format!(
+                        "more than one subject {what}"
+                    )));
+                }
+                v.as_str()
+                    .map(str::to_string)
+                    .map_err(|e| CaError::InvalidCertificate(format!("subject {what}: {e}")))
+            };
         let node_id = one("CN", Box::new(subject.iter_common_name()))?;
         let cluster_id = one("O", Box::new(subject.iter_organization()))?;
         let ou = one("OU", Box::new(subject.iter_organizational_unit()))?;
@@ -131,9 +132,10 @@ impl MtlsConnectInfo {
         local_addr: Option<SocketAddr>,
         peer_certs: Option<Vec<CertificateDer<'static>>>,
     ) -> Self {
-        let identity = peer_certs.as_ref().and_then(|chain| chain.first()).map(|leaf| {
-            PeerIdentity::from_der(leaf).map_err(|e| e.to_string())
-        });
+        let identity = peer_certs
+            .as_ref()
+            .and_then(|chain| chain.first())
+            .map(|leaf| PeerIdentity::from_der(leaf).map_err(|e| e.to_string()));
         MtlsConnectInfo {
             remote_addr,
             local_addr,

@@ -220,9 +220,9 @@ impl NodeTlsFiles {
             fs::read_to_string(&p).map_err(|e| CaError::io("read", p, e))
         };
         let (ca, cert, key) = (read(CA_FILE)?, read(CERT_FILE)?, read(KEY_FILE)?);
-        NodeTls::new(&ca, &cert, &key).map(Some).map_err(|e| {
-            CaError::InvalidCertificate(format!("{}: {e}", current.display()))
-        })
+        NodeTls::new(&ca, &cert, &key)
+            .map(Some)
+            .map_err(|e| CaError::InvalidCertificate(format!("{}: {e}", current.display())))
     }
 
     fn remove_old_generations(&self, keep: &str) {
@@ -272,7 +272,10 @@ mod tests {
         let key_path = dir.path().join("tls/current/node.key");
         let mode = fs::metadata(&key_path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dir_mode = fs::metadata(dir.path().join("tls")).unwrap().permissions().mode();
+        let dir_mode = fs::metadata(dir.path().join("tls"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
 
         let (cert2, key2) = material(&ca, "n1");
@@ -304,7 +307,10 @@ mod tests {
         let err = files.save(ca.cert_pem(), &cert, &key_b).unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
         let err = files.save(other.cert_pem(), &cert, &key).unwrap_err();
-        assert!(err.to_string().contains("not signed by the cluster CA"), "{err}");
+        assert!(
+            err.to_string().contains("not signed by the cluster CA"),
+            "{err}"
+        );
         assert!(files.load().unwrap().is_none());
     }
 

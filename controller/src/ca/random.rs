@@ -37,7 +37,9 @@ mod tests {
     fn base36_has_the_length_and_alphabet() {
         let s = base36(100).unwrap();
         assert_eq!(s.len(), 100);
-        assert!(s.bytes().all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
+        assert!(s
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase()));
         assert_ne!(base36(25).unwrap(), base36(25).unwrap());
     }
 }

@@ -11,8 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
@@ -161,12 +160,11 @@ impl RootCa {
     /// the certificate is a flotilla root CA.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<RootCa, CaError> {
         let cert_der = single_cert_der(cert_pem, "root CA certificate")?;
-        let (_, cert) = x509_parser::parse_x509_certificate(&cert_der).map_err(|e| {
-            CaError::InvalidPem {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(&cert_der).map_err(|e| CaError::InvalidPem {
                 what: "root CA certificate",
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         if !cert.is_ca() {
             return Err(CaError::InvalidCertificate(
                 "the root CA certificate is not a CA certificate".into(),
@@ -413,7 +411,7 @@ fn set_validity(
 pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| secs_i64(d))
+        .map(secs_i64)
         .unwrap_or(0)
 }
 
@@ -617,10 +615,10 @@ mod tests {
             "{err}"
         );
 
-        let err = ca
-            .issue("not a csr", "n1", Role::Worker, DAY)
-            .unwrap_err();
-        assert!(err.to_string().starts_with("invalid certificate signing request"));
+        let err = ca.issue("not a csr", "n1", Role::Worker, DAY).unwrap_err();
+        assert!(err
+            .to_string()
+            .starts_with("invalid certificate signing request"));
     }
 
     #[test]

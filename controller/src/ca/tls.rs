@@ -51,10 +51,11 @@ fn chain_and_key(
     key_pem: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
     let cert = single_cert_der(cert_pem, "certificate")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CaError::InvalidPem {
-        what: "private key",
-        reason: e.to_string(),
-    })?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| CaError::InvalidPem {
+            what: "private key",
+            reason: e.to_string(),
+        })?;
     Ok((vec![cert], key))
 }
 
@@ -66,11 +67,13 @@ pub fn server_config(
     key_pem: &str,
 ) -> Result<Arc<ServerConfig>, CaError> {
     let provider = crypto_provider();
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| CaError::Tls(format!("client certificate verifier: {e}")))?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots(ca_pem)?,
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| CaError::Tls(format!("client certificate verifier: {e}")))?;
     let (chain, key) = chain_and_key(cert_pem, key_pem)?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
