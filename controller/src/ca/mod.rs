@@ -24,9 +24,11 @@
 //!
 //! Certificates are made with rcgen and parsed with x509-parser, TLS is rustls; the only
 //! hand-written pieces are the token format, the on-disk layout of a node's material and the
-//! glue between tokio-rustls and tonic (tonic's own TLS acceptor does not run handshakes
-//! concurrently with a timeout, and its connect info type is not public without its `tls-*`
-//! features, so [`tls_incoming`] yields [`MtlsStream`]s carrying [`MtlsConnectInfo`]).
+//! glue between tokio-rustls and tonic. That glue exists because tonic's built-in TLS and its
+//! `TlsConnectInfo` / `Request::peer_certs` need tonic's `tls-*` features, which the workspace
+//! does not enable: [`tls_incoming`] runs the handshakes itself (concurrently, with a timeout)
+//! and yields [`MtlsStream`]s whose [`MtlsConnectInfo`] carries the verified client chain and
+//! its parsed [`PeerIdentity`].
 
 mod datakey;
 mod error;

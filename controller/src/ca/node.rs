@@ -98,7 +98,9 @@ impl std::fmt::Debug for NodeTls {
 }
 
 impl NodeTls {
-    /// Checks that the three belong together and reads the certificate.
+    /// Checks that the three belong together and reads the certificate. Times are not checked:
+    /// an expired set loads (and [`NodeTls::expires_soon`] is true) so the caller can decide
+    /// to renew or rejoin.
     pub fn new(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<NodeTls, CaError> {
         let ca_der = single_cert_der(ca_pem, "CA certificate")?;
         let cert_der = single_cert_der(cert_pem, "node certificate")?;
