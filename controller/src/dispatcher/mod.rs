@@ -205,6 +205,9 @@ pub fn merge_statuses(state: &State, node_id: &str, updates: &[TaskStatusUpdate]
     out
 }
 
+/// Status reports of one node, as they come off its session.
+type NodeReports = (String, Vec<TaskStatusUpdate>);
+
 struct SessionEntry {
     session_id: String,
     /// Ends the session (replaced, node removed, leadership lost).
@@ -220,8 +223,8 @@ pub struct Dispatcher {
     open_secret: SecretOpener,
     sessions: Mutex<HashMap<String, SessionEntry>>,
     heartbeats: Mutex<HashMap<String, Instant>>,
-    status_tx: mpsc::Sender<(String, Vec<TaskStatusUpdate>)>,
-    status_rx: Mutex<Option<mpsc::Receiver<(String, Vec<TaskStatusUpdate>)>>>,
+    status_tx: mpsc::Sender<NodeReports>,
+    status_rx: Mutex<Option<mpsc::Receiver<NodeReports>>>,
     log_routes: Mutex<HashMap<u64, mpsc::Sender<LogChunk>>>,
     next_request: std::sync::atomic::AtomicU64,
     /// Addresses of the managers (sent to agents so they can fail over).
@@ -414,36 +417,33 @@ impl Dispatcher {
         // Reader: heartbeats, statuses, log chunks.
         let me = Arc::clone(self);
         tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(m)) => match m.msg {
-                        Some(agent_message::Msg::Heartbeat(_)) => {
-                            me.heartbeats
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(node_id.clone(), Instant::now());
+            while let Ok(Some(m)) = inbound.message().await {
+                match m.msg {
+                    Some(agent_message::Msg::Heartbeat(_)) => {
+                        me.heartbeats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(node_id.clone(), Instant::now());
+                    }
+                    Some(agent_message::Msg::Status(batch)) => {
+                        me.heartbeats
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(node_id.clone(), Instant::now());
+                        let _ = me.status_tx.send((node_id.clone(), batch.updates)).await;
+                    }
+                    Some(agent_message::Msg::Logs(chunk)) => {
+                        let route = me
+                            .log_routes
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .get(&chunk.request_id)
+                            .cloned();
+                        if let Some(tx) = route {
+                            let _ = tx.send(chunk).await;
                         }
-                        Some(agent_message::Msg::Status(batch)) => {
-                            me.heartbeats
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .insert(node_id.clone(), Instant::now());
-                            let _ = me.status_tx.send((node_id.clone(), batch.updates)).await;
-                        }
-                        Some(agent_message::Msg::Logs(chunk)) => {
-                            let route = me
-                                .log_routes
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .get(&chunk.request_id)
-                                .cloned();
-                            if let Some(tx) = route {
-                                let _ = tx.send(chunk).await;
-                            }
-                        }
-                        Some(agent_message::Msg::Register(_)) | None => {}
-                    },
-                    Ok(None) | Err(_) => break,
+                    }
+                    Some(agent_message::Msg::Register(_)) | None => {}
                 }
             }
             let mut sessions = me.sessions.lock().unwrap_or_else(|p| p.into_inner());
