@@ -179,7 +179,7 @@ impl ServerCertVerifier for UnverifiedServer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{NodeKey, Role, RootCa};
+    use crate::{NodeKey, Role, RootCa};
     use std::time::Duration;
 
     #[test]

@@ -447,7 +447,7 @@ pub(crate) fn single_cert_der(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{NodeKey, PeerIdentity, PeerRole};
+    use crate::{NodeKey, PeerIdentity, PeerRole};
     use x509_parser::extensions::GeneralName;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flotilla_controller::ca::{
+use flotilla_pki as ca;
+use flotilla_pki::{
     self, client_config, fetch_and_verify_root_ca, match_join_token, peer_identity, server_config,
     tls_incoming, JoinToken, MtlsConnector, NodeKey, NodeTlsFiles, PeerRole, Role, RootCa,
 };

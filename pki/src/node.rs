@@ -247,7 +247,7 @@ impl NodeTlsFiles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::{PeerRole, Role, RootCa};
+    use crate::{PeerRole, Role, RootCa};
     use std::os::unix::fs::PermissionsExt;
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
