@@ -173,6 +173,8 @@ pub(crate) struct ReadyLoop<S: StateMachine> {
     proposals: HashMap<u64, ProposeReply>,
     conf_waiters: HashMap<u64, MembersReply>,
     queued_conf: VecDeque<(MemberChange, MembersReply)>,
+    /// Membership answers of the entries being applied, sent once the result is published.
+    member_answers: Vec<(MembersReply, Result<Vec<Member>, RaftError>)>,
     reads: HashMap<u64, ReadReply>,
     deferred_reads: Vec<ReadReply>,
     leader: LeaderState,
@@ -320,6 +322,7 @@ impl<S: StateMachine> ReadyLoop<S> {
             proposals: HashMap::new(),
             conf_waiters: HashMap::new(),
             queued_conf: VecDeque::new(),
+            member_answers: Vec::new(),
             reads: HashMap::new(),
             deferred_reads: Vec::new(),
             leader: LeaderState::default(),
@@ -660,6 +663,7 @@ impl<S: StateMachine> ReadyLoop<S> {
         }
         let sm = Arc::clone(&self.sm);
         let mut sm = lock(&sm);
+        let mut answers = Vec::new();
         for e in entries {
             if e.index <= self.applied {
                 continue;
@@ -672,11 +676,10 @@ impl<S: StateMachine> ReadyLoop<S> {
                         if let Some(reply) = own_id(self.nonce, &e.context)
                             .and_then(|id| self.proposals.remove(&id))
                         {
-                            let _ = reply.send(
-                                result
-                                    .map(|r| (e.index, r))
-                                    .map_err(RaftError::Refused),
-                            );
+                            answers.push((
+                                reply,
+                                result.map(|r| (e.index, r)).map_err(RaftError::Refused),
+                            ));
                         }
                     }
                 }
@@ -686,6 +689,15 @@ impl<S: StateMachine> ReadyLoop<S> {
             }
             self.applied = e.index;
             self.applied_term = e.term;
+        }
+        drop(sm);
+        // Callers see the applied index published before they get their answer.
+        self.publish();
+        for (reply, answer) in answers {
+            let _ = reply.send(answer);
+        }
+        for (reply, answer) in self.member_answers.drain(..) {
+            let _ = reply.send(answer);
         }
         Ok(())
     }
@@ -725,14 +737,16 @@ impl<S: StateMachine> ReadyLoop<S> {
                 }
                 self.members_changed = true;
                 if let Some(reply) = reply {
-                    let _ = reply.send(Ok(self.members.values().cloned().collect()));
+                    let members = self.members.values().cloned().collect();
+                    self.member_answers.push((reply, Ok(members)));
                 }
             }
             Err(err) => {
                 tracing::warn!(raft_id = self.id, error = %err, index = e.index,
                     "membership change rejected");
                 if let Some(reply) = reply {
-                    let _ = reply.send(Err(RaftError::Membership(err.to_string())));
+                    self.member_answers
+                        .push((reply, Err(RaftError::Membership(err.to_string()))));
                 }
             }
         }
@@ -767,16 +781,15 @@ impl<S: StateMachine> ReadyLoop<S> {
             }
         }
         self.maybe_snapshot()?;
+        self.publish();
         if self.members_changed {
             self.members_changed = false;
             let members: Vec<Member> = self.members.values().cloned().collect();
             self.raw.mut_store().commit(WriteBatch {
-                members: Some(members.clone()),
+                members: Some(members),
                 ..Default::default()
             })?;
-            lock(&self.published.status).members = members;
         }
-        self.publish();
         Ok(())
     }
 
@@ -861,6 +874,9 @@ impl<S: StateMachine> ReadyLoop<S> {
             st.applied_index = self.applied;
             st.snapshot_index = self.snapshot_index;
             st.reachable = self.reachable;
+            if self.members_changed {
+                st.members = self.members.values().cloned().collect();
+            }
         }
         let applied = self.applied;
         self.published.applied.send_if_modified(|a| {
