@@ -16,9 +16,7 @@ use super::client::root_cause;
 use super::context::{self, LoadedContext};
 use super::Ctx;
 
-// The TLS plumbing comes from `crate::ca` (client_config + channel); until that module lands in
-// this branch, `ca_shim` stands in for it with the same signatures.
-use ca_shim as ca;
+use crate::ca;
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
@@ -138,39 +136,6 @@ pub fn error_line(e: &anyhow::Error) -> String {
         text
     } else {
         format!("Error: {text}")
-    }
-}
-
-// REPLACED AT MERGE by crate::ca — delete this module and the `use ca_shim as ca;` line above
-// (use `crate::ca` instead). It keeps this branch compiling: a plain-TCP channel, no TLS.
-mod ca_shim {
-    use std::sync::Arc;
-
-    use tonic::transport::{Channel, Endpoint};
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("{0}")]
-    pub struct CaError(String);
-
-    pub fn client_config(
-        ca_pem: &str,
-        identity: Option<(&str, &str)>,
-    ) -> Result<Arc<rustls::ClientConfig>, CaError> {
-        let _ = (ca_pem, identity);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| CaError(e.to_string()))?
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        Ok(Arc::new(cfg))
-    }
-
-    pub fn channel(addr: &str, _cfg: Arc<rustls::ClientConfig>) -> Channel {
-        Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap_or_else(|_| Endpoint::from_static("http://invalid.invalid:1"))
-            .connect_timeout(std::time::Duration::from_secs(3))
-            .connect_lazy()
     }
 }
 
