@@ -5,6 +5,7 @@
 //! images by digest, pulls and pushes them, and lays out copy-on-write overlay root filesystems.
 pub mod engine;
 pub mod image;
+pub mod membership;
 pub mod network;
 pub mod runtime;
 pub mod server;
