@@ -19,8 +19,8 @@ pub(super) enum Write {
     /// The task as read, changed; its meta.version is the version read.
     Update(Task),
     Remove(Task),
-    /// The service as read, changed.
-    Service(Service),
+    /// The service as read, changed (boxed: a service is twice the size of a task).
+    Service(Box<Service>),
     /// A create that a later remove of the same task cancelled.
     Nothing,
 }
@@ -55,7 +55,7 @@ impl Group {
     }
 
     pub fn service(&mut self, s: Service) {
-        self.writes.push(Write::Service(s));
+        self.writes.push(Write::Service(Box::new(s)));
     }
 
     pub fn is_empty(&self) -> bool {
@@ -143,7 +143,11 @@ impl Plan {
 
     /// The task as this pass leaves it so far: the planned copy if one is planned, else `t`.
     pub fn working<'a>(&'a self, t: &'a Task) -> &'a Task {
-        match self.at.get(&(false, t.id.clone())).map(|&i| &self.writes[i]) {
+        match self
+            .at
+            .get(&(false, t.id.clone()))
+            .map(|&i| &self.writes[i])
+        {
             Some(Write::Create(p) | Write::Update(p)) => p,
             _ => t,
         }
@@ -154,7 +158,11 @@ impl Plan {
     pub fn overlay<'a>(&'a self, state: &'a State) -> Vec<&'a Task> {
         let mut out = Vec::with_capacity(state.tasks.len());
         for t in state.tasks.values() {
-            match self.at.get(&(false, t.id.clone())).map(|&i| &self.writes[i]) {
+            match self
+                .at
+                .get(&(false, t.id.clone()))
+                .map(|&i| &self.writes[i])
+            {
                 Some(Write::Remove(_)) => {}
                 Some(Write::Update(p)) => out.push(p),
                 _ => out.push(t),
@@ -182,7 +190,7 @@ impl Plan {
                     b.remove(t);
                 }
                 Write::Service(s) => {
-                    b.update(s);
+                    b.update(*s);
                 }
                 Write::Nothing => {}
             }
@@ -216,8 +224,14 @@ mod tests {
         assert!(p.commit(g));
         let b = p.into_batch();
         assert_eq!(b.len(), 2);
-        assert_eq!(b.actions[0].kind, flotilla_proto::control::v1::ActionKind::Remove as i32);
-        assert_eq!(b.actions[1].kind, flotilla_proto::control::v1::ActionKind::Create as i32);
+        assert_eq!(
+            b.actions[0].kind,
+            flotilla_proto::control::v1::ActionKind::Remove as i32
+        );
+        assert_eq!(
+            b.actions[1].kind,
+            flotilla_proto::control::v1::ActionKind::Create as i32
+        );
     }
 
     #[test]

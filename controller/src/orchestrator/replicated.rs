@@ -64,7 +64,14 @@ pub(super) fn run(pass: &mut Pass, svc: &Service, tasks: &[&Task], replicas: u64
     for &n in live.keys() {
         let ts = &slots[&n];
         if ts.iter().any(|t| is_runnable(t)) {
-            views.push(slot::lifecycle(pass, svc, SlotKey::Replica(n), ts, true, ""));
+            views.push(slot::lifecycle(
+                pass,
+                svc,
+                SlotKey::Replica(n),
+                ts,
+                true,
+                "",
+            ));
         }
     }
 

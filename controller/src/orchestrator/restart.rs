@@ -39,7 +39,9 @@ fn policy(spec: Option<&TaskSpec>) -> RestartPolicy {
 pub(super) fn history_needed(spec: Option<&TaskSpec>) -> usize {
     let p = policy(spec);
     if p.window_ms > 0 && p.max_attempts > 0 {
-        usize::try_from(p.max_attempts).unwrap_or(usize::MAX).saturating_add(1)
+        usize::try_from(p.max_attempts)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1)
     } else {
         0
     }

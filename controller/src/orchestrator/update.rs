@@ -239,9 +239,7 @@ pub(super) fn run(pass: &mut Pass, svc: &mut Service, views: &mut [SlotView]) {
         .iter()
         .enumerate()
         .filter(|(_, v)| {
-            v.may_create
-                && !v.runnable.is_empty()
-                && v.runnable.iter().all(|t| outdated(t, svc))
+            v.may_create && !v.runnable.is_empty() && v.runnable.iter().all(|t| outdated(t, svc))
         })
         .map(|(i, _)| i)
         .collect();
@@ -249,7 +247,12 @@ pub(super) fn run(pass: &mut Pass, svc: &mut Service, views: &mut [SlotView]) {
         if dirty.is_empty() {
             return;
         }
-        set_status(pass, svc, UpdateState::Updating, "update in progress".into());
+        set_status(
+            pass,
+            svc,
+            UpdateState::Updating,
+            "update in progress".into(),
+        );
     }
     let cfg = config(svc);
     let started = started_at(svc);
