@@ -1357,3 +1357,170 @@ fn shutdown_and_replacement_stay_together_when_the_batch_is_cut() {
     assert_eq!(sim.pass().0, 2);
     assert_eq!(sim.runnable("s1").len(), 4);
 }
+
+// ----- more update paths -------------------------------------------------------------------------
+
+#[test]
+fn an_unhealthy_new_task_is_a_failure() {
+    let mut sim = five_updating(update_config(1, UpdateOrder::StopFirst));
+    sim.pass();
+    sim.schedule();
+    sim.agents();
+    let new = sim.runnable_in("s1", 1).id.clone();
+    sim.edit_task(&new, |t| {
+        t.status.as_mut().expect("status").health = "unhealthy".into()
+    });
+    assert_eq!(sim.pass(), (1, None));
+    assert_eq!(sim.update_state("s1"), UpdateState::Paused);
+}
+
+#[test]
+fn a_failing_rollback_pauses() {
+    let mut cfg = update_config(1, UpdateOrder::StopFirst);
+    cfg.failure_action = UpdateFailureAction::Rollback as i32;
+    let mut sim = cluster(1);
+    let mut s = replicated("web", 2);
+    s.update = Some(cfg);
+    s.rollback = Some(cfg);
+    sim.add_service("s1", s);
+    sim.settle();
+    sim.update_spec("s1", |s| set_image(s, "img:2"));
+    sim.pass();
+    sim.schedule();
+    sim.agents();
+    let bad = sim.runnable_in("s1", 1).id.clone();
+    sim.report(&bad, TaskState::Failed);
+    sim.pass();
+    assert_eq!(sim.update_state("s1"), UpdateState::RollbackStarted);
+    sim.schedule();
+    sim.agents();
+    let worse = sim.runnable_in("s1", 1).id.clone();
+    assert_ne!(worse, bad);
+    sim.report(&worse, TaskState::Rejected);
+    assert_eq!(sim.pass().0, 1);
+    let st = sim.service("s1").update_status.clone().expect("status");
+    assert_eq!(st.state, UpdateState::RollbackPaused as i32);
+    assert_eq!(
+        st.message,
+        format!("rollback paused due to failure or early termination of task {worse}")
+    );
+    // No second rollback: the spec stays where the rollback put it.
+    assert_eq!(
+        image(sim.service("s1").spec.as_ref().expect("spec")),
+        "img:1"
+    );
+}
+
+#[test]
+fn a_rollback_asked_through_the_api_uses_the_rollback_config() {
+    let mut sim = cluster(2);
+    let mut s = replicated("web", 4);
+    s.update = Some(update_config(1, UpdateOrder::StopFirst));
+    s.rollback = Some(update_config(0, UpdateOrder::StopFirst));
+    sim.add_service("s1", s);
+    sim.settle();
+    sim.update_spec("s1", |s| set_image(s, "img:2"));
+    sim.run_to_end();
+    assert_eq!(count(&sim, "img:2"), 4);
+    // `service rollback`: the API swaps the specs and writes ROLLBACK_STARTED.
+    let now = sim.now;
+    sim.edit_service("s1", |s| {
+        std::mem::swap(&mut s.spec, &mut s.previous_spec);
+        s.spec_version += 1;
+        s.update_status = Some(flotilla_proto::control::v1::UpdateStatus {
+            state: UpdateState::RollbackStarted as i32,
+            started_at: now,
+            ..Default::default()
+        });
+    });
+    // Parallelism 0: every slot at once.
+    assert_eq!(sim.pass(), (8, None));
+    assert_eq!(count(&sim, "img:1"), 4);
+    sim.run_to_end();
+    assert_eq!(sim.update_state("s1"), UpdateState::RollbackCompleted);
+}
+
+#[test]
+fn a_paused_update_resumes_when_the_api_resets_its_state() {
+    let mut sim = five_updating(update_config(1, UpdateOrder::StopFirst));
+    sim.pass();
+    sim.schedule();
+    sim.agents();
+    let bad = sim.runnable_in("s1", 1).id.clone();
+    sim.report(&bad, TaskState::Failed);
+    sim.pass();
+    assert_eq!(sim.update_state("s1"), UpdateState::Paused);
+    // A fixed spec; the API resets the update state.
+    sim.update_spec("s1", |s| set_image(s, "img:3"));
+    sim.edit_service("s1", |s| s.update_status = None);
+    sim.run_to_end();
+    assert_eq!(sim.update_state("s1"), UpdateState::Completed);
+    assert_eq!(count(&sim, "img:3"), 5);
+}
+
+#[test]
+fn start_first_old_task_that_dies_is_not_replaced() {
+    let mut sim = five_updating(update_config(1, UpdateOrder::StartFirst));
+    sim.pass();
+    let old = sim
+        .slot("s1", 1)
+        .iter()
+        .find(|t| task_image(t) == "img:1")
+        .map(|t| t.id.clone())
+        .expect("old");
+    sim.report(&old, TaskState::Failed);
+    // The old task ends; its slot already has its new task.
+    assert_eq!(sim.pass(), (1, None));
+    assert_eq!(desired(&sim.state.tasks[&old]), TaskState::Shutdown);
+    assert_eq!(task_image(sim.runnable_in("s1", 1)), "img:2");
+}
+
+#[test]
+fn changing_the_mode_replaces_the_tasks() {
+    let mut sim = cluster(2);
+    sim.add_service("s1", global("agent"));
+    sim.pass();
+    let old = sim.runnable_ids("s1");
+    sim.update_spec("s1", |s| {
+        s.mode = Some(Mode::Replicated(ReplicatedService { replicas: 3 }))
+    });
+    assert_eq!(sim.pass(), (5, None));
+    assert_eq!(
+        sim.runnable("s1")
+            .iter()
+            .map(|t| t.slot)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    for id in old {
+        assert_eq!(desired(&sim.state.tasks[&id]), TaskState::Shutdown);
+    }
+}
+
+#[test]
+fn a_node_that_becomes_eligible_gets_its_global_task() {
+    let mut sim = cluster(2);
+    sim.env.ineligible.insert("n2".into());
+    sim.add_service("g", global("agent"));
+    assert_eq!(sim.pass(), (1, None));
+    sim.env.ineligible.clear();
+    // The lead re-runs a pass when node labels (and so eligibility) change.
+    assert_eq!(sim.pass(), (1, None));
+    assert_eq!(
+        sim.runnable("g")
+            .iter()
+            .map(|t| t.node_id.as_str())
+            .collect::<Vec<_>>(),
+        ["n1", "n2"]
+    );
+}
+
+#[test]
+fn never_placed_tasks_of_a_removed_service_are_deleted_at_once() {
+    let mut sim = Sim::new();
+    sim.add_service("s1", replicated("web", 2));
+    sim.pass();
+    sim.remove_service("s1");
+    assert_eq!(sim.pass(), (2, None));
+    assert!(sim.state.tasks.is_empty());
+}
