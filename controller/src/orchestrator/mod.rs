@@ -22,8 +22,8 @@
 //!   and updates carry the version read; a batch refused for a version conflict is simply
 //!   followed by another pass. A batch holds at most [`MAX_ACTIONS`] writes, the rest comes next
 //!   pass (`wake_at` = now then).
-//! - Rolling updates keep their state in `service.update_status`; see [`update`] for the rules
-//!   and for what the API is expected to write when a user changes or rolls back a spec.
+//! - Rolling updates keep their state in `service.update_status`; `update.rs` has the rules and
+//!   what the API is expected to write when a user changes or rolls back a spec.
 
 mod global;
 mod plan;
@@ -119,18 +119,19 @@ fn reconcile_limited(state: &State, now: i64, env: &mut dyn Env, limit: usize) -
 }
 
 fn reconcile_service(pass: &mut Pass, read: &Service, tasks: &[&Task]) {
-    let Some(mode) = read.spec.as_ref().and_then(|s| s.mode.as_ref()) else {
+    if read.spec.as_ref().and_then(|s| s.mode.as_ref()).is_none() {
         return;
-    };
-    let replicas = match mode {
-        Mode::Replicated(r) => Some(r.replicas),
-        Mode::Global(_) => None,
-    };
+    }
     let mut svc = read.clone();
     let commits = pass.plan.commits();
     // A failure may roll the spec back first: what follows then works toward the rolled-back
     // spec in this same pass.
     update::check_failures(pass, &mut svc, tasks);
+    let replicas = match svc.spec.as_ref().and_then(|s| s.mode.as_ref()) {
+        Some(Mode::Replicated(r)) => Some(r.replicas),
+        Some(Mode::Global(_)) => None,
+        None => return,
+    };
     let mut views = match replicas {
         Some(n) => replicated::run(pass, &svc, tasks, n),
         None => global::run(pass, &svc, tasks),

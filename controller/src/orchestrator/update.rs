@@ -28,6 +28,10 @@
 //! The rollback config is the one of the spec rolled away from (now `previous_spec`), else the
 //! current spec's; without a config: parallelism 1, no delay, PAUSE, monitor 5 s, ratio 0,
 //! stop-first.
+//!
+//! Known approximation: the store keeps no start time of a task that has since failed, so a
+//! task of the update that failed after its monitoring period (while later slots were still
+//! being updated) also counts as a failure; Swarm would not count it.
 
 use std::collections::BTreeSet;
 
