@@ -149,7 +149,9 @@ impl Cluster {
         let (stop, stopped) = oneshot::channel::<()>();
         let svc = node.service();
         let server = tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            // Without TCP_NODELAY on the accepted sockets, Nagle delays the leader's answers.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             let _ = tonic::transport::Server::builder()
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, async {
@@ -682,4 +684,87 @@ async fn start_refuses_a_missing_state_and_a_foreign_one() {
         .err()
         .expect("another node's state");
     assert!(matches!(err, RaftError::WrongId { found: 1, expected: 2, .. }), "{err:?}");
+}
+
+// ---------- benchmark (ignored by default) ----------
+
+struct Figures {
+    writes: usize,
+    elapsed: Duration,
+    latencies: Vec<Duration>,
+}
+
+impl Figures {
+    fn report(mut self, what: &str) {
+        self.latencies.sort();
+        let pct = |p: f64| {
+            let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+            self.latencies[i - 1]
+        };
+        eprintln!(
+            "{what}: {} writes in {:.2?} = {:.0} w/s, p50 {:.2?}, p99 {:.2?}",
+            self.writes,
+            self.elapsed,
+            self.writes as f64 / self.elapsed.as_secs_f64(),
+            pct(0.50),
+            pct(0.99),
+        );
+    }
+}
+
+/// `clients` concurrent callers each proposing `per_client` sequential 256-byte writes via `via`.
+async fn load(node: &RaftNode<Kv>, clients: usize, per_client: usize, tag: &str) -> Figures {
+    let value = "x".repeat(256);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let node = node.clone();
+            let value = value.clone();
+            let tag = tag.to_string();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_client);
+                for i in 0..per_client {
+                    let cmd = format!("set {tag}-{c:02}-{i:06} {value}").into_bytes();
+                    let t = Instant::now();
+                    node.propose(cmd).await.expect("benchmark write");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for t in tasks {
+        latencies.extend(t.await.expect("client task"));
+    }
+    Figures {
+        writes: clients * per_client,
+        elapsed: started.elapsed(),
+        latencies,
+    }
+}
+
+/// Write throughput and latency of a 3-manager cluster with fsync on:
+/// `cargo test --release -p flotilla-controller --test raft_cluster bench -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark"]
+async fn bench_write_throughput() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let follower = c.followers(leader)[0];
+    // Warm up connections and the log.
+    load(c.node(leader), 8, 25, "warm").await;
+
+    load(c.node(leader), 1, 1000, "seq").await.report("1 client, at the leader");
+    load(c.node(leader), 64, 160, "c64").await.report("64 clients, at the leader");
+    load(c.node(follower), 1, 500, "fseq").await.report("1 client, via a follower");
+    load(c.node(follower), 64, 80, "f64").await.report("64 clients, via a follower");
+
+    let total = 200 + 1000 + 64 * 160 + 500 + 64 * 80;
+    for id in c.ids() {
+        c.node(id).read_barrier().await.expect("barrier");
+        assert_eq!(c.map(id).len(), total, "node {id} has every write");
+    }
+    c.shutdown().await;
 }

@@ -52,6 +52,13 @@ pub(crate) struct Inner<S> {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
+impl<S> Drop for Inner<S> {
+    /// The last handle gone (the service holds one): stop the loop rather than leak its thread.
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Shutdown);
+    }
+}
+
 /// Whether the request behind `status` never reached the server (the connection was refused),
 /// so sending it again cannot execute it twice.
 fn never_sent(status: &tonic::Status) -> bool {

@@ -28,6 +28,9 @@ use super::{Member, RaftError};
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
+/// The snapshot's data alone in its table: redb copies a B-tree leaf on every write, and the
+/// hard state written with each Ready must not drag a multi-megabyte value along.
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 const K_RAFT_ID: &str = "raft_id";
 const K_HARD_STATE: &str = "hard_state";
@@ -106,6 +109,8 @@ impl RaftStorage {
                 .map_err(|e| err("opening the entries table", &e))?;
             txn.open_table(MEMBERS)
                 .map_err(|e| err("opening the members table", &e))?;
+            txn.open_table(SNAPSHOT)
+                .map_err(|e| err("opening the snapshot table", &e))?;
             let stored = read_meta(&meta, K_RAFT_ID)
                 .map_err(|e| err("reading the raft id", &e))?
                 .map(|v| decode_u64(v.value()));
@@ -167,7 +172,13 @@ impl RaftStorage {
         if let Some(b) = get(K_SNAPSHOT_META)? {
             let meta = ::raft::eraftpb::SnapshotMetadata::parse_from_bytes(&b)
                 .map_err(|e| self.err("decoding the snapshot metadata", e))?;
-            let data = get(K_SNAPSHOT_DATA)?.unwrap_or_default();
+            let snap_table = txn
+                .open_table(SNAPSHOT)
+                .map_err(|e| self.err("opening the snapshot table", e))?;
+            let data = read_meta(&snap_table, K_SNAPSHOT_DATA)
+                .map_err(|e| self.err("reading the snapshot data", e))?
+                .map(|v| v.value().to_vec())
+                .unwrap_or_default();
             self.snapshot.set_metadata(meta);
             self.snapshot.data = data.into();
         }
@@ -333,6 +344,9 @@ impl RaftStorage {
             let mut entries = txn
                 .open_table(ENTRIES)
                 .map_err(|e| self.err("opening the entries table", e))?;
+            let mut snap_table = txn
+                .open_table(SNAPSHOT)
+                .map_err(|e| self.err("opening the snapshot table", e))?;
             let mut put_snapshot = |s: &Snapshot| -> Result<(), RaftError> {
                 let m = s
                     .get_metadata()
@@ -340,7 +354,8 @@ impl RaftStorage {
                     .map_err(|e| self.err("encoding the snapshot metadata", e))?;
                 meta.insert(K_SNAPSHOT_META, m.as_slice())
                     .map_err(|e| self.err("writing the snapshot metadata", e))?;
-                meta.insert(K_SNAPSHOT_DATA, s.get_data())
+                snap_table
+                    .insert(K_SNAPSHOT_DATA, s.get_data())
                     .map_err(|e| self.err("writing the snapshot data", e))?;
                 Ok(())
             };
