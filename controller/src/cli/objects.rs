@@ -522,6 +522,11 @@ pub fn task_rows(
     rows
 }
 
+/// One `Key:   value` line of the `--pretty` outputs (values aligned at column 25).
+pub fn kv(s: &mut String, key: &str, value: impl std::fmt::Display) {
+    s.push_str(&format!("{:<24}{value}\n", format!("{key}:")));
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     format::now_ns() / 1_000_000

@@ -674,19 +674,51 @@ fn pref_text(p: &PlacementPreference) -> String {
     )
 }
 
-/// Docker's rule for service names: a DNS label (letters, digits, `-`; at most 63).
+/// The controller's rule for service names: 1-63 letters, digits, `-`, `_` or `.`, starting
+/// with a letter or digit (names become DNS names with overlay networks).
 pub fn validate_service_name(n: &str) -> Result<(), ParseError> {
     let ok = !n.is_empty()
         && n.len() <= 63
-        && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        && !n.starts_with('-')
-        && !n.ends_with('-');
+        && n.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && n.starts_with(|c: char| c.is_ascii_alphanumeric());
     if !ok {
         return err(format!(
-            "invalid service name {n:?}: use 1-63 letters, digits and '-', not starting or ending with '-'"
+            "invalid service name {n:?}: use 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit"
         ));
     }
     Ok(())
+}
+
+/// A name for a service created without `--name` (the controller requires one): the image's
+/// last path component without tag or digest, then `-` and `suffix` (`nginx-k3f9a`).
+pub fn generated_name(image: &str, suffix: &str) -> String {
+    let no_digest = image.split('@').next().unwrap_or(image);
+    let last = no_digest.rsplit('/').next().unwrap_or(no_digest);
+    let base = last.split(':').next().unwrap_or(last);
+    let mut base: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    base = base.trim_matches('-').chars().take(50).collect();
+    if base.is_empty() {
+        base = "service".into();
+    }
+    format!("{base}-{suffix}")
+}
+
+/// Five random lowercase letters and digits, for [`generated_name`].
+pub fn random_suffix() -> String {
+    use rand::Rng;
+    const A: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut r = rand::thread_rng();
+    (0..5).map(|_| A[r.gen_range(0..A.len())] as char).collect()
 }
 
 // ------------------------------------------------------------------ defaults
@@ -1031,10 +1063,13 @@ pub fn build_create(a: &ServiceCreateArgs, env: &Env<'_>) -> Result<ServiceSpec,
     if a.image.trim().is_empty() {
         return err("an image is required");
     }
-    let name = a.name.clone().unwrap_or_default();
-    if !name.is_empty() {
-        validate_service_name(&name)?;
-    }
+    let name = match &a.name {
+        Some(n) => {
+            validate_service_name(n)?;
+            n.clone()
+        }
+        None => String::new(),
+    };
     let mode = if a.mode == "global" {
         Mode::Global(GlobalService {})
     } else {
@@ -1439,7 +1474,22 @@ mod tests {
             "nginx"
         ]))
         .contains("replicated mode"));
-        assert!(e(create(&["--name", "web_1", "nginx"])).contains("invalid service name"));
+        assert!(e(create(&["--name=-web", "nginx"])).contains("invalid service name"));
+        assert!(e(create(&["--name", "a/b", "nginx"])).contains("invalid service name"));
+        assert_eq!(
+            create(&["--name", "web_1.x", "nginx"]).unwrap().name,
+            "web_1.x"
+        );
+        assert_eq!(generated_name("nginx", "abcde"), "nginx-abcde");
+        assert_eq!(
+            generated_name("ghcr.io/a/my_app:1.2@sha256:00", "x1y2z"),
+            "my-app-x1y2z"
+        );
+        assert_eq!(generated_name("localhost:5000/app", "q"), "app-q");
+        assert_eq!(generated_name("___", "q"), "service-q");
+        let r = random_suffix();
+        assert_eq!(r.len(), 5);
+        validate_service_name(&generated_name("nginx", &r)).unwrap();
     }
 
     #[test]
