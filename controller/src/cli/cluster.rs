@@ -161,7 +161,7 @@ pub fn status_text(v: &StatusView) -> String {
         })
         .collect();
     for line in format::table(&["NODE ID", "ADDRESS", "RAFT ID", "STATUS"], &rows).lines() {
-        s.push_str(" ");
+        s.push(' ');
         s.push_str(line);
         s.push('\n');
     }

@@ -227,11 +227,11 @@ fn at_path(v: &mut Value, path: &[&str], f: Namer) {
                 at_path(i, rest, f);
             }
         }
-        (key, Value::Object(m)) => match m.get_mut(key) {
-            Some(child) => at_path(child, rest, f),
-            // prost skips nothing, but a zero enum is still worth a name when its parent exists.
-            None => {}
-        },
+        (key, Value::Object(m)) => {
+            if let Some(child) = m.get_mut(key) {
+                at_path(child, rest, f);
+            }
+        }
         _ => {}
     }
 }

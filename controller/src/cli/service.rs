@@ -355,6 +355,25 @@ fn state_of(t: &Task) -> i32 {
     t.status.as_ref().map(|s| s.state).unwrap_or(0)
 }
 
+/// Whether a task was made from the service's current spec: the same spec version, or an older
+/// one whose task spec and endpoint are what the service asks now (a change of the replica
+/// count or of service labels bumps the version but keeps the tasks, as the orchestrator does).
+pub fn is_current(t: &Task, svc: &Service) -> bool {
+    if t.spec_version == svc.spec_version {
+        return true;
+    }
+    let spec = svc.spec.as_ref();
+    t.spec.as_ref() == spec.and_then(|s| s.task.as_ref())
+        && t.endpoint.as_ref() == spec.and_then(|s| s.endpoint.as_ref())
+}
+
+/// Observed RUNNING and, when it has a health check, healthy.
+pub fn is_up(t: &Task) -> bool {
+    let st = t.status.as_ref();
+    st.map(|s| s.state) == Some(TaskState::Running as i32)
+        && st.is_none_or(|s| s.health.is_empty() || s.health == "healthy")
+}
+
 fn slot_line(
     label: String,
     latest: Option<&Task>,
@@ -385,6 +404,8 @@ fn slot_line(
     let failed = st.state > TaskState::Running as i32;
     let text = if failed && !why.is_empty() {
         format!("{state_name}: {}", format::ellipsis(why, 60))
+    } else if st.state == TaskState::Running as i32 && !is_up(t) {
+        format!("running ({})", st.health)
     } else {
         state_name.to_string()
     };
@@ -412,15 +433,12 @@ pub fn convergence(
     desired_global: u64,
     node_names: &HashMap<String, String>,
 ) -> Convergence {
-    let version = svc.spec_version;
     let spec = svc.spec.clone().unwrap_or_default();
     let current: Vec<&Task> = tasks
         .iter()
-        .filter(|t| t.service_id == svc.id && t.spec_version == version)
+        .filter(|t| t.service_id == svc.id && is_current(t, svc))
         .collect();
-    let running_now = |t: &Task| {
-        t.desired_state <= TaskState::Running as i32 && state_of(t) == TaskState::Running as i32
-    };
+    let running_now = |t: &Task| t.desired_state <= TaskState::Running as i32 && is_up(t);
     let mut slots = Vec::new();
     let mut errors = Vec::new();
     let mut running = 0;
@@ -996,15 +1014,30 @@ impl Progress {
     }
 }
 
-/// Waits until the service converges (see the module doc). `rolling_back`: the wait is for a
-/// requested rollback (a completed rollback is then success, not failure).
+/// The update status worth following after a write: the one the write started (UPDATING or
+/// ROLLBACK_STARTED in the service it returned). A status left from an earlier update (a
+/// change that does not touch the tasks, like a scale, starts none) is ignored.
+fn tracked_update(written: &Service) -> Option<i64> {
+    let u = written.update_status.as_ref()?;
+    matches!(
+        UpdateState::try_from(u.state),
+        Ok(UpdateState::Updating | UpdateState::RollbackStarted)
+    )
+    .then_some(u.started_at)
+}
+
+/// Waits until the service converges (see the module doc). `written` is the service as the
+/// write returned it; `rolling_back`: the wait is for a requested rollback (a completed
+/// rollback is then success, not failure).
 async fn wait_converged(
     cl: &Cluster,
-    id: &str,
+    written: &Service,
     quiet: bool,
     timeout: Duration,
     rolling_back: bool,
 ) -> anyhow::Result<bool> {
+    let id = written.id.as_str();
+    let tracked = tracked_update(written);
     let start = Instant::now();
     let mut progress = Progress::new(quiet);
     let mut done_since: Option<Instant> = None;
@@ -1041,7 +1074,11 @@ async fn wait_converged(
             .into_inner();
         let conv = convergence(&svc, &tasks.tasks, desired_global, &tasks.node_names);
         progress.show(&conv);
-        let status = svc.update_status.clone().unwrap_or_default();
+        let status = svc
+            .update_status
+            .clone()
+            .filter(|u| tracked.is_some_and(|since| u.started_at >= since))
+            .unwrap_or_default();
         let state = UpdateState::try_from(status.state).unwrap_or(UpdateState::Unknown);
         let why = if status.message.is_empty() {
             String::new()
@@ -1073,7 +1110,20 @@ async fn wait_converged(
             let since = *done_since.get_or_insert_with(Instant::now);
             // The controller marks an update complete after its monitor period; do not wait
             // on that forever if it never does.
-            if !in_progress || since.elapsed() > Duration::from_secs(30) {
+            let monitor_ms = svc
+                .spec
+                .as_ref()
+                .map(|sp| {
+                    [&sp.update, &sp.rollback]
+                        .into_iter()
+                        .flatten()
+                        .map(|u| u.monitor_ms)
+                        .max()
+                        .unwrap_or(0)
+                })
+                .unwrap_or(0);
+            let grace = Duration::from_millis(monitor_ms.max(5000)) + Duration::from_secs(10);
+            if !in_progress || since.elapsed() > grace {
                 progress.finish(&format!("verify: Service {name} converged"));
                 return Ok(true);
             }
@@ -1234,7 +1284,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<i32> {
                 .map_err(|e| with_exit(125, e.into()))?;
             let cl = Cluster::open(ctx).await?;
             let mut code = 0;
-            let mut scaled = Vec::new();
+            let mut scaled: Vec<Service> = Vec::new();
             for (name, n) in &scales {
                 let r = update_service(&cl, name, |svc| {
                     let mut spec = svc.spec.clone().unwrap_or_default();
@@ -1250,7 +1300,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<i32> {
                 match r {
                     Ok(svc) => {
                         outln(&format!("{name} scaled to {n}"));
-                        scaled.push(svc.id);
+                        scaled.push(svc);
                     }
                     Err(e) => {
                         eprintln!("{}", control::error_line(&e));
@@ -1260,8 +1310,8 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<i32> {
             }
             if !a.detach {
                 let timeout = DEFAULT_WAIT;
-                for id in &scaled {
-                    if !wait_converged(&cl, id, false, timeout, false).await? {
+                for svc in &scaled {
+                    if !wait_converged(&cl, svc, false, timeout, false).await? {
                         code = 1;
                     }
                 }
@@ -1274,7 +1324,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: ServiceCmd) -> anyhow::Result<i32> {
             let mut code = 0;
             if !a.detach {
                 let timeout = DEFAULT_WAIT;
-                if !wait_converged(&cl, &svc.id, a.quiet, timeout, true).await? {
+                if !wait_converged(&cl, &svc, a.quiet, timeout, true).await? {
                     code = 1;
                 }
             }
@@ -1320,7 +1370,7 @@ async fn create(ctx: &Ctx, a: ServiceCreateArgs) -> anyhow::Result<i32> {
         outln(&svc.id);
         return Ok(0);
     }
-    let ok = wait_converged(&cl, &svc.id, a.common.quiet, timeout, false).await?;
+    let ok = wait_converged(&cl, &svc, a.common.quiet, timeout, false).await?;
     outln(&svc.id);
     Ok(if ok { 0 } else { 1 })
 }
@@ -1342,7 +1392,7 @@ async fn update(ctx: &Ctx, a: ServiceUpdateArgs) -> anyhow::Result<i32> {
     })
     .await?;
     let mut code = 0;
-    if !a.common.detach && !wait_converged(&cl, &svc.id, a.common.quiet, timeout, false).await? {
+    if !a.common.detach && !wait_converged(&cl, &svc, a.common.quiet, timeout, false).await? {
         code = 1;
     }
     outln(&a.service);
@@ -1665,6 +1715,40 @@ mod tests {
             TaskState::Shutdown,
         );
         assert!(convergence(&s2, &tasks, 0, &names).done);
+        // A scale up bumps the spec version but keeps the running tasks current.
+        let mut s4 = svc(
+            Mode::Replicated(ReplicatedService { replicas: 4 }),
+            vec![],
+            0,
+        );
+        s4.spec_version = 3;
+        let mut same = tasks.clone();
+        same[3] = task("t3", 3, "n1", 2, 10, TaskState::Running, TaskState::Running);
+        for t in &mut same {
+            t.spec = s4.spec.as_ref().and_then(|x| x.task.clone());
+            t.endpoint = s4.spec.as_ref().and_then(|x| x.endpoint.clone());
+        }
+        let c = convergence(&s4, &same, 0, &names);
+        assert_eq!((c.running, c.desired, c.done), (3, 4, false));
+        same.push(task(
+            "t4",
+            4,
+            "n1",
+            3,
+            30,
+            TaskState::Running,
+            TaskState::Running,
+        ));
+        if let Some(st) = same.last_mut().and_then(|t| t.status.as_mut()) {
+            st.health = "starting".into();
+        }
+        let c = convergence(&s4, &same, 0, &names);
+        assert_eq!(c.slots[3].state, "running (starting)");
+        assert!(!c.done);
+        if let Some(st) = same.last_mut().and_then(|t| t.status.as_mut()) {
+            st.health = "healthy".into();
+        }
+        assert!(convergence(&s4, &same, 0, &names).done);
         // Zero replicas converge at once.
         let s0 = svc(
             Mode::Replicated(ReplicatedService { replicas: 0 }),
@@ -1708,6 +1792,28 @@ mod tests {
             task("b", 0, "n1", 2, 1, TaskState::Running, TaskState::Running),
         ];
         assert!(convergence(&s, &tasks, 2, &names).done);
+    }
+
+    #[test]
+    fn only_the_update_a_write_started_is_followed() {
+        let mut s = svc(
+            Mode::Replicated(ReplicatedService { replicas: 1 }),
+            vec![],
+            0,
+        );
+        assert_eq!(tracked_update(&s), None);
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::RollbackCompleted as i32,
+            started_at: 5,
+            ..Default::default()
+        });
+        assert_eq!(tracked_update(&s), None);
+        s.update_status = Some(UpdateStatus {
+            state: UpdateState::Updating as i32,
+            started_at: 7,
+            ..Default::default()
+        });
+        assert_eq!(tracked_update(&s), Some(7));
     }
 
     #[test]
