@@ -33,7 +33,7 @@ pub enum NodeCmd {
   flotilla node ls --format '{{.Hostname}} {{.Status}}'
 
 Filters (-f, all must match): role=manager|worker, label=KEY or label=KEY=VALUE,
-name=PREFIX (hostname), id=PREFIX"
+name=HOSTNAME, id=PREFIX (several name=/id= match any of them)"
     )]
     Ls(NodeLsArgs),
     /// Show details of one or more nodes (JSON, or --pretty)

@@ -78,7 +78,7 @@ pub enum ServiceCmd {
   flotilla service ls -f label=tier=front -q
   flotilla service ls --format '{{.Name}} {{.Replicas}}'
 
-Filters (-f, all must match): name=PREFIX, id=PREFIX, label=KEY or label=KEY=VALUE,
+Filters (-f; several name=/id= match any): name=NAME, id=PREFIX, label=KEY or label=KEY=VALUE,
 mode=replicated|global"
     )]
     Ls(ServiceLsArgs),
@@ -1792,6 +1792,97 @@ mod tests {
             task("b", 0, "n1", 2, 1, TaskState::Running, TaskState::Running),
         ];
         assert!(convergence(&s, &tasks, 2, &names).done);
+    }
+
+    #[test]
+    fn clap_parses_the_cluster_commands() {
+        use crate::cli::{Cli, Cmd};
+        use clap::Parser;
+        let parse =
+            |argv: &[&str]| Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+        let c = parse(&[
+            "flotilla",
+            "--context",
+            "prod",
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "nginx",
+            "nginx",
+            "-g",
+            "daemon off;",
+        ]);
+        assert_eq!(c.context.as_deref(), Some("prod"));
+        let Cmd::Service(ServiceCmd::Create(a)) = c.command else {
+            panic!()
+        };
+        assert!(a.common.detach);
+        assert_eq!(a.image, "nginx");
+        assert_eq!(a.command, vec!["nginx", "-g", "daemon off;"]);
+        let c = parse(&[
+            "flotilla",
+            "service",
+            "update",
+            "--force",
+            "--env-add",
+            "A=1",
+            "web",
+            "--context",
+            "lab",
+        ]);
+        assert_eq!(c.context.as_deref(), Some("lab"));
+        assert!(
+            matches!(c.command, Cmd::Service(ServiceCmd::Update(ref u)) if u.force && u.service == "web")
+        );
+        assert!(matches!(
+            parse(&["flotilla", "service", "logs", "-f", "-n", "10", "--no-task-ids", "web"]).command,
+            Cmd::Service(ServiceCmd::Logs(ref l)) if l.follow && l.tail == "10" && l.no_task_ids
+        ));
+        assert!(matches!(
+            parse(&["flotilla", "service", "scale", "web=3", "api=1"]).command,
+            Cmd::Service(ServiceCmd::Scale(_))
+        ));
+        assert!(matches!(
+            parse(&["flotilla", "node", "ls", "-q"]).command,
+            Cmd::Node(_)
+        ));
+        assert!(matches!(
+            parse(&[
+                "flotilla",
+                "node",
+                "update",
+                "--availability",
+                "drain",
+                "h2"
+            ])
+            .command,
+            Cmd::Node(_)
+        ));
+        assert!(matches!(
+            parse(&["flotilla", "cluster", "join-token", "-q", "worker"]).command,
+            Cmd::Cluster(_)
+        ));
+        assert!(matches!(
+            parse(&["flotilla", "secret", "create", "db", "-"]).command,
+            Cmd::Secret(_)
+        ));
+        assert!(matches!(
+            parse(&["flotilla", "config", "inspect", "--pretty", "c"]).command,
+            Cmd::Config(_)
+        ));
+        assert!(matches!(
+            parse(&["flotilla", "context", "use", "prod"]).command,
+            Cmd::Context(_)
+        ));
+        assert!(Cli::try_parse_from(["flotilla", "cluster", "join-token", "boss"]).is_err());
+        assert!(
+            Cli::try_parse_from(["flotilla", "node", "update", "--availability", "off", "h"])
+                .is_err()
+        );
     }
 
     #[test]
