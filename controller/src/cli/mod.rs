@@ -4,7 +4,9 @@
 //! This module owns the clap tree, the connection settings (`--host`/`FLOTILLA_HOST`), logging,
 //! and how errors become exit codes: every failure prints one `Error: <message>` line on stderr;
 //! the exit code is 1 unless a command attached another (`run`/`create` use 125 for failures
-//! before the container runs, `exec` 126) with `with_exit`.
+//! before the container runs, `exec` 126) with `with_exit`. The cluster groups (`cluster`,
+//! `node`, `service`, `secret`, `config`) talk to a manager through a context (`context`,
+//! `control`); the controller's own refusals print as "Error response from controller: ...".
 
 pub mod client;
 pub mod cluster;
