@@ -93,7 +93,7 @@ pub fn controller_error(addr: &str, context: &str, s: tonic::Status) -> anyhow::
     }
     let message = if s.code() == tonic::Code::Unimplemented {
         format!(
-            "the controller at {addr} does not support this command (it answered UNIMPLEMENTED); upgrade it"
+            "the server at {addr} does not implement this call of flotilla's control API (it answered UNIMPLEMENTED): is it a flotilla-controller of the same version?"
         )
     } else if s.message().is_empty() {
         s.code().description().to_string()

@@ -4,17 +4,23 @@
 //! This module owns the clap tree, the connection settings (`--host`/`FLOTILLA_HOST`), logging,
 //! and how errors become exit codes: every failure prints one `Error: <message>` line on stderr;
 //! the exit code is 1 unless a command attached another (`run`/`create` use 125 for failures
-//! before the container runs, `exec` 126) with `with_exit`.
+//! before the container runs, `exec` 126) with `with_exit`. The cluster groups (`cluster`,
+//! `node`, `service`, `secret`, `config`) talk to a manager through a context (`context`,
+//! `control`); the controller's own refusals print as "Error response from controller: ...".
 
 pub mod client;
+pub mod cluster;
 pub mod container;
 pub mod context;
 pub mod control;
 pub mod format;
 pub mod image;
 pub mod network;
+pub mod node;
 pub mod objects;
 pub mod parse;
+pub mod secret;
+pub mod service;
 pub mod spec;
 pub mod stdio;
 pub mod system;
@@ -39,7 +45,11 @@ use volume::VolumeCmd;
 const LONG_ABOUT: &str = "flotilla: run containers on this node (docker-compatible commands).
 
 The CLI talks to the node agent (`flotilla-agent serve`) over gRPC, on its unix socket by \
-default. Point it elsewhere with --host or FLOTILLA_HOST (unix:///path or tcp://HOST:PORT).";
+default. Point it elsewhere with --host or FLOTILLA_HOST (unix:///path or tcp://HOST:PORT).
+
+The cluster commands (cluster, node, service, secret, config) talk to a manager's control API \
+over mutual TLS, as set by a context: --context NAME, else FLOTILLA_CONTEXT, else the current \
+context (see `flotilla context --help`).";
 
 const EXAMPLES: &str = "Examples:
   flotilla run --rm -it alpine sh
@@ -49,6 +59,8 @@ const EXAMPLES: &str = "Examples:
   flotilla exec -it web sh
   flotilla images
   FLOTILLA_HOST=tcp://127.0.0.1:2377 flotilla info
+  flotilla service create --name web --replicas 3 -p 8080:80 nginx
+  flotilla node ls
 
 Run 'flotilla COMMAND --help' for more on a command.";
 
@@ -128,6 +140,25 @@ pub enum Cmd {
     /// Node information and events
     #[command(subcommand)]
     System(SystemCmd),
+
+    /// Manage the cluster (join tokens, status, CA)
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Manage the cluster's nodes
+    #[command(subcommand)]
+    Node(node::NodeCmd),
+    /// Manage services
+    #[command(subcommand)]
+    Service(service::ServiceCmd),
+    /// Manage secrets
+    #[command(subcommand)]
+    Secret(secret::SecretCmd),
+    /// Manage configs
+    #[command(subcommand)]
+    Config(secret::ConfigCmd),
+    /// Manage cluster contexts
+    #[command(subcommand)]
+    Context(context::ContextCmd),
 
     /// Create a new container without starting it
     #[command(long_about = container::CREATE_LONG, disable_help_flag = true)]
@@ -266,6 +297,12 @@ async fn dispatch(ctx: &Ctx, cmd: Cmd) -> anyhow::Result<i32> {
         Cmd::Info(a) => system::dispatch(ctx, SystemCmd::Info(a)).await,
         Cmd::Events(a) => system::dispatch(ctx, SystemCmd::Events(a)).await,
         Cmd::System(cmd) => system::dispatch(ctx, cmd).await,
+        Cmd::Cluster(cmd) => cluster::dispatch(ctx, cmd).await,
+        Cmd::Node(cmd) => node::dispatch(ctx, cmd).await,
+        Cmd::Service(cmd) => service::dispatch(ctx, cmd).await,
+        Cmd::Secret(cmd) => secret::dispatch_secret(ctx, cmd).await,
+        Cmd::Config(cmd) => secret::dispatch_config(ctx, cmd).await,
+        Cmd::Context(cmd) => context::dispatch(ctx, cmd).await,
         Cmd::Completion { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut out);

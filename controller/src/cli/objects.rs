@@ -227,11 +227,11 @@ fn at_path(v: &mut Value, path: &[&str], f: Namer) {
                 at_path(i, rest, f);
             }
         }
-        (key, Value::Object(m)) => match m.get_mut(key) {
-            Some(child) => at_path(child, rest, f),
-            // prost skips nothing, but a zero enum is still worth a name when its parent exists.
-            None => {}
-        },
+        (key, Value::Object(m)) => {
+            if let Some(child) = m.get_mut(key) {
+                at_path(child, rest, f);
+            }
+        }
         _ => {}
     }
 }
@@ -522,6 +522,11 @@ pub fn task_rows(
     rows
 }
 
+/// One `Key:   value` line of the `--pretty` outputs (values aligned at column 25).
+pub fn kv(s: &mut String, key: &str, value: impl std::fmt::Display) {
+    s.push_str(&format!("{:<24}{value}\n", format!("{key}:")));
+}
+
 /// Unix milliseconds now.
 pub fn now_ms() -> i64 {
     format::now_ns() / 1_000_000
@@ -604,6 +609,76 @@ mod tests {
         assert_eq!(j["Status"]["State"], "ready");
         assert_eq!(j["Role"], "manager");
         assert!(j.get("Description").is_none(), "nulls are left out: {j}");
+    }
+
+    #[test]
+    fn service_inspect_json() {
+        use flotilla_proto::control::v1::{
+            service_spec::Mode, EndpointSpec, ReplicatedService, RestartPolicy, Service,
+            ServiceSpec, UpdateConfig, UpdateStatus,
+        };
+        let s = Service {
+            id: "s1".into(),
+            meta: Some(Meta {
+                version: 12,
+                created_at: 0,
+                updated_at: 0,
+            }),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                labels: [("tier_x".to_string(), "front".to_string())].into(),
+                task: Some(TaskSpec {
+                    container: Some(ContainerSpec {
+                        image: "nginx".into(),
+                        ..Default::default()
+                    }),
+                    restart: Some(RestartPolicy {
+                        condition: RestartCondition::OnFailure as i32,
+                        delay_ms: 5000,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                mode: Some(Mode::Replicated(ReplicatedService { replicas: 3 })),
+                update: Some(UpdateConfig {
+                    parallelism: 1,
+                    failure_action: UpdateFailureAction::Rollback as i32,
+                    order: UpdateOrder::StartFirst as i32,
+                    ..Default::default()
+                }),
+                endpoint: Some(EndpointSpec {
+                    ports: vec![PortConfig {
+                        protocol: PortProtocol::Udp as i32,
+                        target_port: 53,
+                        published_port: 53,
+                        publish_mode: "host".into(),
+                        ..Default::default()
+                    }],
+                }),
+                ..Default::default()
+            }),
+            spec_version: 2,
+            update_status: Some(UpdateStatus {
+                state: UpdateState::RollbackCompleted as i32,
+                started_at: 1_500,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let j = inspect_value(Kind::Service, &s).unwrap();
+        assert_eq!(j["ID"], "s1");
+        assert_eq!(j["Version"]["Index"], 12);
+        assert_eq!(j["SpecVersion"], 2);
+        assert_eq!(j["Spec"]["Name"], "web");
+        assert_eq!(j["Spec"]["Labels"]["tier_x"], "front");
+        assert_eq!(j["Spec"]["Mode"]["Replicated"]["Replicas"], 3);
+        assert_eq!(j["Spec"]["Task"]["Restart"]["Condition"], "on-failure");
+        assert_eq!(j["Spec"]["Task"]["Restart"]["DelayMs"], 5000);
+        assert_eq!(j["Spec"]["Update"]["FailureAction"], "rollback");
+        assert_eq!(j["Spec"]["Update"]["Order"], "start-first");
+        assert_eq!(j["Spec"]["Endpoint"]["Ports"][0]["Protocol"], "udp");
+        assert_eq!(j["UpdateStatus"]["State"], "rollback_completed");
+        assert_eq!(j["UpdateStatus"]["StartedAt"], "1970-01-01T00:00:01.5Z");
     }
 
     #[test]

@@ -1,0 +1,326 @@
+//! `flotilla cluster join-token|status|ca`: the commands about the cluster as a whole (Swarm's
+//! `swarm join-token` and `info`). Output text is built by pure functions, unit-tested below.
+
+use clap::{Args, Subcommand};
+use flotilla_proto::control::v1::{GetClusterRequest, GetClusterResponse, GetJoinTokensRequest};
+use serde::Serialize;
+
+use super::control::Cluster;
+use super::format::{self, outln};
+use super::Ctx;
+
+/// Cluster commands.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCmd {
+    /// Print the command that joins a node (worker or manager) to the cluster
+    #[command(
+        name = "join-token",
+        long_about = "Print the command that joins a new node to the cluster as a worker or as a \
+manager, with the current join token. --rotate replaces the token first: the old one stops \
+working (nodes that already joined are not affected).",
+        after_help = "Examples:
+  flotilla cluster join-token worker
+  flotilla cluster join-token -q manager
+  flotilla cluster join-token --rotate worker"
+    )]
+    JoinToken(JoinTokenArgs),
+    /// Show the cluster: managers (leader, reachability), raft term and commit index, counts
+    Status(StatusArgs),
+    /// Print the cluster's root CA certificate (PEM)
+    Ca,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Replace the token first (the old one stops working)
+    #[arg(long)]
+    pub rotate: bool,
+    /// Only print the token
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// worker or manager
+    #[arg(value_parser = ["worker", "manager"], value_name = "worker|manager")]
+    pub role: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Output: text (default) or json
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+/// The join instructions for `role` ("worker" or "manager") with `addr` a manager address.
+pub fn join_text(role: &str, token: &str, addr: &str) -> String {
+    let cmd = if role == "manager" {
+        format!("flotilla-controller join --token {token} {addr}")
+    } else {
+        format!("flotilla-agent serve --join {addr} --token {token}")
+    };
+    format!("To add a {role} to this cluster, run the following command on the new node:\n\n    {cmd}\n\n")
+}
+
+/// The `cluster status` view.
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct StatusView {
+    #[serde(rename = "ID")]
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "AnsweredBy")]
+    pub answered_by: String,
+    #[serde(rename = "LeaderNodeID")]
+    pub leader_node_id: String,
+    pub term: u64,
+    pub commit_index: u64,
+    pub managers: Vec<ManagerView>,
+    pub nodes: u64,
+    pub services: u64,
+    pub tasks: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq)]
+#[serde(rename_all = "PascalCase")]
+pub struct ManagerView {
+    #[serde(rename = "NodeID")]
+    pub node_id: String,
+    pub raft_id: u64,
+    pub addr: String,
+    pub leader: bool,
+    pub reachable: bool,
+}
+
+pub fn status_view(r: &GetClusterResponse) -> StatusView {
+    let mut managers: Vec<ManagerView> = r
+        .managers
+        .iter()
+        .map(|m| ManagerView {
+            node_id: m.node_id.clone(),
+            raft_id: m.raft_id,
+            addr: m.addr.clone(),
+            leader: m.leader,
+            reachable: m.reachable,
+        })
+        .collect();
+    managers.sort_by(|a, b| (!a.leader, &a.addr).cmp(&(!b.leader, &b.addr)));
+    StatusView {
+        id: r.id.clone(),
+        name: r.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        answered_by: r.node_id.clone(),
+        leader_node_id: r.leader_node_id.clone(),
+        term: r.term,
+        commit_index: r.commit_index,
+        managers,
+        nodes: r.nodes,
+        services: r.services,
+        tasks: r.tasks,
+    }
+}
+
+/// `cluster status` as text.
+pub fn status_text(v: &StatusView) -> String {
+    let reachable = v.managers.iter().filter(|m| m.reachable).count();
+    let mut s = String::new();
+    s.push_str(&format!("Cluster:        {}\n", v.id));
+    if !v.name.is_empty() {
+        s.push_str(&format!("Name:           {}\n", v.name));
+    }
+    s.push_str(&format!("Answered by:    {}\n", v.answered_by));
+    s.push_str(&format!(
+        "Leader:         {}\n",
+        if v.leader_node_id.is_empty() {
+            "none (no quorum?)"
+        } else {
+            &v.leader_node_id
+        }
+    ));
+    s.push_str(&format!("Raft term:      {}\n", v.term));
+    s.push_str(&format!("Commit index:   {}\n", v.commit_index));
+    s.push_str(&format!(
+        "Managers:       {} ({} reachable, quorum {})\n",
+        v.managers.len(),
+        reachable,
+        v.managers.len() / 2 + 1
+    ));
+    let rows: Vec<Vec<String>> = v
+        .managers
+        .iter()
+        .map(|m| {
+            vec![
+                m.node_id.clone(),
+                m.addr.clone(),
+                m.raft_id.to_string(),
+                if m.leader {
+                    "Leader".into()
+                } else if m.reachable {
+                    "Reachable".into()
+                } else {
+                    "Unreachable".into()
+                },
+            ]
+        })
+        .collect();
+    for line in format::table(&["NODE ID", "ADDRESS", "RAFT ID", "STATUS"], &rows).lines() {
+        s.push(' ');
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push_str(&format!("Nodes:          {}\n", v.nodes));
+    s.push_str(&format!("Services:       {}\n", v.services));
+    s.push_str(&format!("Tasks:          {}\n", v.tasks));
+    s
+}
+
+/// Runs a cluster subcommand.
+pub async fn dispatch(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
+    let cl = Cluster::open(ctx).await?;
+    match cmd {
+        ClusterCmd::JoinToken(a) => {
+            let r = cl
+                .api()
+                .get_join_tokens(GetJoinTokensRequest {
+                    rotate: if a.rotate {
+                        a.role.clone()
+                    } else {
+                        String::new()
+                    },
+                })
+                .await
+                .map_err(|s| cl.err(s))?
+                .into_inner();
+            let token = if a.role == "manager" {
+                r.manager
+            } else {
+                r.worker
+            };
+            if a.quiet {
+                outln(&token);
+                return Ok(0);
+            }
+            let mut s = String::new();
+            if a.rotate {
+                s.push_str(&format!("Successfully rotated {} join token.\n\n", a.role));
+            }
+            let addr = r
+                .manager_addrs
+                .first()
+                .cloned()
+                .unwrap_or_else(|| cl.addr.clone());
+            s.push_str(&join_text(&a.role, &token, &addr));
+            format::out(&s);
+            Ok(0)
+        }
+        ClusterCmd::Status(a) => {
+            let r = cl
+                .api()
+                .get_cluster(GetClusterRequest {})
+                .await
+                .map_err(|s| cl.err(s))?
+                .into_inner();
+            let v = status_view(&r);
+            if a.format == "json" {
+                format::print_json(&v)?;
+            } else {
+                format::out(&status_text(&v));
+            }
+            Ok(0)
+        }
+        ClusterCmd::Ca => {
+            let r = cl
+                .api()
+                .get_cluster(GetClusterRequest {})
+                .await
+                .map_err(|s| cl.err(s))?
+                .into_inner();
+            let pem = r.root_ca_cert;
+            if pem.ends_with('\n') {
+                format::out(&pem);
+            } else {
+                outln(&pem);
+            }
+            Ok(0)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::control::v1::{ClusterSpec, ManagerInfo};
+
+    #[test]
+    fn join_commands() {
+        assert_eq!(
+            join_text("worker", "FLTKN-1-abc-def", "10.0.0.1:4242"),
+            "To add a worker to this cluster, run the following command on the new node:\n\n    flotilla-agent serve --join 10.0.0.1:4242 --token FLTKN-1-abc-def\n\n"
+        );
+        assert_eq!(
+            join_text("manager", "FLTKN-1-abc-xyz", "10.0.0.1:4242"),
+            "To add a manager to this cluster, run the following command on the new node:\n\n    flotilla-controller join --token FLTKN-1-abc-xyz 10.0.0.1:4242\n\n"
+        );
+    }
+
+    #[test]
+    fn status() {
+        let r = GetClusterResponse {
+            id: "c0ffee".into(),
+            spec: Some(ClusterSpec {
+                name: "default".into(),
+                ..Default::default()
+            }),
+            managers: vec![
+                ManagerInfo {
+                    node_id: "n2".into(),
+                    raft_id: 2,
+                    addr: "10.0.0.2:4242".into(),
+                    leader: false,
+                    reachable: false,
+                },
+                ManagerInfo {
+                    node_id: "n1".into(),
+                    raft_id: 1,
+                    addr: "10.0.0.1:4242".into(),
+                    leader: true,
+                    reachable: true,
+                },
+                ManagerInfo {
+                    node_id: "n3".into(),
+                    raft_id: 3,
+                    addr: "10.0.0.3:4242".into(),
+                    leader: false,
+                    reachable: true,
+                },
+            ],
+            leader_node_id: "n1".into(),
+            term: 4,
+            commit_index: 1234,
+            nodes: 5,
+            services: 2,
+            tasks: 7,
+            node_id: "n3".into(),
+            root_ca_cert: String::new(),
+        };
+        let v = status_view(&r);
+        assert_eq!(
+            status_text(&v),
+            "Cluster:        c0ffee
+Name:           default
+Answered by:    n3
+Leader:         n1
+Raft term:      4
+Commit index:   1234
+Managers:       3 (2 reachable, quorum 2)
+ NODE ID   ADDRESS         RAFT ID   STATUS
+ n1        10.0.0.1:4242   1         Leader
+ n2        10.0.0.2:4242   2         Unreachable
+ n3        10.0.0.3:4242   3         Reachable
+Nodes:          5
+Services:       2
+Tasks:          7
+"
+        );
+        let j = serde_json::to_value(&v).unwrap();
+        assert_eq!(j["Managers"][0]["NodeID"], "n1");
+        assert_eq!(j["CommitIndex"], 1234);
+    }
+}
