@@ -58,7 +58,7 @@ pub fn next_status(
     state: i32,
     f: impl FnOnce(&mut pb::TaskStatus),
 ) -> Option<pb::TaskStatus> {
-    if state < cur.state || (is_terminal(cur.state) && state != cur.state) {
+    if state < cur.state || is_terminal(cur.state) {
         return None;
     }
     let mut next = cur.clone();
@@ -125,8 +125,8 @@ fn exit_status(st: &mut pb::TaskStatus, code: i32) -> i32 {
 }
 
 /// The status of a task adopted from its container: what the engine says, unless the status
-/// last reported (kept on tmpfs) is further along (a task stopped for SHUTDOWN looks like a
-/// failed one to the engine).
+/// last reported (kept on tmpfs) is terminal (it never changes: a task stopped for SHUTDOWN
+/// looks like a failed one to the engine) or further along.
 pub fn status_from_container(
     info: &apb::ContainerInfo,
     saved: Option<pb::TaskStatus>,
@@ -151,7 +151,7 @@ pub fn status_from_container(
         _ => exit_status(&mut st, state.exit_code),
     };
     match saved {
-        Some(mut s) if s.state > st.state => {
+        Some(mut s) if is_terminal(s.state) || s.state > st.state => {
             s.container_id = info.id.clone();
             s
         }
