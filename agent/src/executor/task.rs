@@ -305,8 +305,9 @@ impl Worker {
                     return Ok(());
                 }
                 Some(Ok(cid)) => {
+                    // Told with the next status (STARTING or READY).
                     *lock(&self.container) = Some(cid.clone());
-                    self.report(PREPARING, |s| s.container_id = cid).await;
+                    lock(&self.status).container_id = cid;
                 }
             }
         }
