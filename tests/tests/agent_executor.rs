@@ -233,7 +233,10 @@ async fn log_lines(ex: &Executor, task: &str) -> Vec<pb::LogLine> {
         ..Default::default()
     });
     let mut lines = Vec::new();
-    while let Some(c) = tokio::time::timeout(WAIT, s.next()).await.expect("log chunk") {
+    while let Some(c) = tokio::time::timeout(WAIT, s.next())
+        .await
+        .expect("log chunk")
+    {
         assert_eq!(c.request_id, 1);
         lines.extend(c.lines);
         if c.end {
@@ -288,7 +291,9 @@ fn tasks_run_exit_shut_down_and_are_removed() {
         assert_eq!(st.states("tsleep1"), STARTED);
         let cid = s.last().unwrap().container_id.clone();
         assert!(!cid.is_empty(), "RUNNING names the container: {s:?}");
-        let info = engine.inspect("web.1.tsleep1").expect("the task's container");
+        let info = engine
+            .inspect("web.1.tsleep1")
+            .expect("the task's container");
         assert_eq!(info.id, cid);
         assert_eq!(info.state.as_ref().unwrap().status, "running");
         let cfg = info.config.unwrap();
@@ -316,7 +321,9 @@ fn tasks_run_exit_shut_down_and_are_removed() {
             .await;
         st.until_state("tsleep1", S::Shutdown).await;
         assert_eq!(st.states("tsleep1"), started_then(S::Shutdown));
-        let info = engine.inspect("web.1.tsleep1").expect("kept after shutdown");
+        let info = engine
+            .inspect("web.1.tsleep1")
+            .expect("kept after shutdown");
         assert_eq!(info.state.unwrap().status, "exited");
 
         // The same assignment again changes nothing; a terminal task says nothing more.
@@ -349,7 +356,10 @@ fn tasks_run_exit_shut_down_and_are_removed() {
             if left.is_empty() {
                 break;
             }
-            assert!(tokio::time::Instant::now() < deadline, "tasks left: {left:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tasks left: {left:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         st.settle(Duration::from_millis(300)).await;
@@ -414,9 +424,12 @@ fn secrets_and_configs_are_tmpfs_files_bound_read_only_and_go_with_the_task() {
 
         st.until_state("tsec1", S::Running).await;
         assert_eq!(st.states("tsec1"), STARTED);
-        let text =
-            log_text_until(&ex, "tsec1", &["s3cret-value", "mode=444", "answer=42", "read-only"])
-                .await;
+        let text = log_text_until(
+            &ex,
+            "tsec1",
+            &["s3cret-value", "mode=444", "answer=42", "read-only"],
+        )
+        .await;
         assert!(!text.contains("Permission"), "{text}");
         // The backing file: on tmpfs, 0444, root's.
         let file = lab.secrets_dir().join("tsec1/secrets/db_pw");
@@ -425,7 +438,11 @@ fn secrets_and_configs_are_tmpfs_files_bound_read_only_and_go_with_the_task() {
         assert_eq!(md.uid(), 0);
         assert_eq!(std::fs::read(&file).unwrap(), b"s3cret-value");
         let fs = nix::sys::statfs::statfs(file.parent().unwrap()).expect("statfs");
-        assert_eq!(fs.filesystem_type(), nix::sys::statfs::TMPFS_MAGIC, "secrets on tmpfs");
+        assert_eq!(
+            fs.filesystem_type(),
+            nix::sys::statfs::TMPFS_MAGIC,
+            "secrets on tmpfs"
+        );
 
         // A secret not in the assignments, an image no registry has.
         let s = st.until_state("tnosec1", S::Rejected).await;
@@ -453,7 +470,11 @@ fn secrets_and_configs_are_tmpfs_files_bound_read_only_and_go_with_the_task() {
         let dir = lab.secrets_dir().join("tsec1");
         let deadline = tokio::time::Instant::now() + WAIT;
         while dir.exists() {
-            assert!(tokio::time::Instant::now() < deadline, "{} stays", dir.display());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} stays",
+                dir.display()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         assert!(!lab.secrets_dir().join("tnosec1").exists());
@@ -526,7 +547,8 @@ fn a_new_executor_adopts_tasks_without_restarting_them() {
         let s = st.until_state("tkeep1", S::Running).await;
         let cid = s.last().unwrap().container_id.clone();
         st.until_state("tstop1", S::Running).await;
-        ex.apply(delta(vec![desired(stop.clone(), S::Shutdown)])).await;
+        ex.apply(delta(vec![desired(stop.clone(), S::Shutdown)]))
+            .await;
         st.until_state("tstop1", S::Shutdown).await;
         let started = engine
             .inspect(&cid)
@@ -558,9 +580,18 @@ fn a_new_executor_adopts_tasks_without_restarting_them() {
         ex2.apply(full(vec![keep.clone()])).await;
         eventually_gone(&engine, "db.2.tstop1").await;
         st2.settle(Duration::from_millis(300)).await;
-        assert!(st2.states("tkeep1").is_empty(), "{:?}", st2.states("tkeep1"));
+        assert!(
+            st2.states("tkeep1").is_empty(),
+            "{:?}",
+            st2.states("tkeep1")
+        );
         assert_eq!(
-            engine.inspect(&cid).unwrap().state.unwrap().started_unix_nano,
+            engine
+                .inspect(&cid)
+                .unwrap()
+                .state
+                .unwrap()
+                .started_unix_nano,
             started
         );
         // It is watched: its end is reported.
@@ -593,10 +624,9 @@ fn logs_and_health_of_a_task() {
             ..Default::default()
         });
         ex.apply(delta(vec![t])).await;
-        st.until(
-            "tlog1",
-            |s| s.state == S::Running as i32 && s.health == "healthy",
-        )
+        st.until("tlog1", |s| {
+            s.state == S::Running as i32 && s.health == "healthy"
+        })
         .await;
         let health: Vec<(S, String)> = st
             .of("tlog1")
@@ -629,7 +659,10 @@ fn logs_and_health_of_a_task() {
             ("tlog1", "stdout", 3)
         );
         assert_eq!(out.node_id, "node1");
-        assert_eq!((err.task_id.as_str(), err.stream.as_str()), ("tlog1", "stderr"));
+        assert_eq!(
+            (err.task_id.as_str(), err.stream.as_str()),
+            ("tlog1", "stderr")
+        );
         assert!(out.timestamp_ns > 0);
 
         // Follow with tail 1: new ticks keep coming until the stream is dropped.

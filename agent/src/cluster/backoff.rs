@@ -81,11 +81,17 @@ mod tests {
         assert_eq!(b.next_with(0.0), Duration::from_millis(80));
         assert_eq!(b.next_with(0.5), Duration::from_millis(200));
         let d = b.next_with(0.999);
-        assert!(d > Duration::from_millis(470) && d < Duration::from_millis(480), "{d:?}");
+        assert!(
+            d > Duration::from_millis(470) && d < Duration::from_millis(480),
+            "{d:?}"
+        );
         let mut b = Backoff::default();
         for _ in 0..10 {
             let d = b.next_delay();
-            assert!(d >= Duration::from_millis(80) && d <= Duration::from_secs(5), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(80) && d <= Duration::from_secs(5),
+                "{d:?}"
+            );
         }
         for _ in 0..100 {
             let r = random_unit();

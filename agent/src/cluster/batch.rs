@@ -135,7 +135,10 @@ mod tests {
             .chain(states(&p.take(1000)))
             .filter(|(id, _, _)| id == "t001")
             .collect();
-        assert_eq!(t001, vec![("t001".into(), pb::TaskState::Failed as i32, "newer".into())]);
+        assert_eq!(
+            t001,
+            vec![("t001".into(), pb::TaskState::Failed as i32, "newer".into())]
+        );
         assert!(p.is_empty());
     }
 }

@@ -78,7 +78,8 @@ pub fn describe_host(engine_labels: HashMap<String, String>) -> pb::NodeDescript
 mod tests {
     use super::*;
 
-    const MEMINFO: &str = "MemTotal:        8136220 kB\nMemFree:         1402112 kB\nMemAvailable:    5829000 kB\n";
+    const MEMINFO: &str =
+        "MemTotal:        8136220 kB\nMemFree:         1402112 kB\nMemAvailable:    5829000 kB\n";
 
     #[test]
     fn description_from_sample_host_data() {
@@ -94,7 +95,10 @@ mod tests {
         );
         assert_eq!(d.hostname, "web1");
         let p = d.platform.unwrap();
-        assert_eq!((p.os.as_str(), p.architecture.as_str()), ("linux", "x86_64"));
+        assert_eq!(
+            (p.os.as_str(), p.architecture.as_str()),
+            ("linux", "x86_64")
+        );
         let r = d.resources.unwrap();
         assert_eq!(r.nano_cpus, 2_000_000_000);
         assert_eq!(r.memory_bytes, 8_331_489_280);

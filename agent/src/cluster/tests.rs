@@ -23,7 +23,8 @@ struct FakeDispatcher {
 
 #[tonic::async_trait]
 impl Dispatcher for FakeDispatcher {
-    type SessionStream = tokio_stream::wrappers::ReceiverStream<Result<pb::DispatcherMessage, tonic::Status>>;
+    type SessionStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::DispatcherMessage, tonic::Status>>;
 
     async fn session(
         &self,
@@ -201,7 +202,8 @@ async fn redirect_register_status_assignments_logs_and_reconnect() {
     ));
 
     // The follower redirects; the leader gets the Register.
-    let Out::Register(reg) = expect(&mut inbound, 0, |m| matches!(m, Out::Register(_))).await else {
+    let Out::Register(reg) = expect(&mut inbound, 0, |m| matches!(m, Out::Register(_))).await
+    else {
         unreachable!()
     };
     assert_eq!(reg.description.expect("description").hostname, "n1");
@@ -216,7 +218,10 @@ async fn redirect_register_status_assignments_logs_and_reconnect() {
             "before SessionInfo: {m:?}"
         );
     }
-    o0_tx.send(session_info("node-1", &leader)).await.expect("send");
+    o0_tx
+        .send(session_info("node-1", &leader))
+        .await
+        .expect("send");
     let Out::Status(b) = expect(&mut inbound, 0, |m| matches!(m, Out::Status(_))).await else {
         unreachable!()
     };
@@ -275,7 +280,10 @@ async fn redirect_register_status_assignments_logs_and_reconnect() {
         .await
         .expect("send");
     expect(&mut inbound, 1, |m| matches!(m, Out::Register(_))).await;
-    o1_tx.send(session_info("node-1", &leader)).await.expect("send");
+    o1_tx
+        .send(session_info("node-1", &leader))
+        .await
+        .expect("send");
     let Out::Status(b) = expect(&mut inbound, 1, |m| matches!(m, Out::Status(_))).await else {
         unreachable!()
     };

@@ -40,7 +40,8 @@ fn io(what: &'static str, path: &Path, source: std::io::Error) -> FilesError {
 
 /// Whether `path` is on a tmpfs.
 pub fn is_tmpfs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
 }
 
 /// A task id usable as a directory name.
@@ -144,8 +145,11 @@ impl TaskFiles {
         std::os::unix::fs::chown(&tmp, Some(uid), Some(gid))
             .map_err(|e| format!("chown {}: {e}", tmp.display()))?;
         // After chown, which would clear set-id bits.
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(spec::file_mode(f.mode)))
-            .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
+        std::fs::set_permissions(
+            &tmp,
+            std::fs::Permissions::from_mode(spec::file_mode(f.mode)),
+        )
+        .map_err(|e| format!("chmod {}: {e}", tmp.display()))?;
         std::fs::rename(&tmp, path).map_err(|e| format!("rename {}: {e}", path.display()))
     }
 

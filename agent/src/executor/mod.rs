@@ -31,8 +31,8 @@ use tracing::{error, warn};
 use crate::engine::logs::Query;
 use crate::engine::{Engine, EngineConfig};
 use crate::shim::logfile::Stream as LogStreamKind;
-pub use flotilla_proto::control::v1 as pb;
 use files::TaskFiles;
+pub use flotilla_proto::control::v1 as pb;
 use spec::LABEL_TASK_ID;
 use task::{Desired, Worker};
 
@@ -78,6 +78,9 @@ fn canonical_guess(p: &Path) -> PathBuf {
         }
     }
 }
+
+/// The data of one secret or config.
+type Blob = Vec<u8>;
 
 /// What one task is, for the executor.
 struct Entry {
@@ -324,10 +327,7 @@ impl Inner {
     /// a worker that watches it without restarting it. Task files with no container left are
     /// deleted.
     async fn adopt(self: &Arc<Self>) {
-        let list = match self
-            .engine
-            .list(true, &[format!("label={LABEL_TASK_ID}")])
-        {
+        let list = match self.engine.list(true, &[format!("label={LABEL_TASK_ID}")]) {
             Ok(l) => l,
             Err(e) => {
                 error!(error = %e, "cannot list the engine's task containers");
@@ -387,7 +387,7 @@ impl Inner {
     }
 
     /// The secret and config data a task refers to; the name of the first one missing.
-    fn data_for(&self, task: &pb::Task) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>), String> {
+    fn data_for(&self, task: &pb::Task) -> Result<(Vec<Blob>, Vec<Blob>), String> {
         let sh = lock(&self.shared);
         let c = task.spec.as_ref().and_then(|s| s.container.as_ref());
         let mut secrets = Vec::new();
@@ -430,10 +430,7 @@ impl Inner {
             let known = sh.tasks.get(id).and_then(|e| {
                 let c = lock(&e.container).clone()?;
                 let d = e.desired.borrow();
-                Some((
-                    c,
-                    d.task.as_ref().map(|t| (t.node_id.clone(), t.slot)),
-                ))
+                Some((c, d.task.as_ref().map(|t| (t.node_id.clone(), t.slot))))
             });
             let (container, meta) = match known {
                 Some(k) => k,

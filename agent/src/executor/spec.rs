@@ -122,7 +122,10 @@ fn ports_of(task: &pb::Task) -> Result<Vec<apb::PortBinding>, String> {
 
 /// The engine's container config for `task`; `files` are the secret and config files to bind
 /// read-only. Errors are the text of a REJECTED status.
-pub fn container_config(task: &pb::Task, files: &[FileMount]) -> Result<apb::ContainerConfig, String> {
+pub fn container_config(
+    task: &pb::Task,
+    files: &[FileMount],
+) -> Result<apb::ContainerConfig, String> {
     let spec = task
         .spec
         .as_ref()
@@ -222,10 +225,8 @@ pub fn config_target(r: &pb::ConfigReference) -> Result<String, String> {
     } else {
         r.target.clone()
     };
-    let bad = !t.starts_with('/')
-        || t == "/"
-        || t.contains('\0')
-        || t.split('/').any(|c| c == "..");
+    let bad =
+        !t.starts_with('/') || t == "/" || t.contains('\0') || t.split('/').any(|c| c == "..");
     if bad {
         return Err(format!(
             "invalid target {t:?} of config {}: an absolute path without `..` is expected",
@@ -326,7 +327,10 @@ mod tests {
         assert_eq!(c.stop_timeout, 2, "1.5 s rounds up");
         assert_eq!(c.stop_signal, "SIGINT");
         let r = c.resources.unwrap();
-        assert_eq!((r.nano_cpus, r.memory, r.pids_limit), (500_000_000, 64 << 20, 50));
+        assert_eq!(
+            (r.nano_cpus, r.memory, r.pids_limit),
+            (500_000_000, 64 << 20, 50)
+        );
         assert_eq!(c.mounts.len(), 2);
         assert_eq!(c.mounts[0].r#type, apb::mount::Type::Tmpfs as i32);
         assert!(c.mounts[1].read_only);
@@ -357,11 +361,22 @@ mod tests {
         assert_eq!(c.stop_timeout, 10);
 
         let mut bad = t.clone();
-        bad.spec.as_mut().unwrap().container.as_mut().unwrap().mounts[0].r#type = "nfs".into();
-        assert!(container_config(&bad, &[]).unwrap_err().contains("invalid mount type"));
+        bad.spec
+            .as_mut()
+            .unwrap()
+            .container
+            .as_mut()
+            .unwrap()
+            .mounts[0]
+            .r#type = "nfs".into();
+        assert!(container_config(&bad, &[])
+            .unwrap_err()
+            .contains("invalid mount type"));
         let mut bad = t.clone();
         bad.endpoint.as_mut().unwrap().ports[0].publish_mode = "ingress".into();
-        assert!(container_config(&bad, &[]).unwrap_err().contains("not supported"));
+        assert!(container_config(&bad, &[])
+            .unwrap_err()
+            .contains("not supported"));
         let mut bad = t;
         bad.spec = None;
         assert!(container_config(&bad, &[]).is_err());

@@ -72,7 +72,10 @@ pub fn next_status(
     Some(next)
 }
 
-fn port_status(ports: &[apb::PortBinding], asked: Option<&pb::EndpointSpec>) -> Option<pb::PortStatus> {
+fn port_status(
+    ports: &[apb::PortBinding],
+    asked: Option<&pb::EndpointSpec>,
+) -> Option<pb::PortStatus> {
     if ports.is_empty() {
         return None;
     }
@@ -233,7 +236,9 @@ impl Worker {
             match engine.remove(&cid, true, true).await {
                 Ok(_) => {}
                 Err(e) if e.kind == Kind::NotFound => {}
-                Err(e) => warn!(task = %self.id, container = %cid, error = %e, "cannot remove the task's container"),
+                Err(e) => {
+                    warn!(task = %self.id, container = %cid, error = %e, "cannot remove the task's container")
+                }
             }
         }
         if let Ok(files) = &self.inner.files {
@@ -254,7 +259,8 @@ impl Worker {
                 return Ok(());
             }
             if d.stop() {
-                self.report(SHUTDOWN, |s| s.message = "shutdown".into()).await;
+                self.report(SHUTDOWN, |s| s.message = "shutdown".into())
+                    .await;
                 return Ok(());
             }
             if self.state() >= ACCEPTED {
@@ -269,8 +275,10 @@ impl Worker {
             let Some(task) = d.task.clone() else {
                 return Ok(());
             };
-            self.report(ACCEPTED, |s| s.message = "accepted".into()).await;
-            self.report(PREPARING, |s| s.message = "preparing".into()).await;
+            self.report(ACCEPTED, |s| s.message = "accepted".into())
+                .await;
+            self.report(PREPARING, |s| s.message = "preparing".into())
+                .await;
             let prepared = {
                 let prep = prepare(&self.inner, &task);
                 tokio::pin!(prep);
@@ -290,7 +298,8 @@ impl Worker {
             };
             match prepared {
                 None => {
-                    self.report(SHUTDOWN, |s| s.message = "shutdown".into()).await;
+                    self.report(SHUTDOWN, |s| s.message = "shutdown".into())
+                        .await;
                     return Ok(());
                 }
                 Some(Err(e)) => {
@@ -325,7 +334,11 @@ impl Worker {
                 return Ok(());
             }
         };
-        let status = info.state.as_ref().map(|s| s.status.clone()).unwrap_or_default();
+        let status = info
+            .state
+            .as_ref()
+            .map(|s| s.status.clone())
+            .unwrap_or_default();
         match status.as_str() {
             "running" | "paused" | "restarting" => {}
             "created" => {
@@ -333,7 +346,8 @@ impl Worker {
                 loop {
                     let d = self.desired();
                     if d.stop() {
-                        self.report(SHUTDOWN, |s| s.message = "shutdown".into()).await;
+                        self.report(SHUTDOWN, |s| s.message = "shutdown".into())
+                            .await;
                         return Ok(());
                     }
                     if d.task.is_some() && d.state >= RUNNING {
@@ -344,7 +358,8 @@ impl Worker {
                     }
                     self.changed().await?;
                 }
-                self.report(STARTING, |s| s.message = "starting".into()).await;
+                self.report(STARTING, |s| s.message = "starting".into())
+                    .await;
                 if let Err(e) = self.inner.engine.start(&cid).await {
                     self.report(FAILED, |s| {
                         s.message = "starting".into();
@@ -542,11 +557,17 @@ mod tests {
     #[test]
     fn statuses_only_move_forward() {
         assert!(next_status(&st(RUNNING), STARTING, |_| {}).is_none());
-        assert!(next_status(&st(RUNNING), RUNNING, |_| {}).is_none(), "no change");
+        assert!(
+            next_status(&st(RUNNING), RUNNING, |_| {}).is_none(),
+            "no change"
+        );
         let h = next_status(&st(RUNNING), RUNNING, |s| s.health = "healthy".into()).unwrap();
         assert_eq!((h.state, h.health.as_str()), (RUNNING, "healthy"));
         assert!(h.timestamp > 1);
-        assert_eq!(next_status(&st(RUNNING), FAILED, |_| {}).unwrap().state, FAILED);
+        assert_eq!(
+            next_status(&st(RUNNING), FAILED, |_| {}).unwrap().state,
+            FAILED
+        );
         // Terminal states never change.
         assert!(next_status(&st(COMPLETE), SHUTDOWN, |_| {}).is_none());
         assert!(next_status(&st(SHUTDOWN), FAILED, |_| {}).is_none());
@@ -583,8 +604,14 @@ mod tests {
         assert_eq!(s.container_id, "c1");
         let p = &s.port_status.unwrap().ports[0];
         assert_eq!((p.published_port, p.target_port), (32768, 80));
-        assert_eq!(status_from_container(&info("created", 0), None).state, PREPARING);
-        assert_eq!(status_from_container(&info("exited", 0), None).state, COMPLETE);
+        assert_eq!(
+            status_from_container(&info("created", 0), None).state,
+            PREPARING
+        );
+        assert_eq!(
+            status_from_container(&info("exited", 0), None).state,
+            COMPLETE
+        );
         let f = status_from_container(&info("exited", 3), None);
         assert_eq!((f.state, f.exit_code), (FAILED, 3));
         assert_eq!(f.err, "task: non-zero exit (3)");
