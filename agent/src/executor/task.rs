@@ -313,10 +313,26 @@ impl Worker {
                     .await;
                     return Ok(());
                 }
-                Some(Ok(cid)) => {
-                    // Told with the next status (STARTING or READY).
-                    *lock(&self.container) = Some(cid.clone());
-                    lock(&self.status).container_id = cid;
+                Some(Ok(config)) => {
+                    // Not cancelled: a create cut short would leave a container nobody tracks.
+                    match create(&self.inner, &task, config).await {
+                        Ok(cid) => {
+                            // Told with the next status (STARTING or READY).
+                            *lock(&self.container) = Some(cid.clone());
+                            lock(&self.status).container_id = cid;
+                        }
+                        Err(e) => {
+                            if let Ok(files) = &self.inner.files {
+                                files.remove(&self.id);
+                            }
+                            self.report(REJECTED, |s| {
+                                s.message = "preparing".into();
+                                s.err = e;
+                            })
+                            .await;
+                            return Ok(());
+                        }
+                    }
                 }
             }
         }
@@ -474,8 +490,9 @@ impl Worker {
     }
 }
 
-/// PREPARING: the task's files, its image, its container. Errors are the REJECTED text.
-async fn prepare(inner: &Arc<Inner>, task: &pb::Task) -> Result<String, String> {
+/// PREPARING, the part that may be cancelled: the task's files and its image; the container's
+/// config. Errors are the REJECTED text.
+async fn prepare(inner: &Arc<Inner>, task: &pb::Task) -> Result<apb::ContainerConfig, String> {
     let c = task
         .spec
         .as_ref()
@@ -521,6 +538,16 @@ async fn prepare(inner: &Arc<Inner>, task: &pb::Task) -> Result<String, String> 
             .events
             .emit("image", "pull", &rec.config_digest, &rec.reference, &[]);
     }
+    Ok(config)
+}
+
+/// The task's container (created, not started); its id.
+async fn create(
+    inner: &Arc<Inner>,
+    task: &pb::Task,
+    config: apb::ContainerConfig,
+) -> Result<String, String> {
+    let engine = &inner.engine;
     let name = spec::container_name(task);
     match engine.create(&name, config).await {
         Ok((id, _, _)) => Ok(id),
