@@ -620,7 +620,7 @@ fn logs_and_health_of_a_task() {
         );
         container(&mut t).healthcheck = Some(pb::HealthConfig {
             test: vec!["CMD".into(), "true".into()],
-            interval_ms: 200,
+            interval_ms: 500,
             ..Default::default()
         });
         ex.apply(delta(vec![t])).await;

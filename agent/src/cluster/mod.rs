@@ -188,6 +188,7 @@ pub async fn run_session<E: TaskRunner>(
         }
         if established {
             backoff.reset();
+            redirects_in_a_row = 0;
         }
         let delay = match end {
             End::Shutdown => return,
