@@ -254,8 +254,9 @@ impl Executor {
 
     /// The logs of the requested tasks as chunks of lines, each line tagged with its task and
     /// stream; with `follow`, new lines keep coming until the stream is dropped or the tasks'
-    /// containers are removed. The last chunk has `end` set (and `error` naming tasks this node
-    /// does not have).
+    /// containers are removed. `tail` > 0 keeps that many lines per task (else all); `since` is
+    /// unix milliseconds (0: from the start). The last chunk has `end` set (and `error` naming
+    /// the tasks whose logs cannot be read here).
     pub fn logs(&self, req: pb::LogRequest) -> LogStream {
         let (tx, rx) = mpsc::channel(16);
         let inner = self.inner.clone();
@@ -421,7 +422,7 @@ impl Inner {
         Ok((secrets, configs))
     }
 
-    /// Finds the container, node and slot of each task; the ids this node does not have.
+    /// Finds the container, node and slot of each task; why the others have no logs here.
     fn log_sources(&self, ids: &[String]) -> (Vec<LogSource>, Vec<String>) {
         let mut found = Vec::new();
         let mut missing = Vec::new();
@@ -443,8 +444,12 @@ impl Inner {
                         .and_then(|l| l.into_iter().next());
                     match hit {
                         Some(info) => (info.id, None),
+                        None if sh.tasks.contains_key(id) => {
+                            missing.push(format!("task {id} has no container yet"));
+                            continue;
+                        }
                         None => {
-                            missing.push(id.clone());
+                            missing.push(format!("task {id} is not on this node"));
                             continue;
                         }
                     }
@@ -489,10 +494,7 @@ impl Inner {
             let follow = req.follow;
             readers.spawn(async move { read_task_log(engine, src, q, follow, rid, tx).await });
         }
-        let mut errors: Vec<String> = missing
-            .iter()
-            .map(|id| format!("task {id} is not on this node"))
-            .collect();
+        let mut errors = missing;
         loop {
             tokio::select! {
                 r = readers.join_next() => match r {
