@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod engine;
 pub mod executor;
 pub mod image;
+pub mod membership;
 pub mod network;
 pub mod runtime;
 pub mod server;

@@ -3,9 +3,10 @@
 //! the cluster API (`api`), and the `flotilla` command line (`cli`). See ARCHITECTURE.md.
 
 pub mod api;
-pub mod ca;
+pub use flotilla_pki as ca;
 pub mod cli;
 pub mod dispatcher;
+pub mod manager;
 pub mod orchestrator;
 pub mod raft;
 pub mod scheduler;

@@ -1,1 +1,99 @@
-//! Thin gRPC handlers of `flotilla.control.v1`; one mapping from domain errors to `tonic::Status`.
+//! Thin gRPC handlers of `flotilla.control.v1` (Control, NodeCA, Dispatcher): they check the
+//! caller's certificate, validate input, read the store after a read barrier, and write through
+//! the proposer. One mapping from domain errors to `tonic::Status` ([`status_of`]).
+
+pub mod control;
+pub mod nodeca;
+pub mod validate;
+
+use std::sync::Arc;
+
+use flotilla_pki::{DataKey, PeerIdentity, PeerRole};
+use tonic::Status;
+
+use crate::dispatcher::Dispatcher;
+use crate::manager::proposer::{BoxFuture, ProposeError, Proposer};
+use crate::store::Store;
+
+/// What the handlers need from raft beyond writes: its view and membership changes.
+pub trait Membership: Send + Sync + 'static {
+    fn summary(&self) -> RaftSummary;
+    /// Adds a manager to the raft group; returns the members' addresses.
+    fn add_member(
+        &self,
+        raft_id: u64,
+        addr: String,
+        node_id: String,
+    ) -> BoxFuture<'_, Result<Vec<String>, String>>;
+    fn remove_member(&self, raft_id: u64) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// Raft's state as the API shows it.
+#[derive(Debug, Clone, Default)]
+pub struct RaftSummary {
+    pub raft_id: u64,
+    pub leader_raft_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    /// (raft id, address, node id)
+    pub members: Vec<(u64, String, String)>,
+    /// Members this manager heard from recently (only meaningful on the leader).
+    pub reachable: Vec<u64>,
+}
+
+impl RaftSummary {
+    pub fn is_leader(&self) -> bool {
+        self.raft_id != 0 && self.raft_id == self.leader_raft_id
+    }
+
+    pub fn leader_addr(&self) -> Option<String> {
+        self.members
+            .iter()
+            .find(|m| m.0 == self.leader_raft_id)
+            .map(|m| m.1.clone())
+    }
+}
+
+/// Shared by the handlers of one manager.
+pub struct Ctx {
+    pub store: Store,
+    pub proposer: Arc<dyn Proposer>,
+    pub membership: Arc<dyn Membership>,
+    pub dispatcher: Arc<Dispatcher>,
+    pub data_key: Arc<DataKey>,
+    /// This manager's node id.
+    pub node_id: String,
+    /// How to reach another manager's Control service (for proxying logs to the leader).
+    pub dial: Arc<dyn Fn(&str) -> tonic::transport::Channel + Send + Sync>,
+}
+
+impl Ctx {
+    /// A linearizable read: waits until the local store holds every committed write.
+    pub async fn barrier(&self) -> Result<(), Status> {
+        self.proposer.read_barrier().await.map_err(status_of)
+    }
+}
+
+/// The one mapping from write errors to gRPC statuses.
+pub fn status_of(e: ProposeError) -> Status {
+    match e {
+        ProposeError::Refused(m) if m.contains("already in use") || m.contains("already exists") => {
+            Status::already_exists(m)
+        }
+        ProposeError::Refused(m) if m.contains("changed since it was read") => Status::aborted(m),
+        ProposeError::Refused(m) if m.starts_with("no such") => Status::not_found(m),
+        ProposeError::Refused(m) => Status::failed_precondition(m),
+        ProposeError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+/// The caller must hold an admin or manager certificate.
+pub fn require_admin<T>(req: &tonic::Request<T>) -> Result<PeerIdentity, Status> {
+    let id = flotilla_pki::peer_identity(req)?;
+    match id.role {
+        PeerRole::Admin | PeerRole::Manager => Ok(id),
+        PeerRole::Worker => Err(Status::permission_denied(
+            "a worker certificate cannot use the cluster API: use an admin context",
+        )),
+    }
+}

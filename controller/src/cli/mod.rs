@@ -8,10 +8,14 @@
 
 pub mod client;
 pub mod container;
+pub mod context;
+pub mod control;
 pub mod format;
 pub mod image;
 pub mod network;
+pub mod objects;
 pub mod parse;
+pub mod spec;
 pub mod stdio;
 pub mod system;
 pub mod template;
@@ -70,6 +74,9 @@ pub struct Cli {
         value_name = "ADDR"
     )]
     pub host: String,
+    /// Cluster context of the cluster commands (default: FLOTILLA_CONTEXT, else the current one)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
     /// Level of the CLI's own diagnostics on stderr
     #[arg(
         long,
@@ -171,9 +178,11 @@ pub enum Cmd {
     },
 }
 
-/// What every command needs: where the agent is.
+/// What every command needs: where the agent is, and which cluster context to use.
 pub struct Ctx {
     pub host: String,
+    /// `--context`, for the cluster commands.
+    pub context: Option<String>,
 }
 
 impl Ctx {
@@ -283,6 +292,7 @@ pub fn main() -> i32 {
     };
     let ctx = Ctx {
         host: cli.host.clone(),
+        context: cli.context.clone(),
     };
     let result = rt.block_on(dispatch(&ctx, cli.command));
     term::restore_all();
@@ -291,7 +301,7 @@ pub fn main() -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("Error: {e:#}");
+            eprintln!("{}", control::error_line(&e));
             exit_code_of(&e)
         }
     }

@@ -1,2 +1,1218 @@
-//! The scheduler: assigns pending tasks to nodes through a filter pipeline, then spreads them;
-//! explains why a task cannot be placed.
+//! The scheduler: assigns pending tasks to nodes through a filter pipeline, spreads them, and
+//! explains why a task cannot be placed. Pure: no I/O, no async, no clock; the leader keeps one
+//! [`Scheduler`] alive, feeds it store events ([`Scheduler::upsert_node`],
+//! [`Scheduler::remove_node`], [`Scheduler::task_changed`]) and commits its [`Decision`]s.
+//!
+//! Owns a view of the cluster: every node, and every task that holds resources on a node
+//! (node set, desired state at most RUNNING, observed state not terminal). Invariant: each
+//! node's sums (reservations, task counts, host ports) are the sums of the tracked tasks on it,
+//! and a task id is tracked at most once, so feeding the same task twice never counts it twice.
+//!
+//! Placement, per group of pending tasks that share a service and spec version (they ask the
+//! same thing): the filters of [`filter`] run once per node; the nodes that pass go into a
+//! decision tree of the service's placement preferences (`spread=node.labels.X`, outermost
+//! first; nodes without the label form their own branch), whose leaves are heaps of nodes keyed
+//! by (tasks of the service on the node, tasks on the node, node id). Each task descends to the
+//! branch holding the fewest tasks of the service, takes the leaf's first node, and the node goes
+//! back into its heap if it still passes the dynamic filters (resources, host ports, max replicas
+//! per node). Node ids are compared once per call by sorting them; the loops use indices.
+//! Tasks that find no node are left pending with the pipeline's explanation, counted again over
+//! the final state of the nodes.
+//!
+//! The swarmkit scheduler (`manager/scheduler`) is the model: its filter/pipeline split and its
+//! decision tree for preferences, written anew for flotilla's objects.
+
+mod constraint;
+mod filter;
+mod node;
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use flotilla_proto::control::v1::{Node, Task, TaskState};
+
+pub use constraint::validate_constraints;
+pub use filter::validate_preferences;
+
+use filter::{host_ports, Pipeline, TaskRequest};
+use node::{NodeInfo, TaskUse};
+
+/// What the scheduler decided for one pending task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Run the task on the node (the caller writes `node_id` and state ASSIGNED).
+    Assign { task_id: String, node_id: String },
+    /// No node fits; `reason` is for the task's status message, e.g. "no suitable node
+    /// (3 nodes lack memory, 2 nodes fail constraint node.labels.zone==b)".
+    Pending { task_id: String, reason: String },
+}
+
+impl Decision {
+    /// The task decided on.
+    pub fn task_id(&self) -> &str {
+        match self {
+            Decision::Assign { task_id, .. } | Decision::Pending { task_id, .. } => task_id,
+        }
+    }
+}
+
+/// Whether a task's observed state is terminal (it no longer holds resources).
+fn observed_terminal(task: &Task) -> bool {
+    let state = task.status.as_ref().map(|s| s.state).unwrap_or_default();
+    matches!(
+        TaskState::try_from(state),
+        Ok(TaskState::Complete
+            | TaskState::Shutdown
+            | TaskState::Failed
+            | TaskState::Rejected
+            | TaskState::Remove
+            | TaskState::Orphaned)
+    )
+}
+
+/// Whether a task holds resources on its node: it has one, its desired state is at most
+/// RUNNING and its observed state is not terminal (an observed state this version does not
+/// know counts as holding, so resources are never overcommitted).
+fn holds_resources(task: &Task) -> bool {
+    !task.node_id.is_empty()
+        && matches!(TaskState::try_from(task.desired_state), Ok(s) if s <= TaskState::Running)
+        && !observed_terminal(task)
+}
+
+/// Whether `schedule` should place the task: no node, desired RUNNING, not ended.
+fn is_pending(task: &Task) -> bool {
+    task.node_id.is_empty()
+        && task.desired_state == TaskState::Running as i32
+        && !observed_terminal(task)
+}
+
+/// Placement state over the cluster's nodes. See the module documentation.
+#[derive(Debug, Default)]
+pub struct Scheduler {
+    /// Node table; a slot is reused after its node is removed and no task names it.
+    nodes: Vec<NodeInfo>,
+    /// Node id -> slot.
+    index: HashMap<String, u32>,
+    /// Slots free for reuse.
+    free: Vec<u32>,
+    /// Service id -> interned index.
+    services: HashMap<String, u32>,
+    /// Tasks holding resources, per interned service.
+    service_tasks: Vec<u32>,
+    /// Tasks holding resources, by task id.
+    tasks: HashMap<String, TaskUse>,
+    /// Slots of the present nodes in node id order (a node's position is its rank).
+    order: Vec<u32>,
+    /// `order` must be recomputed (a node came or went).
+    order_dirty: bool,
+}
+
+/// A group of pending tasks asking the same thing.
+struct Group<'a> {
+    service_id: &'a str,
+    spec_version: u64,
+    tasks: Vec<&'a Task>,
+}
+
+impl Scheduler {
+    /// Builds the view: every node, and every task that holds resources on a node (node_id
+    /// set and desired_state <= RUNNING and observed state not terminal: COMPLETE, SHUTDOWN,
+    /// FAILED, REJECTED, ORPHANED free their resources). Tasks may name nodes not given (yet):
+    /// their use is kept and counts once the node is upserted.
+    pub fn new<'a>(
+        nodes: impl IntoIterator<Item = &'a Node>,
+        tasks: impl IntoIterator<Item = &'a Task>,
+    ) -> Scheduler {
+        let mut s = Scheduler::default();
+        for n in nodes {
+            s.upsert_node(n);
+        }
+        for t in tasks {
+            s.task_changed(None, Some(t));
+        }
+        s
+    }
+
+    /// Places pending tasks (those with empty node_id and desired_state RUNNING; others are
+    /// ignored). Deterministic for the same input, whatever the order of `pending`: groups go
+    /// by (service id, spec version), tasks within a group by (slot, task id). Updates its own
+    /// view as it places, so one call can place many; a task placed by an earlier call whose
+    /// assignment has not come back through [`Scheduler::task_changed`] yet gets the same
+    /// node again. When the caller does not commit an assignment, it reports the task's stored
+    /// version with `task_changed` so the view drops the reservation.
+    pub fn schedule<'a>(&mut self, pending: impl IntoIterator<Item = &'a Task>) -> Vec<Decision> {
+        self.refresh_order();
+        let mut out = Vec::new();
+        let mut again: Vec<&'a Task> = Vec::new();
+        let mut groups: Vec<Group<'a>> = Vec::new();
+        let mut by_key: HashMap<(&'a str, u64), usize> = HashMap::new();
+        for t in pending {
+            if !is_pending(t) {
+                continue;
+            }
+            if self.tasks.contains_key(&t.id) {
+                again.push(t);
+                continue;
+            }
+            let new_group = |groups: &mut Vec<Group<'a>>| {
+                groups.push(Group {
+                    service_id: &t.service_id,
+                    spec_version: t.spec_version,
+                    tasks: Vec::new(),
+                });
+                groups.len() - 1
+            };
+            // A task without a service asks only for itself.
+            let g = if t.service_id.is_empty() {
+                new_group(&mut groups)
+            } else {
+                *by_key
+                    .entry((&t.service_id, t.spec_version))
+                    .or_insert_with(|| new_group(&mut groups))
+            };
+            groups[g].tasks.push(t);
+        }
+        drop(by_key);
+
+        again.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        again.dedup_by(|a, b| a.id == b.id);
+        for t in again {
+            if let Some(u) = self.tasks.get(&t.id) {
+                out.push(Decision::Assign {
+                    task_id: t.id.clone(),
+                    node_id: self.nodes[u.node as usize].id.clone(),
+                });
+            }
+        }
+
+        for g in &mut groups {
+            g.tasks
+                .sort_unstable_by(|a, b| (a.slot, &a.id).cmp(&(b.slot, &b.id)));
+            g.tasks.dedup_by(|a, b| a.id == b.id);
+        }
+        groups.sort_unstable_by(|a, b| {
+            (a.service_id, a.spec_version, &a.tasks[0].id).cmp(&(
+                b.service_id,
+                b.spec_version,
+                &b.tasks[0].id,
+            ))
+        });
+        out.reserve(groups.iter().map(|g| g.tasks.len()).sum());
+        for g in &groups {
+            self.place_group(&g.tasks, &mut out);
+        }
+        out
+    }
+
+    /// Adds a node or takes its new spec, description and status (the tasks on it stay).
+    pub fn upsert_node(&mut self, node: &Node) {
+        let slot = self.slot(&node.id) as usize;
+        if !self.nodes[slot].present {
+            self.order_dirty = true;
+        }
+        self.nodes[slot].describe(node);
+    }
+
+    /// Removes a node: it is no longer a candidate. The tasks still on it keep counting until
+    /// `task_changed` says they ended.
+    pub fn remove_node(&mut self, id: &str) {
+        let Some(&slot) = self.index.get(id) else {
+            return;
+        };
+        let n = &mut self.nodes[slot as usize];
+        if n.present {
+            self.order_dirty = true;
+        }
+        n.forget();
+        self.release_if_unused(slot);
+    }
+
+    /// A task was created (`old` None), updated, or deleted (`new` None). The view follows
+    /// `new`: whatever was tracked for the task is dropped, and `new` is tracked if it holds
+    /// resources on a node.
+    pub fn task_changed(&mut self, old: Option<&Task>, new: Option<&Task>) {
+        if let Some(o) = old {
+            if new.is_none_or(|n| n.id != o.id) {
+                self.forget_task(&o.id);
+            }
+        }
+        if let Some(n) = new {
+            self.forget_task(&n.id);
+            if holds_resources(n) {
+                self.track(n);
+            }
+        }
+    }
+
+    /// The slot of node `id`, a placeholder one when the node is unknown.
+    fn slot(&mut self, id: &str) -> u32 {
+        if let Some(&s) = self.index.get(id) {
+            return s;
+        }
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.nodes[s as usize] = NodeInfo::placeholder(id);
+                s
+            }
+            None => {
+                self.nodes.push(NodeInfo::placeholder(id));
+                u32::try_from(self.nodes.len() - 1).expect("fewer than 2^32 nodes")
+            }
+        };
+        self.index.insert(id.to_string(), s);
+        s
+    }
+
+    /// Frees the slot of a node that is gone and has no task left.
+    fn release_if_unused(&mut self, slot: u32) {
+        let n = &mut self.nodes[slot as usize];
+        if !n.present && n.tasks == 0 {
+            self.index.remove(&n.id);
+            *n = NodeInfo::default();
+            self.free.push(slot);
+        }
+    }
+
+    fn intern_service(&mut self, id: &str) -> u32 {
+        if let Some(&s) = self.services.get(id) {
+            return s;
+        }
+        let s = u32::try_from(self.service_tasks.len()).expect("fewer than 2^32 services");
+        self.services.insert(id.to_string(), s);
+        self.service_tasks.push(0);
+        s
+    }
+
+    fn apply(&mut self, u: &TaskUse) {
+        self.nodes[u.node as usize].add(u);
+        self.service_tasks[u.service as usize] += 1;
+    }
+
+    fn unapply(&mut self, u: &TaskUse) {
+        self.nodes[u.node as usize].remove(u);
+        let n = &mut self.service_tasks[u.service as usize];
+        *n = n.saturating_sub(1);
+        self.release_if_unused(u.node);
+    }
+
+    fn forget_task(&mut self, id: &str) {
+        if let Some(u) = self.tasks.remove(id) {
+            self.unapply(&u);
+        }
+    }
+
+    /// Starts counting a task that holds resources (not tracked yet).
+    fn track(&mut self, task: &Task) {
+        let node = self.slot(&task.node_id);
+        let service = self.intern_service(&task.service_id);
+        let reservations = task
+            .spec
+            .as_ref()
+            .and_then(|s| s.resources.as_ref())
+            .and_then(|r| r.reservations.as_ref());
+        let u = TaskUse {
+            node,
+            service,
+            nano_cpus: reservations.map(|r| r.nano_cpus).unwrap_or(0).max(0),
+            memory_bytes: reservations.map(|r| r.memory_bytes).unwrap_or(0).max(0),
+            ports: host_ports(task).into_boxed_slice(),
+        };
+        self.apply(&u);
+        self.tasks.insert(task.id.clone(), u);
+    }
+
+    fn refresh_order(&mut self) {
+        if !self.order_dirty {
+            return;
+        }
+        let nodes = &self.nodes;
+        self.order = (0..nodes.len() as u32)
+            .filter(|&s| nodes[s as usize].present)
+            .collect();
+        self.order
+            .sort_unstable_by(|&a, &b| nodes[a as usize].id.cmp(&nodes[b as usize].id));
+        self.order_dirty = false;
+    }
+
+    /// Places one group's tasks (sorted, same service and spec version).
+    fn place_group(&mut self, tasks: &[&Task], out: &mut Vec<Decision>) {
+        let Some(first) = tasks.first() else {
+            return;
+        };
+        let service = self.intern_service(&first.service_id);
+        let req = match TaskRequest::of(first, service) {
+            Ok(r) => r,
+            Err(reason) => return pend(tasks, reason, out),
+        };
+        let pipeline = Pipeline::new(&req);
+        let mut tree = self.build_tree(&req, &pipeline);
+        let mut placed = 0;
+        for t in tasks {
+            let Some((svc_on_node, _, rank)) = tree.pick() else {
+                break;
+            };
+            let slot = self.order[rank as usize];
+            let u = TaskUse {
+                node: slot,
+                service,
+                nano_cpus: req.nano_cpus,
+                memory_bytes: req.memory_bytes,
+                ports: req.ports.clone().into_boxed_slice(),
+            };
+            self.apply(&u);
+            let node = &self.nodes[slot as usize];
+            let key = pipeline
+                .check_dynamic(node)
+                .then_some((svc_on_node + 1, node.tasks, rank));
+            out.push(Decision::Assign {
+                task_id: t.id.clone(),
+                node_id: node.id.clone(),
+            });
+            tree.put_back(key);
+            if let Some(old) = self.tasks.insert(t.id.clone(), u) {
+                // The same task id twice in one call (under two spec versions): the last wins.
+                self.unapply(&old);
+            }
+            placed += 1;
+        }
+        if placed < tasks.len() {
+            let nodes = &self.nodes;
+            let reason = pipeline.explain(self.order.iter().map(|&s| &nodes[s as usize]));
+            pend(&tasks[placed..], reason, out);
+        }
+    }
+
+    /// The decision tree of the nodes that pass `pipeline` for `req`.
+    fn build_tree(&self, req: &TaskRequest, pipeline: &Pipeline) -> Tree {
+        let service = req.service;
+        // A service without tasks yet (the common case of a new service) needs no look-ups.
+        let has_tasks = self.service_tasks[service as usize] > 0;
+        let svc = |n: &NodeInfo| {
+            if has_tasks {
+                n.service_tasks(service)
+            } else {
+                0
+            }
+        };
+        if req.spread.is_empty() {
+            let mut keys = Vec::with_capacity(self.order.len());
+            for (rank, &slot) in self.order.iter().enumerate() {
+                let n = &self.nodes[slot as usize];
+                if pipeline.check(n) {
+                    keys.push(Reverse((svc(n), n.tasks, rank as u32)));
+                }
+            }
+            return Tree::leaf(keys);
+        }
+        // Every node that is a candidate or holds tasks of the service (a branch's count
+        // includes the tasks on its nodes that cannot take more).
+        let mut recs: Vec<Rec<'_>> = Vec::new();
+        for (rank, &slot) in self.order.iter().enumerate() {
+            let n = &self.nodes[slot as usize];
+            let candidate = pipeline.check(n);
+            let count = svc(n);
+            if candidate || count > 0 {
+                recs.push(Rec {
+                    path: req.spread.iter().map(|l| l.value(n)).collect(),
+                    svc: count,
+                    key: candidate.then_some((count, n.tasks, rank as u32)),
+                });
+            }
+        }
+        // Values in order, nodes without the label last.
+        fn order_key<'v>(v: &Option<&'v str>) -> (bool, &'v str) {
+            (v.is_none(), v.unwrap_or(""))
+        }
+        recs.sort_by(|a, b| {
+            a.path
+                .iter()
+                .map(order_key)
+                .cmp(b.path.iter().map(order_key))
+        });
+        let mut tree = Tree::default();
+        tree.root = tree.build(&recs, 0, req.spread.len()).map(|(b, _)| b);
+        tree
+    }
+}
+
+/// Leaves `tasks` pending for `reason`.
+fn pend(tasks: &[&Task], reason: String, out: &mut Vec<Decision>) {
+    for t in tasks {
+        out.push(Decision::Pending {
+            task_id: t.id.clone(),
+            reason: reason.clone(),
+        });
+    }
+}
+
+/// A node considered for a group with placement preferences.
+struct Rec<'n> {
+    /// The node's value of each spread label.
+    path: Vec<Option<&'n str>>,
+    /// Tasks of the service on the node.
+    svc: u32,
+    /// The node's heap key when it is a candidate.
+    key: Option<NodeKey>,
+}
+
+/// (tasks of the service on the node, tasks on the node, rank of the node id).
+type NodeKey = (u32, u32, u32);
+
+/// A branch of the decision tree: a leaf holds nodes keyed by [`NodeKey`]; an inner branch
+/// holds its children keyed by (tasks of the service under the child, the child's value
+/// order, child index). Only branches with a candidate left are in their parent's heap.
+#[derive(Default)]
+struct Branch {
+    leaf: bool,
+    heap: BinaryHeap<Reverse<(u32, u32, u32)>>,
+}
+
+/// The decision tree of one group; without preferences it is a single leaf.
+#[derive(Default)]
+struct Tree {
+    branches: Vec<Branch>,
+    root: Option<u32>,
+    /// The descent of the last `pick`: (inner branch, the child entry popped from it).
+    path: Vec<(u32, (u32, u32, u32))>,
+    /// The leaf of the last `pick`.
+    leaf: u32,
+}
+
+impl Tree {
+    fn leaf(keys: Vec<Reverse<NodeKey>>) -> Tree {
+        let root = (!keys.is_empty()).then_some(0);
+        Tree {
+            branches: vec![Branch {
+                leaf: true,
+                heap: BinaryHeap::from(keys),
+            }],
+            root,
+            ..Tree::default()
+        }
+    }
+
+    /// Builds the branch of `recs` (sorted by path) at `level`; None when no candidate is
+    /// under it. Returns the branch index and the tasks of the service under it.
+    fn build(&mut self, recs: &[Rec<'_>], level: usize, levels: usize) -> Option<(u32, u32)> {
+        let count = recs.iter().map(|r| r.svc).sum();
+        let idx = self.branches.len() as u32;
+        if level == levels {
+            let keys: Vec<_> = recs.iter().filter_map(|r| r.key.map(Reverse)).collect();
+            if keys.is_empty() {
+                return None;
+            }
+            self.branches.push(Branch {
+                leaf: true,
+                heap: BinaryHeap::from(keys),
+            });
+            return Some((idx, count));
+        }
+        self.branches.push(Branch::default());
+        let mut children = Vec::new();
+        let mut start = 0;
+        let mut value = 0u32;
+        while start < recs.len() {
+            let v = recs[start].path[level];
+            let len = recs[start..]
+                .iter()
+                .take_while(|r| r.path[level] == v)
+                .count();
+            if let Some((child, n)) = self.build(&recs[start..start + len], level + 1, levels) {
+                children.push(Reverse((n, value, child)));
+            }
+            value += 1;
+            start += len;
+        }
+        if children.is_empty() {
+            // The branch stays in the table unreferenced.
+            return None;
+        }
+        self.branches[idx as usize].heap = BinaryHeap::from(children);
+        Some((idx, count))
+    }
+
+    /// Takes the best node: down the branches with the fewest tasks of the service, then the
+    /// leaf's first node. The caller must `put_back` before the next pick.
+    fn pick(&mut self) -> Option<NodeKey> {
+        let mut b = self.root?;
+        self.path.clear();
+        loop {
+            let Reverse(e) = self.branches[b as usize].heap.pop()?;
+            if self.branches[b as usize].leaf {
+                self.leaf = b;
+                return Some(e);
+            }
+            self.path.push((b, e));
+            b = e.2;
+        }
+    }
+
+    /// Ends a pick: the node goes back with its new key when it can take more (`Some`), and
+    /// each branch on the way counts one more task of the service.
+    fn put_back(&mut self, key: Option<NodeKey>) {
+        let leaf = &mut self.branches[self.leaf as usize].heap;
+        if let Some(k) = key {
+            leaf.push(Reverse(k));
+        }
+        let mut non_empty = !leaf.is_empty();
+        for &(parent, (count, value, child)) in self.path.iter().rev() {
+            let heap = &mut self.branches[parent as usize].heap;
+            if non_empty {
+                heap.push(Reverse((count + 1, value, child)));
+            }
+            non_empty = !heap.is_empty();
+        }
+        if !non_empty {
+            self.root = None;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::control::v1::{
+        NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus, Placement,
+        PlacementPreference, Platform, PortConfig, PortProtocol, ResourceRequirements, Resources,
+        SpreadOver, TaskSpec, TaskStatus,
+    };
+
+    const GIB: i64 = 1 << 30;
+    const MIB: i64 = 1 << 20;
+
+    /// A READY, ACTIVE linux/x86_64 worker with 4 CPUs and 8 GiB.
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.to_string(),
+            spec: Some(NodeSpec::default()),
+            description: Some(NodeDescription {
+                hostname: format!("host-{id}"),
+                platform: Some(Platform {
+                    os: "linux".into(),
+                    architecture: "x86_64".into(),
+                }),
+                resources: Some(Resources {
+                    nano_cpus: 4_000_000_000,
+                    memory_bytes: 8 * GIB,
+                    pids: 0,
+                }),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn label(mut n: Node, k: &str, v: &str) -> Node {
+        n.spec
+            .get_or_insert_default()
+            .labels
+            .insert(k.into(), v.into());
+        n
+    }
+
+    fn memory(mut n: Node, bytes: i64) -> Node {
+        let d = n.description.get_or_insert_default();
+        d.resources.get_or_insert_default().memory_bytes = bytes;
+        n
+    }
+
+    fn availability(mut n: Node, a: NodeAvailability) -> Node {
+        n.spec.get_or_insert_default().availability = a as i32;
+        n
+    }
+
+    fn state(mut n: Node, s: NodeState) -> Node {
+        n.status.get_or_insert_default().state = s as i32;
+        n
+    }
+
+    /// A pending task of `service`, slot `slot`, without requirements.
+    fn task(id: &str, service: &str, slot: u64) -> Task {
+        Task {
+            id: id.to_string(),
+            service_id: service.to_string(),
+            slot,
+            spec: Some(TaskSpec::default()),
+            spec_version: 1,
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Pending as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// `n` pending tasks `{service}-{slot}`.
+    fn tasks(service: &str, n: u64, f: impl Fn(&mut Task)) -> Vec<Task> {
+        (1..=n)
+            .map(|i| {
+                let mut t = task(&format!("{service}-{i}"), service, i);
+                f(&mut t);
+                t
+            })
+            .collect()
+    }
+
+    /// The task running on `node`.
+    fn running(mut t: Task, node: &str) -> Task {
+        t.node_id = node.to_string();
+        t.status.get_or_insert_default().state = TaskState::Running as i32;
+        t
+    }
+
+    fn placement(t: &mut Task) -> &mut Placement {
+        t.spec
+            .get_or_insert_default()
+            .placement
+            .get_or_insert_default()
+    }
+
+    fn reserve(t: &mut Task, nano_cpus: i64, memory_bytes: i64) {
+        t.spec.get_or_insert_default().resources = Some(ResourceRequirements {
+            limits: None,
+            reservations: Some(Resources {
+                nano_cpus,
+                memory_bytes,
+                pids: 0,
+            }),
+        });
+    }
+
+    fn publish(t: &mut Task, protocol: PortProtocol, port: u32) {
+        t.endpoint.get_or_insert_default().ports.push(PortConfig {
+            protocol: protocol as i32,
+            target_port: 80,
+            published_port: port,
+            publish_mode: "host".into(),
+            ..Default::default()
+        });
+    }
+
+    /// Node id of each assigned task, "-" for pending ones, in decision order.
+    fn placed(ds: &[Decision]) -> Vec<(String, String)> {
+        ds.iter()
+            .map(|d| match d {
+                Decision::Assign { task_id, node_id } => (task_id.clone(), node_id.clone()),
+                Decision::Pending { task_id, .. } => (task_id.clone(), "-".to_string()),
+            })
+            .collect()
+    }
+
+    /// Assigned tasks per node id.
+    fn per_node(ds: &[Decision]) -> std::collections::BTreeMap<String, usize> {
+        let mut m = std::collections::BTreeMap::new();
+        for d in ds {
+            if let Decision::Assign { node_id, .. } = d {
+                *m.entry(node_id.clone()).or_insert(0) += 1;
+            }
+        }
+        m
+    }
+
+    fn reasons(ds: &[Decision]) -> Vec<&str> {
+        ds.iter()
+            .filter_map(|d| match d {
+                Decision::Pending { reason, .. } => Some(reason.as_str()),
+                Decision::Assign { .. } => None,
+            })
+            .collect()
+    }
+
+    fn run(nodes: &[Node], existing: &[Task], pending: &[Task]) -> Vec<Decision> {
+        Scheduler::new(nodes, existing).schedule(pending)
+    }
+
+    #[test]
+    fn spreads_seven_tasks_on_three_nodes_three_two_two() {
+        let nodes = [node("n1"), node("n2"), node("n3")];
+        let ds = run(&nodes, &[], &tasks("web", 7, |_| {}));
+        let want: Vec<(String, String)> = [
+            ("web-1", "n1"),
+            ("web-2", "n2"),
+            ("web-3", "n3"),
+            ("web-4", "n1"),
+            ("web-5", "n2"),
+            ("web-6", "n3"),
+            ("web-7", "n1"),
+        ]
+        .iter()
+        .map(|(t, n)| (t.to_string(), n.to_string()))
+        .collect();
+        assert_eq!(placed(&ds), want);
+        let counts: Vec<usize> = per_node(&ds).into_values().collect();
+        assert_eq!(counts, vec![3, 2, 2]);
+    }
+
+    #[test]
+    fn spread_counts_the_service_first_then_all_tasks() {
+        let nodes = [node("n1"), node("n2"), node("n3")];
+        // n1 runs two tasks of another service, n3 one task of web.
+        let existing = [
+            running(task("db-1", "db", 1), "n1"),
+            running(task("db-2", "db", 2), "n1"),
+            running(task("web-0", "web", 9), "n3"),
+        ];
+        let ds = run(&nodes, &existing, &tasks("web", 3, |_| {}));
+        // n2 (0 web, 0 tasks), then n1 (0 web, 2 tasks), then n3/n2 tie (1 web, 1 task) -> n2.
+        assert_eq!(
+            placed(&ds).into_iter().map(|(_, n)| n).collect::<Vec<_>>(),
+            ["n2", "n1", "n2"]
+        );
+    }
+
+    #[test]
+    fn drained_paused_and_down_nodes_are_never_chosen() {
+        let nodes = [
+            availability(node("n1"), NodeAvailability::Drain),
+            availability(node("n2"), NodeAvailability::Pause),
+            state(node("n3"), NodeState::Down),
+            state(node("n4"), NodeState::Disconnected),
+            node("n5"),
+        ];
+        let ds = run(&nodes, &[], &tasks("web", 5, |_| {}));
+        assert_eq!(
+            per_node(&ds).into_iter().collect::<Vec<_>>(),
+            [("n5".to_string(), 5)]
+        );
+
+        let nodes = [
+            availability(node("n1"), NodeAvailability::Drain),
+            availability(node("n2"), NodeAvailability::Pause),
+            state(node("n3"), NodeState::Down),
+        ];
+        let ds = run(&nodes, &[], &tasks("web", 1, |_| {}));
+        assert_eq!(reasons(&ds), ["no suitable node (3 nodes not available)"]);
+        let ds = run(&nodes[..1], &[], &tasks("web", 1, |_| {}));
+        assert_eq!(reasons(&ds), ["no suitable node (1 node not available)"]);
+    }
+
+    #[test]
+    fn no_nodes_in_the_cluster() {
+        let ds = run(&[], &[], &tasks("web", 2, |_| {}));
+        assert_eq!(
+            reasons(&ds),
+            ["no suitable node (no nodes in the cluster)"; 2]
+        );
+    }
+
+    #[test]
+    fn resources_reserve_memory_and_cpu() {
+        let nodes = [memory(node("n1"), GIB)];
+        let ds = run(&nodes, &[], &tasks("web", 3, |t| reserve(t, 0, 512 * MIB)));
+        assert_eq!(per_node(&ds)["n1"], 2);
+        assert_eq!(reasons(&ds), ["no suitable node (1 node lacks memory)"]);
+
+        // 4 CPUs: one task already reserves 3.
+        let existing = [running(
+            {
+                let mut t = task("big-1", "big", 1);
+                reserve(&mut t, 3_000_000_000, 0);
+                t
+            },
+            "n1",
+        )];
+        let nodes = [node("n1"), node("n2")];
+        let ds = run(
+            &nodes,
+            &existing,
+            &tasks("web", 3, |t| reserve(t, 1_500_000_000, 0)),
+        );
+        assert_eq!(per_node(&ds)["n2"], 2);
+        assert_eq!(reasons(&ds), ["no suitable node (2 nodes lack CPU)"]);
+    }
+
+    #[test]
+    fn explanation_counts_each_node_once_in_pipeline_order() {
+        let nodes = [
+            state(label(node("n0"), "zone", "b"), NodeState::Down),
+            memory(label(node("n1"), "zone", "b"), 100 * MIB),
+            memory(label(node("n2"), "zone", "b"), 100 * MIB),
+            memory(label(node("n3"), "zone", "a"), 100 * MIB),
+            label(node("n4"), "zone", "a"),
+            node("n5"),
+        ];
+        let ds = run(
+            &nodes,
+            &[],
+            &tasks("web", 1, |t| {
+                reserve(t, 0, GIB);
+                placement(t).constraints = vec!["node.labels.zone == b".into()];
+            }),
+        );
+        assert_eq!(
+            reasons(&ds),
+            ["no suitable node (1 node not available, 3 nodes lack memory, 2 nodes fail constraint node.labels.zone==b)"]
+        );
+    }
+
+    #[test]
+    fn constraints_on_every_key() {
+        let mut m = label(node("m1"), "zone", "a");
+        m.role = NodeRole::Manager as i32;
+        let mut w = label(node("w1"), "zone", "b");
+        w.description
+            .get_or_insert_default()
+            .engine_labels
+            .insert("disk".into(), "ssd".into());
+        let mut arm = node("w2");
+        arm.description
+            .get_or_insert_default()
+            .platform
+            .get_or_insert_default()
+            .architecture = "aarch64".into();
+        let nodes = [m, w, arm];
+        let only = |constraint: &str| -> Vec<String> {
+            let ds = run(
+                &nodes,
+                &[],
+                &tasks("web", 3, |t| {
+                    placement(t).constraints = vec![constraint.into()]
+                }),
+            );
+            per_node(&ds).into_keys().collect()
+        };
+        assert_eq!(only("node.id==w1"), ["w1"]);
+        assert_eq!(only("node.id!=w1"), ["m1", "w2"]);
+        assert_eq!(only("node.hostname==host-w2"), ["w2"]);
+        assert_eq!(only("node.role==MANAGER"), ["m1"]);
+        assert_eq!(only("node.role != manager"), ["w1", "w2"]);
+        assert_eq!(only("node.labels.zone==a"), ["m1"]);
+        assert_eq!(only("node.labels.zone==A"), Vec::<String>::new());
+        // A missing label: == fails, != passes.
+        assert_eq!(only("node.labels.zone!=a"), ["w1", "w2"]);
+        assert_eq!(only("engine.labels.disk==ssd"), ["w1"]);
+        assert_eq!(only("engine.labels.disk!=ssd"), ["m1", "w2"]);
+        assert_eq!(only("node.platform.os==Linux"), ["m1", "w1", "w2"]);
+        assert_eq!(only("node.platform.arch==arm64"), ["w2"]);
+        assert_eq!(only("node.platform.arch==AMD64"), ["m1", "w1"]);
+
+        let ds = run(
+            &nodes,
+            &[],
+            &tasks("web", 1, |t| {
+                placement(t).constraints =
+                    vec!["node.role==worker".into(), "node.labels.zone==b".into()]
+            }),
+        );
+        assert_eq!(per_node(&ds).into_keys().collect::<Vec<_>>(), ["w1"]);
+        let ds = run(
+            &nodes,
+            &[],
+            &tasks("web", 1, |t| {
+                placement(t).constraints =
+                    vec!["node.role==worker".into(), "node.labels.zone==c".into()]
+            }),
+        );
+        assert_eq!(
+            reasons(&ds),
+            ["no suitable node (1 node fails constraint node.role==worker, 2 nodes fail constraint node.labels.zone==c)"]
+        );
+    }
+
+    #[test]
+    fn invalid_stored_constraint_leaves_the_task_pending() {
+        let ds = run(
+            &[node("n1")],
+            &[],
+            &tasks("web", 1, |t| {
+                placement(t).constraints = vec!["node.labels.zone=b".into()]
+            }),
+        );
+        assert_eq!(
+            reasons(&ds),
+            ["invalid constraint \"node.labels.zone=b\": expected KEY==VALUE or KEY!=VALUE"]
+        );
+    }
+
+    #[test]
+    fn platforms_match_with_arch_aliases() {
+        let mut arm = node("a1");
+        arm.description
+            .get_or_insert_default()
+            .platform
+            .get_or_insert_default()
+            .architecture = "aarch64".into();
+        let nodes = [arm, node("x1")];
+        let want = |os: &str, arch: &str| -> Vec<Decision> {
+            run(
+                &nodes,
+                &[],
+                &tasks("web", 2, |t| {
+                    placement(t).platforms = vec![Platform {
+                        os: os.into(),
+                        architecture: arch.into(),
+                    }]
+                }),
+            )
+        };
+        assert_eq!(per_node(&want("linux", "arm64"))["a1"], 2);
+        assert_eq!(per_node(&want("Linux", "amd64"))["x1"], 2);
+        assert_eq!(per_node(&want("", "x86_64"))["x1"], 2);
+        assert_eq!(per_node(&want("linux", "")).len(), 2);
+        assert_eq!(
+            reasons(&want("windows", "amd64")),
+            ["no suitable node (2 nodes do not support platform windows/x86_64)"; 2]
+        );
+    }
+
+    #[test]
+    fn host_port_in_use_rejects_the_node() {
+        let nodes = [node("n1"), node("n2")];
+        let mut old = running(task("old-1", "old", 1), "n1");
+        publish(&mut old, PortProtocol::Tcp, 8080);
+        let ds = run(
+            &nodes,
+            &[old],
+            &tasks("web", 2, |t| publish(t, PortProtocol::Tcp, 8080)),
+        );
+        assert_eq!(placed(&ds)[0], ("web-1".to_string(), "n2".to_string()));
+        assert_eq!(
+            reasons(&ds),
+            ["no suitable node (2 nodes have host port 8080/tcp in use)"]
+        );
+
+        // Another protocol or port does not conflict; a single node explains in the singular.
+        let mut old = running(task("old-1", "old", 1), "n1");
+        publish(&mut old, PortProtocol::Tcp, 8080);
+        let ds = run(
+            &nodes[..1],
+            std::slice::from_ref(&old),
+            &tasks("dns", 1, |t| publish(t, PortProtocol::Udp, 8080)),
+        );
+        assert_eq!(per_node(&ds)["n1"], 1);
+        let ds = run(
+            &nodes[..1],
+            &[old],
+            &tasks("web", 1, |t| {
+                publish(t, PortProtocol::Tcp, 9090);
+                publish(t, PortProtocol::Tcp, 8080);
+            }),
+        );
+        assert_eq!(
+            reasons(&ds),
+            ["no suitable node (1 node has host port 8080/tcp in use)"]
+        );
+    }
+
+    #[test]
+    fn max_replicas_per_node_leaves_the_rest_pending() {
+        let nodes = [node("n1"), node("n2")];
+        let existing = [running(task("web-0", "web", 9), "n1")];
+        let ds = run(
+            &nodes,
+            &existing,
+            &tasks("web", 5, |t| placement(t).max_replicas_per_node = 2),
+        );
+        assert_eq!(per_node(&ds)["n1"], 1);
+        assert_eq!(per_node(&ds)["n2"], 2);
+        assert_eq!(
+            reasons(&ds),
+            ["no suitable node (max replicas per node (2) reached on 2 nodes)"; 2]
+        );
+    }
+
+    fn spread_zone(t: &mut Task) {
+        placement(t).preferences = vec![PlacementPreference {
+            spread: Some(SpreadOver {
+                spread_descriptor: "node.labels.zone".into(),
+            }),
+        }];
+    }
+
+    #[test]
+    fn preference_balances_zones_with_uneven_node_counts() {
+        let nodes = [
+            label(node("a1"), "zone", "a"),
+            label(node("b1"), "zone", "b"),
+            label(node("b2"), "zone", "b"),
+            label(node("b3"), "zone", "b"),
+        ];
+        let ds = run(&nodes, &[], &tasks("web", 6, spread_zone));
+        let counts = per_node(&ds);
+        assert_eq!(counts["a1"], 3);
+        assert_eq!((counts["b1"], counts["b2"], counts["b3"]), (1, 1, 1));
+
+        // Existing tasks of the service count for their zone, even on a full node; nodes
+        // without the label are a zone of their own.
+        let nodes = [
+            memory(label(node("a1"), "zone", "a"), 0),
+            label(node("a2"), "zone", "a"),
+            label(node("b1"), "zone", "b"),
+            node("x1"),
+        ];
+        let existing = [
+            running(task("web-0", "web", 10), "a1"),
+            running(task("web-00", "web", 11), "a1"),
+        ];
+        let ds = run(
+            &nodes,
+            &existing,
+            &tasks("web", 4, |t| {
+                spread_zone(t);
+                reserve(t, 0, MIB);
+            }),
+        );
+        let counts = per_node(&ds);
+        assert_eq!(counts.get("a2"), None);
+        assert_eq!((counts["b1"], counts["x1"]), (2, 2));
+    }
+
+    #[test]
+    fn hierarchical_preferences() {
+        let dc = |n: Node, d: &str, r: &str| label(label(n, "dc", d), "rack", r);
+        let nodes = [
+            dc(node("n1"), "east", "r1"),
+            dc(node("n2"), "east", "r1"),
+            dc(node("n3"), "east", "r2"),
+            dc(node("n4"), "west", "r3"),
+        ];
+        let ds = run(
+            &nodes,
+            &[],
+            &tasks("web", 8, |t| {
+                placement(t).preferences = ["node.labels.dc", "node.labels.rack"]
+                    .iter()
+                    .map(|d| PlacementPreference {
+                        spread: Some(SpreadOver {
+                            spread_descriptor: d.to_string(),
+                        }),
+                    })
+                    .collect();
+            }),
+        );
+        let counts = per_node(&ds);
+        // 4 per dc; in east 2 per rack.
+        assert_eq!(counts["n4"], 4);
+        assert_eq!(counts["n3"], 2);
+        assert_eq!((counts["n1"], counts["n2"]), (1, 1));
+    }
+
+    #[test]
+    fn more_memory_lets_a_pending_task_be_placed_on_the_next_call() {
+        let mut s = Scheduler::new(&[memory(node("n1"), 256 * MIB)], &[]);
+        let pending = tasks("web", 1, |t| reserve(t, 0, 512 * MIB));
+        assert_eq!(
+            reasons(&s.schedule(&pending)),
+            ["no suitable node (1 node lacks memory)"]
+        );
+        s.upsert_node(&memory(node("n1"), GIB));
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
+    }
+
+    #[test]
+    fn a_task_that_ends_frees_its_resources() {
+        let mut big = running(task("big-1", "big", 1), "n1");
+        reserve(&mut big, 0, GIB);
+        let done = {
+            let mut t = big.clone();
+            t.status.get_or_insert_default().state = TaskState::Complete as i32;
+            t
+        };
+        let nodes = [memory(node("n1"), GIB)];
+        let pending = tasks("web", 1, |t| reserve(t, 0, GIB));
+
+        let mut s = Scheduler::new(&nodes, std::slice::from_ref(&big));
+        assert_eq!(
+            reasons(&s.schedule(&pending)),
+            ["no suitable node (1 node lacks memory)"]
+        );
+        s.task_changed(Some(&big), Some(&done));
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
+
+        // A terminal task does not count at build time; shutting a task down (desired state)
+        // or deleting it frees too.
+        assert_eq!(placed(&run(&nodes, &[done], &pending))[0].1, "n1");
+        let mut s = Scheduler::new(&nodes, std::slice::from_ref(&big));
+        let mut stopping = big.clone();
+        stopping.desired_state = TaskState::Shutdown as i32;
+        s.task_changed(Some(&big), Some(&stopping));
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
+        let mut s = Scheduler::new(&nodes, std::slice::from_ref(&big));
+        s.task_changed(Some(&big), None);
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
+    }
+
+    #[test]
+    fn a_placed_task_is_counted_once() {
+        let nodes = [memory(node("n1"), GIB), memory(node("n2"), GIB)];
+        let pending = tasks("web", 2, |t| reserve(t, 0, GIB));
+        let mut s = Scheduler::new(&nodes, &[]);
+        let first = s.schedule(&pending);
+        assert_eq!(per_node(&first).len(), 2);
+        // Asked again before the assignments come back: same answer, nothing counted twice.
+        assert_eq!(s.schedule(&pending), first);
+        // The assignments come back through the store.
+        for (t, (_, n)) in pending.iter().zip(placed(&first)) {
+            s.task_changed(Some(t), Some(&running(t.clone(), &n)));
+        }
+        let slot = s.index["n1"] as usize;
+        assert_eq!((s.nodes[slot].tasks, s.nodes[slot].mem_reserved), (1, GIB));
+        let more = tasks("api", 1, |t| reserve(t, 0, GIB));
+        assert_eq!(
+            reasons(&s.schedule(&more)),
+            ["no suitable node (2 nodes lack memory)"]
+        );
+    }
+
+    #[test]
+    fn removed_nodes_are_not_chosen_and_their_tasks_still_count() {
+        let existing = [running(task("web-0", "web", 9), "n1")];
+        let mut s = Scheduler::new(&[node("n1"), node("n2")], &existing);
+        s.remove_node("n2");
+        assert_eq!(placed(&s.schedule(&tasks("web", 1, |_| {})))[0].1, "n1");
+        s.remove_node("n1");
+        assert_eq!(
+            reasons(&s.schedule(&tasks("api", 1, |_| {}))),
+            ["no suitable node (no nodes in the cluster)"]
+        );
+        // The node comes back with its task still counted (and the one placed above).
+        s.upsert_node(&node("n1"));
+        let slot = s.index["n1"] as usize;
+        assert_eq!(s.nodes[slot].tasks, 2);
+        // A node that is gone with nothing on it frees its slot.
+        assert!(!s.index.contains_key("n2"));
+    }
+
+    #[test]
+    fn deterministic_whatever_the_input_order() {
+        let nodes: Vec<Node> = (0..12)
+            .map(|i| {
+                let zone = ["a", "b", "c"][i % 3];
+                memory(
+                    label(node(&format!("n{i:02}")), "zone", zone),
+                    (i as i64 + 1) * GIB,
+                )
+            })
+            .collect();
+        let mut pending = tasks("web", 20, |t| reserve(t, 0, GIB));
+        pending.extend(tasks("api", 9, spread_zone));
+        pending.extend(tasks("db", 5, |t| {
+            placement(t).constraints = vec!["node.labels.zone!=c".into()];
+            placement(t).max_replicas_per_node = 1;
+            publish(t, PortProtocol::Tcp, 5432);
+        }));
+        let a = run(&nodes, &[], &pending);
+        let mut rev_nodes = nodes.clone();
+        rev_nodes.reverse();
+        let mut rev_pending = pending.clone();
+        rev_pending.reverse();
+        let b = run(&rev_nodes, &[], &rev_pending);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), pending.len());
+    }
+
+    #[test]
+    fn ignores_tasks_that_are_not_pending() {
+        let mut on_node = task("t1", "web", 1);
+        on_node.node_id = "n1".into();
+        let mut stopped = task("t2", "web", 2);
+        stopped.desired_state = TaskState::Shutdown as i32;
+        let ds = run(&[node("n1")], &[], &[on_node, stopped]);
+        assert!(ds.is_empty());
+    }
+}

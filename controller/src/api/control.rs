@@ -1,0 +1,997 @@
+//! `Control`: the cluster API of the CLI and integrators (admin or manager certificates).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use flotilla_pki::{JoinToken, Role};
+use flotilla_proto::control::v1::control_server::Control;
+use flotilla_proto::control::v1::{
+    self as pb, service_logs_message, service_spec::Mode, Cluster, Config, LogRequest, Meta, Node,
+    NodeRole, NodeState, Secret, Service, Task, TaskState, UpdateState, UpdateStatus,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{require_admin, status_of, validate, Ctx};
+use crate::dispatcher::now_ms;
+use crate::manager::random_id;
+use crate::store::{Batch, State};
+
+pub struct ControlService {
+    pub ctx: Arc<Ctx>,
+}
+
+/// Finds an object by exact id, exact name, or unique id prefix.
+fn resolve<'a, T>(
+    kind: &str,
+    map: &'a BTreeMap<String, T>,
+    input: &str,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<&'a T, Status> {
+    if input.is_empty() {
+        return Err(Status::invalid_argument(format!("no {kind} given")));
+    }
+    if let Some(o) = map.get(input) {
+        return Ok(o);
+    }
+    if let Some(o) = map.values().find(|o| name_of(o) == input) {
+        return Ok(o);
+    }
+    let mut prefixed = map.iter().filter(|(id, _)| id.starts_with(input));
+    match (prefixed.next(), prefixed.next()) {
+        (Some((_, o)), None) => Ok(o),
+        (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
+            "{kind} {input:?} is ambiguous: give more of the id"
+        ))),
+        _ => {
+            let names: Vec<&str> = map.values().map(&name_of).collect();
+            let hint = closest(input, &names)
+                .map(|n| format!(" (did you mean {n:?}?)"))
+                .unwrap_or_default();
+            Err(Status::not_found(format!("no such {kind}: {input}{hint}")))
+        }
+    }
+}
+
+/// The closest name by edit distance, if close enough to be a typo.
+fn closest<'a>(input: &str, names: &[&'a str]) -> Option<&'a str> {
+    fn dist(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                let sub = prev[j] + usize::from(ca != *cb);
+                cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    }
+    names
+        .iter()
+        .map(|n| (dist(input, n), *n))
+        .filter(|(d, n)| *d <= 2.max(n.len() / 3))
+        .min()
+        .map(|(_, n)| n)
+}
+
+fn node_name(n: &Node) -> &str {
+    n.description.as_ref().map_or("", |d| d.hostname.as_str())
+}
+
+fn service_name(s: &Service) -> &str {
+    s.spec.as_ref().map_or("", |x| x.name.as_str())
+}
+
+fn secret_name(s: &Secret) -> &str {
+    s.spec.as_ref().map_or("", |x| x.name.as_str())
+}
+
+fn config_name(s: &Config) -> &str {
+    s.spec.as_ref().map_or("", |x| x.name.as_str())
+}
+
+fn cluster(state: &State) -> Result<Cluster, Status> {
+    state
+        .cluster
+        .clone()
+        .ok_or_else(|| Status::unavailable("the cluster is still initializing"))
+}
+
+fn meta_now() -> Option<Meta> {
+    let now = now_ms();
+    Some(Meta {
+        version: 0,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+fn touch(meta: &mut Option<Meta>, version: u64) {
+    let m = meta.get_or_insert_with(Default::default);
+    if version != 0 {
+        m.version = version;
+    }
+    m.updated_at = now_ms();
+}
+
+/// Secrets and configs a spec refers to must exist; their ids are filled in from names.
+fn resolve_refs(state: &State, spec: &mut pb::ServiceSpec) -> Result<(), Status> {
+    let Some(c) = spec.task.as_mut().and_then(|t| t.container.as_mut()) else {
+        return Ok(());
+    };
+    for r in &mut c.secrets {
+        let key = if r.secret_id.is_empty() {
+            r.secret_name.clone()
+        } else {
+            r.secret_id.clone()
+        };
+        let s = resolve("secret", &state.secrets, &key, secret_name)?;
+        r.secret_id = s.id.clone();
+        r.secret_name = secret_name(s).to_string();
+        if r.target.is_empty() {
+            r.target = r.secret_name.clone();
+        }
+        if r.target.contains('/') || r.target == ".." || r.target == "." {
+            return Err(Status::invalid_argument(format!(
+                "secret target {:?} must be a file name under /run/secrets",
+                r.target
+            )));
+        }
+        if r.mode == 0 {
+            r.mode = 0o444;
+        }
+    }
+    for r in &mut c.configs {
+        let key = if r.config_id.is_empty() {
+            r.config_name.clone()
+        } else {
+            r.config_id.clone()
+        };
+        let s = resolve("config", &state.configs, &key, config_name)?;
+        r.config_id = s.id.clone();
+        r.config_name = config_name(s).to_string();
+        if r.target.is_empty() {
+            r.target = format!("/{}", r.config_name);
+        }
+        if !r.target.starts_with('/') {
+            return Err(Status::invalid_argument(format!(
+                "config target {:?} must be an absolute path",
+                r.target
+            )));
+        }
+        if r.mode == 0 {
+            r.mode = 0o444;
+        }
+    }
+    Ok(())
+}
+
+fn uses_secret(s: &Service, id: &str) -> bool {
+    s.spec
+        .as_ref()
+        .and_then(|x| x.task.as_ref())
+        .and_then(|t| t.container.as_ref())
+        .is_some_and(|c| c.secrets.iter().any(|r| r.secret_id == id))
+}
+
+fn uses_config(s: &Service, id: &str) -> bool {
+    s.spec
+        .as_ref()
+        .and_then(|x| x.task.as_ref())
+        .and_then(|t| t.container.as_ref())
+        .is_some_and(|c| c.configs.iter().any(|r| r.config_id == id))
+}
+
+fn is_running(t: &Task) -> bool {
+    t.desired_state == TaskState::Running as i32
+        && t.status.as_ref().map(|s| s.state) == Some(TaskState::Running as i32)
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn get_cluster(
+        &self,
+        req: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let raft = self.ctx.membership.summary();
+        let state = self.ctx.store.read();
+        let c = cluster(&state)?;
+        let managers = raft
+            .members
+            .iter()
+            .map(|(rid, addr, node)| pb::ManagerInfo {
+                node_id: node.clone(),
+                raft_id: *rid,
+                addr: addr.clone(),
+                leader: *rid == raft.leader_raft_id,
+                reachable: *rid == raft.raft_id || raft.reachable.contains(rid),
+            })
+            .collect::<Vec<_>>();
+        let leader_node_id = managers
+            .iter()
+            .find(|m| m.leader)
+            .map(|m| m.node_id.clone())
+            .unwrap_or_default();
+        Ok(Response::new(pb::GetClusterResponse {
+            id: c.id.clone(),
+            spec: c.spec.clone(),
+            managers,
+            leader_node_id,
+            term: raft.term,
+            commit_index: raft.commit_index,
+            nodes: state.nodes.len() as u64,
+            services: state.services.len() as u64,
+            tasks: state.tasks.len() as u64,
+            node_id: self.ctx.node_id.clone(),
+            root_ca_cert: c.root_ca_cert.clone(),
+        }))
+    }
+
+    async fn get_join_tokens(
+        &self,
+        req: Request<pb::GetJoinTokensRequest>,
+    ) -> Result<Response<pb::GetJoinTokensResponse>, Status> {
+        require_admin(&req)?;
+        let rotate = req.into_inner().rotate;
+        if !rotate.is_empty() {
+            let role = match rotate.as_str() {
+                "worker" => Role::Worker,
+                "manager" => Role::Manager,
+                other => {
+                    return Err(Status::invalid_argument(format!(
+                        "cannot rotate {other:?}: say worker or manager"
+                    )))
+                }
+            };
+            for _ in 0..3 {
+                self.ctx.barrier().await?;
+                let mut c = cluster(&self.ctx.store.read())?;
+                let digest = flotilla_pki::pem_digest(&c.root_ca_cert)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                let token = JoinToken::generate(&digest, role)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .to_string();
+                match role {
+                    Role::Worker => c.worker_token = token,
+                    Role::Manager => c.manager_token = token,
+                }
+                touch(&mut c.meta, 0);
+                let mut b = Batch::new();
+                b.update(c);
+                match self.ctx.proposer.propose(b.into_proto()).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_conflict() => continue,
+                    Err(e) => return Err(status_of(e)),
+                }
+            }
+        }
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let c = cluster(&state)?;
+        let raft = self.ctx.membership.summary();
+        Ok(Response::new(pb::GetJoinTokensResponse {
+            worker: c.worker_token,
+            manager: c.manager_token,
+            manager_addrs: raft.members.iter().map(|m| m.1.clone()).collect(),
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        self.ctx.barrier().await?;
+        let raft = self.ctx.membership.summary();
+        let state = self.ctx.store.read();
+        let nodes = state
+            .nodes
+            .values()
+            .filter(|n| {
+                r.names.is_empty()
+                    || r
+                        .names
+                        .iter()
+                        .any(|x| n.id.starts_with(x.as_str()) || node_name(n) == x)
+            })
+            .filter(|n| match r.role.as_str() {
+                "" => true,
+                "manager" => n.role == NodeRole::Manager as i32,
+                "worker" => n.role == NodeRole::Worker as i32,
+                _ => false,
+            })
+            .filter(|n| {
+                r.labels.iter().all(|l| {
+                    let labels = n.spec.as_ref().map(|s| &s.labels);
+                    match l.split_once('=') {
+                        Some((k, v)) => labels.and_then(|m| m.get(k)).is_some_and(|x| x == v),
+                        None => labels.is_some_and(|m| m.contains_key(l)),
+                    }
+                })
+            })
+            .cloned()
+            .map(|n| with_manager_status(n, &raft))
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<Node>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let raft = self.ctx.membership.summary();
+        let state = self.ctx.store.read();
+        let n = resolve("node", &state.nodes, &req.get_ref().node, node_name)?.clone();
+        Ok(Response::new(with_manager_status(n, &raft)))
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> Result<Response<Node>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        let spec = r
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no node spec given"))?;
+        self.ctx.barrier().await?;
+        let mut n = resolve("node", &self.ctx.store.read().nodes, &r.node, node_name)?.clone();
+        let current_version = n.meta.map_or(0, |m| m.version);
+        if r.version != 0 && r.version != current_version {
+            return Err(Status::aborted(format!(
+                "node {} changed since it was read (version {}, now {current_version}): retry",
+                n.id, r.version
+            )));
+        }
+        let old_role = n.spec.as_ref().map_or(0, |s| s.desired_role);
+        if spec.desired_role != old_role {
+            return Err(Status::unimplemented(
+                "promote/demote are not supported yet: start `flotilla-controller join` with a manager token on the node, or stop that manager",
+            ));
+        }
+        n.spec = Some(spec);
+        touch(&mut n.meta, 0);
+        let mut b = Batch::new();
+        b.update(n.clone());
+        let index = self
+            .ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        if let Some(m) = n.meta.as_mut() {
+            m.version = index;
+        }
+        Ok(Response::new(n))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        self.ctx.barrier().await?;
+        let n = resolve("node", &self.ctx.store.read().nodes, &r.node, node_name)?.clone();
+        if n.role == NodeRole::Manager as i32 {
+            return Err(Status::failed_precondition(format!(
+                "node {} is a manager: stop it and remove it from the raft group first (`flotilla cluster leave` on it)",
+                n.id
+            )));
+        }
+        let down = n.status.as_ref().map(|s| s.state) != Some(NodeState::Ready as i32);
+        if !down && !r.force {
+            return Err(Status::failed_precondition(format!(
+                "node {} is not down and can't be removed: stop its agent (or drain it), or use --force",
+                n.id
+            )));
+        }
+        let mut b = Batch::new();
+        b.remove(n);
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn create_service(
+        &self,
+        req: Request<pb::CreateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        require_admin(&req)?;
+        let mut spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no service spec given"))?;
+        validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+        self.ctx.barrier().await?;
+        resolve_refs(&self.ctx.store.read(), &mut spec)?;
+        let service = Service {
+            id: random_id(),
+            meta: meta_now(),
+            spec: Some(spec),
+            previous_spec: None,
+            spec_version: 1,
+            update_status: None,
+        };
+        let mut b = Batch::new();
+        b.create(service.clone());
+        let index = self
+            .ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        let stored = self.ctx.store.read().services.get(&service.id).cloned();
+        Ok(Response::new(stored.unwrap_or_else(|| {
+            let mut s = service;
+            if let Some(m) = s.meta.as_mut() {
+                m.version = index;
+            }
+            s
+        })))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let s = resolve(
+            "service",
+            &state.services,
+            &req.get_ref().service,
+            service_name,
+        )?;
+        Ok(Response::new(s.clone()))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let mut running: HashMap<&str, u64> = HashMap::new();
+        for t in state.tasks.values().filter(|t| is_running(t)) {
+            *running.entry(t.service_id.as_str()).or_default() += 1;
+        }
+        let eligible_nodes = state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.status.as_ref().map(|s| s.state) == Some(NodeState::Ready as i32)
+                    && n.spec.as_ref().map_or(0, |s| s.availability)
+                        != pb::NodeAvailability::Drain as i32
+            })
+            .count() as u64;
+        let services = state
+            .services
+            .values()
+            .filter(|s| {
+                r.names.is_empty()
+                    || r
+                        .names
+                        .iter()
+                        .any(|n| s.id.starts_with(n.as_str()) || service_name(s) == n)
+            })
+            .filter(|s| {
+                r.labels.iter().all(|l| {
+                    let labels = s.spec.as_ref().map(|x| &x.labels);
+                    match l.split_once('=') {
+                        Some((k, v)) => labels.and_then(|m| m.get(k)).is_some_and(|x| x == v),
+                        None => labels.is_some_and(|m| m.contains_key(l)),
+                    }
+                })
+            })
+            .map(|s| {
+                let desired = match s.spec.as_ref().and_then(|x| x.mode.as_ref()) {
+                    Some(Mode::Replicated(r)) => r.replicas,
+                    Some(Mode::Global(_)) => state
+                        .tasks
+                        .values()
+                        .filter(|t| {
+                            t.service_id == s.id && t.desired_state == TaskState::Running as i32
+                        })
+                        .count()
+                        .max(eligible_nodes.min(1) as usize)
+                        as u64,
+                    None => 0,
+                };
+                pb::ServiceSummary {
+                    service: Some(s.clone()),
+                    running_tasks: running.get(s.id.as_str()).copied().unwrap_or(0),
+                    desired_tasks: desired,
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> Result<Response<Service>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        self.ctx.barrier().await?;
+        let mut s = resolve(
+            "service",
+            &self.ctx.store.read().services,
+            &r.service,
+            service_name,
+        )?
+        .clone();
+        let current_version = s.meta.map_or(0, |m| m.version);
+        if r.version != 0 && r.version != current_version {
+            return Err(Status::aborted(format!(
+                "service {} changed since it was read (version {}, now {current_version}): retry",
+                service_name(&s),
+                r.version
+            )));
+        }
+        let (new_spec, state) = if r.rollback {
+            let prev = s.previous_spec.clone().ok_or_else(|| {
+                Status::failed_precondition(format!(
+                    "service {} has no previous spec to roll back to",
+                    service_name(&s)
+                ))
+            })?;
+            (prev, UpdateState::RollbackStarted)
+        } else {
+            let mut spec = r
+                .spec
+                .ok_or_else(|| Status::invalid_argument("no service spec given"))?;
+            validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+            resolve_refs(&self.ctx.store.read(), &mut spec)?;
+            (spec, UpdateState::Updating)
+        };
+        if new_spec.name != service_name(&s) {
+            return Err(Status::invalid_argument(
+                "a service cannot be renamed (create a new one)",
+            ));
+        }
+        let mode_kind = |sp: &pb::ServiceSpec| matches!(sp.mode, Some(Mode::Global(_)));
+        if s.spec.as_ref().map(mode_kind) != Some(mode_kind(&new_spec)) {
+            return Err(Status::invalid_argument(
+                "a service's mode (replicated/global) cannot change",
+            ));
+        }
+        let task_changed =
+            s.spec.as_ref().map(|x| (&x.task, &x.endpoint)) != Some((&new_spec.task, &new_spec.endpoint));
+        s.previous_spec = s.spec.take();
+        s.spec = Some(new_spec);
+        s.spec_version += 1;
+        if task_changed {
+            s.update_status = Some(UpdateStatus {
+                state: state as i32,
+                started_at: now_ms(),
+                completed_at: 0,
+                message: if r.rollback {
+                    "manually requested rollback".into()
+                } else {
+                    "update in progress".into()
+                },
+            });
+        }
+        touch(&mut s.meta, 0);
+        let mut b = Batch::new();
+        b.update(s.clone());
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        let stored = self.ctx.store.read().services.get(&s.id).cloned();
+        Ok(Response::new(stored.unwrap_or(s)))
+    }
+
+    async fn remove_service(
+        &self,
+        req: Request<pb::RemoveServiceRequest>,
+    ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let s = resolve(
+            "service",
+            &self.ctx.store.read().services,
+            &req.get_ref().service,
+            service_name,
+        )?
+        .clone();
+        let mut b = Batch::new();
+        b.remove(s);
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RemoveServiceResponse {}))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let mut service_ids = Vec::new();
+        for s in &r.services {
+            service_ids.push(resolve("service", &state.services, s, service_name)?.id.clone());
+        }
+        let mut node_ids = Vec::new();
+        for n in &r.nodes {
+            node_ids.push(resolve("node", &state.nodes, n, node_name)?.id.clone());
+        }
+        let tasks: Vec<Task> = state
+            .tasks
+            .values()
+            .filter(|t| service_ids.is_empty() || service_ids.contains(&t.service_id))
+            .filter(|t| node_ids.is_empty() || node_ids.contains(&t.node_id))
+            .filter(|t| match r.desired_state.as_str() {
+                "" => true,
+                "running" => t.desired_state <= TaskState::Running as i32,
+                "shutdown" => t.desired_state >= TaskState::Shutdown as i32,
+                "accepted" => t.desired_state == TaskState::Accepted as i32,
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        let node_names = tasks
+            .iter()
+            .filter_map(|t| state.nodes.get(&t.node_id))
+            .map(|n| (n.id.clone(), node_name(n).to_string()))
+            .collect();
+        Ok(Response::new(pb::ListTasksResponse { tasks, node_names }))
+    }
+
+    type ServiceLogsStream = ReceiverStream<Result<pb::ServiceLogsMessage, Status>>;
+
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> Result<Response<Self::ServiceLogsStream>, Status> {
+        require_admin(&req)?;
+        let r = req.into_inner();
+        let raft = self.ctx.membership.summary();
+        if !raft.is_leader() {
+            // Agents' sessions live on the leader: ask it.
+            let addr = raft.leader_addr().ok_or_else(|| {
+                Status::unavailable("no raft leader: the cluster has lost its quorum")
+            })?;
+            let mut client =
+                pb::control_client::ControlClient::new((self.ctx.dial)(addr.as_str()));
+            let mut upstream = client.service_logs(r).await?.into_inner();
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Some(m) = upstream.message().await.transpose() {
+                    if tx.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            return Ok(Response::new(ReceiverStream::new(rx)));
+        }
+        self.ctx.barrier().await?;
+        let (service_id, tasks) = {
+            let state = self.ctx.store.read();
+            let s = resolve("service", &state.services, &r.service, service_name)?;
+            let tasks: Vec<Task> = state
+                .tasks_of_service(&s.id)
+                .filter(|t| !t.node_id.is_empty())
+                .cloned()
+                .collect();
+            (s.id.clone(), tasks)
+        };
+        let _ = service_id;
+        let mut by_node: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+        for t in tasks {
+            by_node.entry(t.node_id.clone()).or_default().push(t);
+        }
+        let (tx, rx) = mpsc::channel(256);
+        for (node, tasks) in by_node {
+            let request = LogRequest {
+                request_id: 0,
+                task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+                follow: r.follow,
+                tail: r.tail,
+                since: r.since,
+            };
+            let tx = tx.clone();
+            let dispatcher = Arc::clone(&self.ctx.dispatcher);
+            tokio::spawn(async move {
+                let Some((id, mut chunks)) = dispatcher.request_logs(&node, request).await else {
+                    for t in tasks {
+                        let msg = pb::ServiceLogsMessage {
+                            item: Some(service_logs_message::Item::Unavailable(format!(
+                                "task {} on node {}: the node is not connected, its logs cannot be read now",
+                                t.id, node
+                            ))),
+                        };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = tx.closed() => break,
+                        chunk = chunks.recv() => {
+                            let Some(chunk) = chunk else {
+                                let _ = tx.send(Ok(pb::ServiceLogsMessage { item: Some(service_logs_message::Item::Unavailable(format!("node {node}: its session ended while reading logs"))) })).await;
+                                break;
+                            };
+                            for line in chunk.lines {
+                                if tx.send(Ok(pb::ServiceLogsMessage { item: Some(service_logs_message::Item::Line(line)) })).await.is_err() {
+                                    break;
+                                }
+                            }
+                            if !chunk.error.is_empty() {
+                                let _ = tx.send(Ok(pb::ServiceLogsMessage { item: Some(service_logs_message::Item::Unavailable(format!("node {node}: {}", chunk.error))) })).await;
+                            }
+                            if chunk.end { break; }
+                        }
+                    }
+                }
+                dispatcher.end_logs(&node, id).await;
+            });
+        }
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn create_secret(
+        &self,
+        req: Request<pb::CreateSecretRequest>,
+    ) -> Result<Response<Secret>, Status> {
+        require_admin(&req)?;
+        let mut spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no secret spec given"))?;
+        validate::name("secret", &spec.name).map_err(Status::invalid_argument)?;
+        if spec.data.len() > 500 * 1024 {
+            return Err(Status::invalid_argument(
+                "a secret is at most 500 KiB (like Docker's)",
+            ));
+        }
+        let id = random_id();
+        let data = std::mem::take(&mut spec.data);
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        let sealed = self
+            .ctx
+            .data_key
+            .seal(&data, id.as_bytes())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let secret = Secret {
+            id,
+            meta: meta_now(),
+            spec: Some(spec),
+            data_sealed: sealed,
+            digest,
+        };
+        let mut b = Batch::new();
+        b.create(secret.clone());
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        let stored = self.ctx.store.read().secrets.get(&secret.id).cloned();
+        Ok(Response::new(redact(stored.unwrap_or(secret))))
+    }
+
+    async fn get_secret(
+        &self,
+        req: Request<pb::GetByNameRequest>,
+    ) -> Result<Response<Secret>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let s = resolve("secret", &state.secrets, &req.get_ref().name, secret_name)?;
+        Ok(Response::new(redact(s.clone())))
+    }
+
+    async fn list_secrets(
+        &self,
+        req: Request<pb::ListByNameRequest>,
+    ) -> Result<Response<pb::ListSecretsResponse>, Status> {
+        require_admin(&req)?;
+        let names = req.into_inner().names;
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let secrets = state
+            .secrets
+            .values()
+            .filter(|s| names.is_empty() || names.iter().any(|n| secret_name(s) == n))
+            .cloned()
+            .map(redact)
+            .collect();
+        Ok(Response::new(pb::ListSecretsResponse { secrets }))
+    }
+
+    async fn remove_secret(
+        &self,
+        req: Request<pb::GetByNameRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let s = {
+            let state = self.ctx.store.read();
+            let s = resolve("secret", &state.secrets, &req.get_ref().name, secret_name)?.clone();
+            let users: Vec<&str> = state
+                .services
+                .values()
+                .filter(|x| uses_secret(x, &s.id))
+                .map(service_name)
+                .collect();
+            if !users.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "secret {} is in use by service(s) {}: remove it from them first",
+                    secret_name(&s),
+                    users.join(", ")
+                )));
+            }
+            s
+        };
+        let mut b = Batch::new();
+        b.remove(s);
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+
+    async fn create_config(
+        &self,
+        req: Request<pb::CreateConfigRequest>,
+    ) -> Result<Response<Config>, Status> {
+        require_admin(&req)?;
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no config spec given"))?;
+        validate::name("config", &spec.name).map_err(Status::invalid_argument)?;
+        if spec.data.len() > 1000 * 1024 {
+            return Err(Status::invalid_argument("a config is at most 1000 KiB"));
+        }
+        let config = Config {
+            id: random_id(),
+            meta: meta_now(),
+            spec: Some(spec),
+        };
+        let mut b = Batch::new();
+        b.create(config.clone());
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        let stored = self.ctx.store.read().configs.get(&config.id).cloned();
+        Ok(Response::new(stored.unwrap_or(config)))
+    }
+
+    async fn get_config(
+        &self,
+        req: Request<pb::GetByNameRequest>,
+    ) -> Result<Response<Config>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let c = resolve("config", &state.configs, &req.get_ref().name, config_name)?;
+        Ok(Response::new(c.clone()))
+    }
+
+    async fn list_configs(
+        &self,
+        req: Request<pb::ListByNameRequest>,
+    ) -> Result<Response<pb::ListConfigsResponse>, Status> {
+        require_admin(&req)?;
+        let names = req.into_inner().names;
+        self.ctx.barrier().await?;
+        let state = self.ctx.store.read();
+        let configs = state
+            .configs
+            .values()
+            .filter(|s| names.is_empty() || names.iter().any(|n| config_name(s) == n))
+            .cloned()
+            .collect();
+        Ok(Response::new(pb::ListConfigsResponse { configs }))
+    }
+
+    async fn remove_config(
+        &self,
+        req: Request<pb::GetByNameRequest>,
+    ) -> Result<Response<pb::RemoveResponse>, Status> {
+        require_admin(&req)?;
+        self.ctx.barrier().await?;
+        let c = {
+            let state = self.ctx.store.read();
+            let c = resolve("config", &state.configs, &req.get_ref().name, config_name)?.clone();
+            let users: Vec<&str> = state
+                .services
+                .values()
+                .filter(|x| uses_config(x, &c.id))
+                .map(service_name)
+                .collect();
+            if !users.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "config {} is in use by service(s) {}: remove it from them first",
+                    config_name(&c),
+                    users.join(", ")
+                )));
+            }
+            c
+        };
+        let mut b = Batch::new();
+        b.remove(c);
+        self.ctx
+            .proposer
+            .propose(b.into_proto())
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RemoveResponse {}))
+    }
+}
+
+/// Secrets leave the API without their data (sealed or not).
+fn redact(mut s: Secret) -> Secret {
+    s.data_sealed.clear();
+    if let Some(spec) = s.spec.as_mut() {
+        spec.data.clear();
+    }
+    s
+}
+
+/// Fills a manager node's manager status from raft's view.
+fn with_manager_status(mut n: Node, raft: &super::RaftSummary) -> Node {
+    if let Some(m) = raft.members.iter().find(|m| m.2 == n.id) {
+        n.manager_status = Some(pb::ManagerStatus {
+            raft_id: m.0,
+            addr: m.1.clone(),
+            leader: m.0 == raft.leader_raft_id,
+            reachability: if m.0 == raft.raft_id || raft.reachable.contains(&m.0) {
+                "reachable".into()
+            } else {
+                "unreachable".into()
+            },
+        });
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolve_by_id_name_prefix_and_suggests() {
+        let mut m = BTreeMap::new();
+        for (id, name) in [("abc123", "web"), ("abd456", "api")] {
+            m.insert(id.to_string(), (id.to_string(), name.to_string()));
+        }
+        let name = |x: &(String, String)| x.1.as_str();
+        assert_eq!(resolve("service", &m, "web", name).expect("name").0, "abc123");
+        assert_eq!(resolve("service", &m, "abd", name).expect("prefix").1, "api");
+        let e = resolve("service", &m, "ab", name).expect_err("ambiguous");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let e = resolve("service", &m, "wbe", name).expect_err("missing");
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert_eq!(e.message(), "no such service: wbe (did you mean \"web\"?)");
+    }
+}

@@ -1,0 +1,271 @@
+//! The leader-only loops: they start when this manager becomes leader and stop when it stops
+//! leading. Each starts with a full pass (events are lost across leader changes), then reacts to
+//! applied batches (debounced) and to its own timers.
+//! - reconcile: the orchestrators turn services into tasks (`orchestrator::reconcile`);
+//! - schedule: pending tasks get nodes (`scheduler::Scheduler`);
+//! - the dispatcher's statuses and heartbeat watch (`Dispatcher::run`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_proto::control::v1::{Node, Task, TaskSpec, TaskState, TaskStatus};
+use tokio::sync::{broadcast, watch};
+use tracing::{debug, info, warn};
+
+use super::proposer::Proposer;
+use super::run::Identity;
+use crate::dispatcher::{now_ms, Dispatcher};
+use crate::orchestrator;
+use crate::raft::LeaderState;
+use crate::scheduler::{Decision, Scheduler};
+use crate::store::{Batch, State, Store};
+
+/// Waits for leadership, runs the loops while it lasts, and again at each new term.
+pub async fn leader_loops(
+    mut leadership: watch::Receiver<LeaderState>,
+    store: Store,
+    proposer: Arc<dyn Proposer>,
+    dispatcher: Arc<Dispatcher>,
+    identity: Identity,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let leading = leadership.borrow_and_update().is_leader;
+        if leading {
+            info!(node = %identity.node_id, "leading: starting the orchestrators, the scheduler and the dispatcher");
+            let (term_stop_tx, term_stop) = watch::channel(false);
+            let tasks = [
+                tokio::spawn(Arc::clone(&dispatcher).run(term_stop.clone())),
+                tokio::spawn(reconcile_loop(
+                    store.clone(),
+                    Arc::clone(&proposer),
+                    term_stop.clone(),
+                )),
+                tokio::spawn(schedule_loop(
+                    store.clone(),
+                    Arc::clone(&proposer),
+                    term_stop,
+                )),
+            ];
+            loop {
+                tokio::select! {
+                    r = leadership.changed() => {
+                        if r.is_err() || !leadership.borrow().is_leader { break; }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+            let _ = term_stop_tx.send(true);
+            dispatcher.close_all();
+            for t in tasks {
+                let _ = t.await;
+            }
+            info!(node = %identity.node_id, "no longer leading: loops stopped");
+            if *stop.borrow() {
+                return;
+            }
+        } else {
+            tokio::select! {
+                r = leadership.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Waits for the next applied batch (true), a lag (true: do a full pass), or stop (false).
+async fn next_change(
+    rx: &mut broadcast::Receiver<Arc<crate::store::Applied>>,
+    stop: &mut watch::Receiver<bool>,
+    timer: Option<tokio::time::Instant>,
+) -> bool {
+    let sleep = async {
+        match timer {
+            Some(t) => tokio::time::sleep_until(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        r = rx.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
+        _ = stop.changed() => false,
+        _ = sleep => true,
+    }
+}
+
+/// Drains whatever else arrived within `window` (debounce: one pass for a burst of batches).
+async fn settle(rx: &mut broadcast::Receiver<Arc<crate::store::Applied>>, window: Duration) {
+    tokio::time::sleep(window).await;
+    while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = rx.try_recv() {}
+}
+
+struct Env;
+
+impl orchestrator::Env for Env {
+    fn new_id(&mut self) -> String {
+        super::random_id()
+    }
+    fn node_eligible(&self, node: &Node, spec: &TaskSpec) -> bool {
+        node_eligible(node, spec)
+    }
+}
+
+/// Whether the scheduler would place a task of `spec` on `node` (used for global services,
+/// whose tasks are bound to their node from the start).
+pub fn node_eligible(node: &Node, spec: &TaskSpec) -> bool {
+    let probe = Task {
+        id: "probe".into(),
+        service_id: "probe".into(),
+        spec: Some(spec.clone()),
+        desired_state: TaskState::Running as i32,
+        status: Some(TaskStatus {
+            state: TaskState::Pending as i32,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut s = Scheduler::new([node], std::iter::empty());
+    matches!(s.schedule([&probe]).first(), Some(Decision::Assign { .. }))
+}
+
+async fn reconcile_loop(store: Store, proposer: Arc<dyn Proposer>, mut stop: watch::Receiver<bool>) {
+    let mut rx = store.watch();
+    let mut wake: Option<tokio::time::Instant> = None;
+    let mut env = Env;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let out = {
+            let state = store.read();
+            orchestrator::reconcile(&state, now_ms(), &mut env)
+        };
+        wake = out.wake_at.map(|at| {
+            let ms = (at - now_ms()).max(0) as u64;
+            tokio::time::Instant::now() + Duration::from_millis(ms)
+        });
+        if !out.batch.is_empty() {
+            let n = out.batch.len();
+            match proposer.propose(out.batch.into_proto()).await {
+                Ok(_) => debug!(actions = n, "orchestrator wrote"),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => {
+                    warn!(error = %e, "orchestrator write failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            // Our own write shows up as an event: look again right away.
+            continue;
+        }
+        if !next_change(&mut rx, &mut stop, wake).await {
+            return;
+        }
+        settle(&mut rx, Duration::from_millis(10)).await;
+    }
+}
+
+/// Decisions of one scheduling pass as a batch: assignments, and pending reasons that changed.
+pub fn schedule_pass(state: &State) -> Batch {
+    let mut b = Batch::new();
+    let pending_state = TaskState::Pending as i32;
+    let runnable = |t: &&Task| {
+        t.desired_state == TaskState::Running as i32
+            && t.status.as_ref().map_or(0, |s| s.state) <= pending_state
+    };
+    let now = now_ms();
+    let mut sched = Scheduler::new(state.nodes.values(), state.tasks.values());
+    let unbound: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(runnable)
+        .filter(|t| t.node_id.is_empty())
+        .collect();
+    let mut decisions = sched.schedule(unbound);
+    // Tasks bound to a node from the start (global services): check that node only.
+    for t in state
+        .tasks
+        .values()
+        .filter(runnable)
+        .filter(|t| !t.node_id.is_empty())
+    {
+        let Some(node) = state.nodes.get(&t.node_id) else {
+            continue;
+        };
+        let mut unbound = t.clone();
+        unbound.node_id.clear();
+        let others = state.tasks_of_node(&node.id).filter(|x| x.id != t.id);
+        let mut one = Scheduler::new([node], others);
+        match one.schedule([&unbound]).pop() {
+            Some(Decision::Assign { .. }) => decisions.push(Decision::Assign {
+                task_id: t.id.clone(),
+                node_id: t.node_id.clone(),
+            }),
+            Some(Decision::Pending { reason, .. }) => decisions.push(Decision::Pending {
+                task_id: t.id.clone(),
+                reason,
+            }),
+            None => {}
+        }
+    }
+    for d in decisions {
+        match d {
+            Decision::Assign { task_id, node_id } => {
+                let Some(mut t) = state.tasks.get(&task_id).cloned() else {
+                    continue;
+                };
+                t.node_id = node_id;
+                t.status = Some(TaskStatus {
+                    state: TaskState::Assigned as i32,
+                    timestamp: now,
+                    message: "scheduled".into(),
+                    ..Default::default()
+                });
+                if let Some(m) = t.meta.as_mut() {
+                    m.updated_at = now;
+                }
+                b.update(t);
+            }
+            Decision::Pending { task_id, reason } => {
+                let Some(mut t) = state.tasks.get(&task_id).cloned() else {
+                    continue;
+                };
+                let status = t.status.get_or_insert_with(Default::default);
+                if status.message == reason && status.state == pending_state {
+                    continue;
+                }
+                status.state = pending_state;
+                status.message = reason;
+                b.update(t);
+            }
+        }
+        if b.len() >= 1000 {
+            break;
+        }
+    }
+    b
+}
+
+async fn schedule_loop(store: Store, proposer: Arc<dyn Proposer>, mut stop: watch::Receiver<bool>) {
+    let mut rx = store.watch();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let batch = schedule_pass(&store.read());
+        if !batch.is_empty() {
+            let n = batch.len();
+            match proposer.propose(batch.into_proto()).await {
+                Ok(_) => debug!(actions = n, "scheduler wrote"),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => {
+                    warn!(error = %e, "scheduler write failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            continue;
+        }
+        if !next_change(&mut rx, &mut stop, None).await {
+            return;
+        }
+        settle(&mut rx, Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,689 @@
+//! Running a manager: its state directory, the one mTLS port that serves everything (Control,
+//! NodeCA, Dispatcher, Raft), raft over the store, and the leader-only loops.
+//!
+//! State directory: `manager.json` (identity: node id, raft id, cluster id, addresses),
+//! `tls/` (this manager's certificate, see `flotilla_pki::NodeTlsFiles`), `data.key` (seals
+//! secrets and the CA key in the log; 0600), `raft/` (the durable log and snapshots).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use flotilla_pki::{
+    client_config, fetch_and_verify_root_ca, tls_incoming, DataKey, JoinToken, MtlsConnector,
+    NodeKey, NodeTlsFiles, PeerRole, Role, RootCa,
+};
+use flotilla_proto::control::v1::{
+    self as pb, control_server::ControlServer, dispatcher_server::DispatcherServer,
+    node_ca_client::NodeCaClient, node_ca_server::NodeCaServer, Cluster, ClusterSpec, Meta, Node,
+    NodeAvailability, NodeDescription, NodeRole, NodeSpec, NodeState, NodeStatus,
+};
+use flotilla_proto::raft::v1 as rpb;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::loops;
+use super::proposer::{BoxFuture, ProposeError, Proposer};
+use crate::api::{control::ControlService, nodeca::NodeCaService, Ctx, Membership, RaftSummary};
+use crate::dispatcher::{now_ms, Dispatcher, SecretOpener};
+use crate::raft::{Bootstrap, Connector, RaftConfig, RaftError, RaftNode, RaftService, StateMachine};
+use crate::store::{Batch, Store};
+
+/// How a manager starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// A new cluster whose first manager this is.
+    Init,
+    /// A new cluster from this manager's existing state (the others are gone for good).
+    ForceNewCluster,
+    /// Join the cluster of the manager at `addr` with a manager token.
+    Join { addr: String, token: String },
+    /// Restart from the state directory.
+    Restart,
+}
+
+/// Settings of one manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub state_dir: PathBuf,
+    /// Where to listen (all of Control, NodeCA, Dispatcher and Raft).
+    pub listen: SocketAddr,
+    /// host:port other managers and agents dial (default: the listen address).
+    pub advertise: String,
+    /// Raft election timeout (rounded to 100 ms ticks; default 1 s).
+    pub election_timeout: Duration,
+    /// Agent heartbeat period written into a new cluster's spec (default 1 s).
+    pub heartbeat_period: Duration,
+    /// Where `init` writes the admin context for the CLI (None: don't).
+    pub config_dir: Option<PathBuf>,
+    /// The name of the admin context `init` writes.
+    pub context_name: String,
+    /// Applied entries between raft snapshots.
+    pub snapshot_interval: u64,
+}
+
+/// What a manager remembers about itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub node_id: String,
+    pub raft_id: u64,
+    pub cluster_id: String,
+    pub advertise: String,
+}
+
+const IDENTITY_FILE: &str = "manager.json";
+
+fn identity_path(dir: &Path) -> PathBuf {
+    dir.join(IDENTITY_FILE)
+}
+
+fn save_identity(dir: &Path, id: &Identity) -> anyhow::Result<()> {
+    let path = identity_path(dir);
+    let tmp = dir.join(".manager.json.tmp");
+    let data = serde_json::to_vec_pretty(id)?;
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn load_identity(dir: &Path) -> anyhow::Result<Option<Identity>> {
+    let path = identity_path(dir);
+    match std::fs::read(&path) {
+        Ok(b) => Ok(Some(serde_json::from_slice(&b).with_context(|| {
+            format!("{} is corrupt: restore it from a backup", path.display())
+        })?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The store as raft's state machine (readers share the same `Store`).
+struct StoreMachine(Store);
+
+impl StateMachine for StoreMachine {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+        self.0.apply_command(index, command)
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        self.0.snapshot_bytes()
+    }
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        self.0.restore_bytes(index, data)
+    }
+}
+
+struct Mtls(MtlsConnector);
+
+impl Connector for Mtls {
+    fn channel(&self, addr: &str) -> tonic::transport::Channel {
+        self.0.channel(addr)
+    }
+}
+
+/// Writes through raft.
+struct RaftProposer(RaftNode<StoreMachine>);
+
+fn propose_error(e: RaftError) -> ProposeError {
+    match e {
+        RaftError::Refused(m) => ProposeError::Refused(m),
+        other => ProposeError::Unavailable(other.to_string()),
+    }
+}
+
+impl Proposer for RaftProposer {
+    fn propose(&self, batch: pb::StoreBatch) -> BoxFuture<'_, Result<u64, ProposeError>> {
+        Box::pin(async move {
+            use prost::Message;
+            let (index, _) = self
+                .0
+                .propose(batch.encode_to_vec())
+                .await
+                .map_err(propose_error)?;
+            Ok(index)
+        })
+    }
+    fn read_barrier(&self) -> BoxFuture<'_, Result<(), ProposeError>> {
+        Box::pin(async move { self.0.read_barrier().await.map_err(propose_error) })
+    }
+}
+
+struct RaftMembership(RaftNode<StoreMachine>);
+
+impl Membership for RaftMembership {
+    fn summary(&self) -> RaftSummary {
+        let s = self.0.status();
+        RaftSummary {
+            raft_id: s.raft_id,
+            leader_raft_id: s.leader_id,
+            term: s.term,
+            commit_index: s.commit_index,
+            members: s
+                .members
+                .iter()
+                .map(|m| (m.raft_id, m.addr.clone(), m.node_id.clone()))
+                .collect(),
+            // The raft module counts reachable members; without per-member detail, a member is
+            // shown reachable when the count covers everyone.
+            reachable: if s.reachable >= s.members.len() {
+                s.members.iter().map(|m| m.raft_id).collect()
+            } else {
+                vec![s.raft_id]
+            },
+        }
+    }
+    fn add_member(
+        &self,
+        raft_id: u64,
+        addr: String,
+        node_id: String,
+    ) -> BoxFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(async move {
+            let members = self
+                .0
+                .add_member(raft_id, addr, node_id)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(members.into_iter().map(|m| m.addr).collect())
+        })
+    }
+    fn remove_member(&self, raft_id: u64) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.0
+                .remove_member(raft_id)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+/// The Raft service, only for manager certificates.
+struct GuardedRaft(RaftService<StoreMachine>);
+
+fn require_manager<T>(req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    let id = flotilla_pki::peer_identity(req)?;
+    if id.role != PeerRole::Manager {
+        return Err(tonic::Status::permission_denied(
+            "only managers speak raft on this port",
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl rpb::raft_server::Raft for GuardedRaft {
+    async fn send(
+        &self,
+        req: tonic::Request<tonic::Streaming<rpb::RaftEnvelope>>,
+    ) -> Result<tonic::Response<rpb::SendAck>, tonic::Status> {
+        require_manager(&req)?;
+        self.0.send(req).await
+    }
+    async fn propose(
+        &self,
+        req: tonic::Request<rpb::ProposeRequest>,
+    ) -> Result<tonic::Response<rpb::ProposeResponse>, tonic::Status> {
+        require_manager(&req)?;
+        self.0.propose(req).await
+    }
+    async fn read_index(
+        &self,
+        req: tonic::Request<rpb::ReadIndexRequest>,
+    ) -> Result<tonic::Response<rpb::ReadIndexResponse>, tonic::Status> {
+        require_manager(&req)?;
+        self.0.read_index(req).await
+    }
+    async fn change_membership(
+        &self,
+        req: tonic::Request<rpb::ChangeMembershipRequest>,
+    ) -> Result<tonic::Response<rpb::ChangeMembershipResponse>, tonic::Status> {
+        require_manager(&req)?;
+        self.0.change_membership(req).await
+    }
+    async fn status(
+        &self,
+        req: tonic::Request<rpb::StatusRequest>,
+    ) -> Result<tonic::Response<rpb::StatusResponse>, tonic::Status> {
+        require_manager(&req)?;
+        self.0.status(req).await
+    }
+}
+
+/// The Dispatcher service: sessions on the leader, redirects elsewhere.
+struct DispatcherService {
+    dispatcher: Arc<Dispatcher>,
+    membership: Arc<RaftMembership>,
+}
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for DispatcherService {
+    type SessionStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::DispatcherMessage, tonic::Status>>;
+
+    async fn session(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::AgentMessage>>,
+    ) -> Result<tonic::Response<Self::SessionStream>, tonic::Status> {
+        let id = flotilla_pki::peer_identity(&req)?;
+        if id.role == PeerRole::Admin {
+            return Err(tonic::Status::permission_denied(
+                "an admin certificate has no node to open a session for",
+            ));
+        }
+        let summary = self.membership.summary();
+        if !summary.is_leader() {
+            let mut status = tonic::Status::failed_precondition(
+                "this manager is not the leader: reconnect to the leader",
+            );
+            if let Some(addr) = summary.leader_addr() {
+                if let Ok(v) = addr.parse() {
+                    status.metadata_mut().insert("flotilla-leader", v);
+                }
+            }
+            return Err(status);
+        }
+        let addr = flotilla_pki::peer_addr(&req)
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let rx = self
+            .dispatcher
+            .session(id.node_id, addr, req.into_inner())
+            .await?;
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+    }
+}
+
+/// A running manager.
+pub struct Manager {
+    pub identity: Identity,
+    pub store: Store,
+    raft: RaftNode<StoreMachine>,
+    stop: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    loops: tokio::task::JoinHandle<()>,
+}
+
+impl Manager {
+    /// Prepares the state directory as `start` says, then runs the manager's server and raft.
+    pub async fn start(cfg: ManagerConfig, start: Start) -> anyhow::Result<Manager> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
+        let existing = load_identity(&cfg.state_dir)?;
+        let tls_files = NodeTlsFiles::new(cfg.state_dir.join("tls"));
+        let key_path = cfg.state_dir.join("data.key");
+        let mut new_cluster: Option<(RootCa, DataKey)> = None;
+        let (identity, bootstrap) = match (&start, existing) {
+            (Start::Init, Some(id)) | (Start::Join { .. }, Some(id)) => bail!(
+                "{} already holds manager {} of cluster {}: restart it with `flotilla-controller serve --state-dir {}`, or use an empty directory",
+                cfg.state_dir.display(),
+                id.node_id,
+                id.cluster_id,
+                cfg.state_dir.display()
+            ),
+            (Start::Restart, None) | (Start::ForceNewCluster, None) => bail!(
+                "{} holds no manager state: start a cluster with `flotilla-controller init`, or join one with `flotilla-controller join`",
+                cfg.state_dir.display()
+            ),
+            (Start::Restart, Some(id)) => (id, Bootstrap::Restart),
+            (Start::ForceNewCluster, Some(id)) => (id, Bootstrap::ForceNewCluster),
+            (Start::Init, None) => {
+                let cluster_id = super::random_id();
+                let node_id = super::random_id();
+                let ca = RootCa::generate(&cluster_id)?;
+                let data_key = DataKey::load_or_create(&key_path)?;
+                let key = NodeKey::generate()?;
+                let issued = ca.issue(
+                    &key.csr_pem,
+                    &node_id,
+                    Role::Manager,
+                    crate::api::nodeca::DEFAULT_CERT_EXPIRY,
+                )?;
+                tls_files.save(ca.cert_pem(), &issued.cert_pem, &key.key_pem)?;
+                let id = Identity {
+                    node_id: node_id.clone(),
+                    raft_id: random_raft_id(),
+                    cluster_id,
+                    advertise: cfg.advertise.clone(),
+                };
+                new_cluster = Some((ca, data_key));
+                (id, Bootstrap::NewCluster { node_id })
+            }
+            (Start::Join { addr, token }, None) => {
+                let id = join_as_manager(&cfg, addr, token, &tls_files, &key_path).await?;
+                (id, Bootstrap::Join)
+            }
+        };
+        let tls = tls_files.load()?.with_context(|| {
+            format!(
+                "{} has no certificate: the state directory is incomplete",
+                tls_files.dir().display()
+            )
+        })?;
+        let data_key = Arc::new(DataKey::load(&key_path)?);
+        save_identity(&cfg.state_dir, &identity)?;
+
+        let store = Store::new();
+        let client_cfg = tls.client_config()?;
+        let connector = Arc::new(Mtls(MtlsConnector::new(Arc::clone(&client_cfg))));
+        let mut rcfg = RaftConfig::new(
+            identity.raft_id,
+            cfg.state_dir.join("raft"),
+            identity.advertise.clone(),
+        );
+        rcfg.election_ticks = ((cfg.election_timeout.as_millis() as u64 / rcfg.tick_ms).max(3))
+            as usize;
+        rcfg.snapshot_interval = cfg.snapshot_interval;
+        // Bind before raft starts so peers can reach us as soon as we are a member.
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+        let raft = RaftNode::start(
+            rcfg,
+            bootstrap,
+            StoreMachine(store.clone()),
+            connector.clone(),
+        )
+        .await
+        .context("cannot start raft")?;
+        let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
+        let membership = Arc::new(RaftMembership(raft.clone()));
+        let opener_key = Arc::clone(&data_key);
+        let open_secret: SecretOpener = Arc::new(move |s: &pb::Secret| {
+            opener_key
+                .open(&s.data_sealed, s.id.as_bytes())
+                .map_err(|e| e.to_string())
+        });
+        let addrs_view = Arc::clone(&membership);
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            Arc::clone(&proposer),
+            open_secret,
+            Arc::new(move || {
+                addrs_view
+                    .summary()
+                    .members
+                    .into_iter()
+                    .map(|m| m.1)
+                    .collect()
+            }),
+        );
+        let dial_cfg = Arc::clone(&client_cfg);
+        let ctx = Arc::new(Ctx {
+            store: store.clone(),
+            proposer: Arc::clone(&proposer),
+            membership: membership.clone(),
+            dispatcher: Arc::clone(&dispatcher),
+            data_key: Arc::clone(&data_key),
+            node_id: identity.node_id.clone(),
+            dial: Arc::new(move |addr: &str| flotilla_pki::channel(addr, Arc::clone(&dial_cfg))),
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let server_cfg = tls.server_config()?;
+        let incoming = tls_incoming(listener, server_cfg);
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(ControlServer::new(ControlService { ctx: Arc::clone(&ctx) }))
+            .add_service(NodeCaServer::new(NodeCaService { ctx: Arc::clone(&ctx) }))
+            .add_service(DispatcherServer::new(DispatcherService {
+                dispatcher: Arc::clone(&dispatcher),
+                membership: membership.clone(),
+            }))
+            .add_service(
+                rpb::raft_server::RaftServer::new(GuardedRaft(RaftService::new(raft.clone())))
+                    .max_decoding_message_size(256 << 20)
+                    .max_encoding_message_size(256 << 20),
+            );
+        let mut server_stop = stop_rx.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+                warn!(error = %e, "the manager's server stopped");
+            }
+        });
+        info!(
+            node = %identity.node_id,
+            raft_id = identity.raft_id,
+            addr = %identity.advertise,
+            "manager started"
+        );
+
+        // A new cluster writes its cluster object and this manager's node once it leads.
+        if let Some((ca, data_key)) = new_cluster {
+            wait_leader(&raft, Duration::from_secs(10)).await?;
+            let c = new_cluster_object(&identity, &ca, &data_key, &cfg)?;
+            let node = manager_node(&identity);
+            let mut b = Batch::new();
+            b.create(c).create(node);
+            proposer
+                .propose(b.into_proto())
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot write the new cluster: {e}"))?;
+            if let Some(dir) = &cfg.config_dir {
+                write_admin_context(dir, &cfg.context_name, &ca, &identity.advertise)?;
+            }
+        }
+
+        let loops = tokio::spawn(loops::leader_loops(
+            raft.leadership(),
+            store.clone(),
+            Arc::clone(&proposer),
+            Arc::clone(&dispatcher),
+            identity.clone(),
+            stop_rx,
+        ));
+        Ok(Manager {
+            identity,
+            store,
+            raft,
+            stop,
+            server,
+            loops,
+        })
+    }
+
+    /// raft's view of the cluster.
+    pub fn raft_status(&self) -> crate::raft::RaftStatus {
+        self.raft.status()
+    }
+
+    /// Stops serving and shuts raft down (state stays on disk).
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        let _ = self.loops.await;
+        self.raft.shutdown().await;
+    }
+}
+
+fn random_raft_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>() >> 1;
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+async fn wait_leader(raft: &RaftNode<StoreMachine>, limit: Duration) -> anyhow::Result<()> {
+    let mut rx = raft.leadership();
+    tokio::time::timeout(limit, rx.wait_for(|l| l.is_leader))
+        .await
+        .context("this manager did not become the leader of its new cluster")?
+        .context("raft stopped")?;
+    Ok(())
+}
+
+fn new_cluster_object(
+    id: &Identity,
+    ca: &RootCa,
+    data_key: &DataKey,
+    cfg: &ManagerConfig,
+) -> anyhow::Result<Cluster> {
+    let now = now_ms();
+    Ok(Cluster {
+        id: id.cluster_id.clone(),
+        meta: Some(Meta {
+            version: 0,
+            created_at: now,
+            updated_at: now,
+        }),
+        spec: Some(ClusterSpec {
+            name: "default".into(),
+            task_history_limit: 5,
+            heartbeat_period_ms: cfg.heartbeat_period.as_millis() as u64,
+            node_cert_expiry_secs: crate::api::nodeca::DEFAULT_CERT_EXPIRY.as_secs(),
+        }),
+        root_ca_cert: ca.cert_pem().to_string(),
+        root_ca_key_sealed: ca.seal_key(data_key)?,
+        worker_token: JoinToken::generate(ca.digest(), Role::Worker)?.to_string(),
+        manager_token: JoinToken::generate(ca.digest(), Role::Manager)?.to_string(),
+    })
+}
+
+/// The node object of a manager: it runs no agent, so it is never a scheduling target unless an
+/// agent registers a session for it.
+fn manager_node(id: &Identity) -> Node {
+    let now = now_ms();
+    Node {
+        id: id.node_id.clone(),
+        meta: Some(Meta {
+            version: 0,
+            created_at: now,
+            updated_at: now,
+        }),
+        spec: Some(NodeSpec {
+            desired_role: NodeRole::Manager as i32,
+            availability: NodeAvailability::Active as i32,
+            labels: Default::default(),
+        }),
+        description: Some(local_description()),
+        status: Some(NodeStatus {
+            state: NodeState::Unknown as i32,
+            message: "manager (no agent on this node)".into(),
+            addr: id.advertise.clone(),
+            last_heartbeat: 0,
+        }),
+        manager_status: None,
+        role: NodeRole::Manager as i32,
+        cert_expires_at: 0,
+        cert_serial: String::new(),
+    }
+}
+
+fn local_description() -> NodeDescription {
+    let hostname = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default();
+    NodeDescription {
+        hostname,
+        platform: Some(pb::Platform {
+            os: "linux".into(),
+            architecture: std::env::consts::ARCH.into(),
+        }),
+        resources: None,
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+        engine_labels: Default::default(),
+    }
+}
+
+async fn join_as_manager(
+    cfg: &ManagerConfig,
+    addr: &str,
+    token: &str,
+    tls_files: &NodeTlsFiles,
+    key_path: &Path,
+) -> anyhow::Result<Identity> {
+    let token = JoinToken::parse(token)?;
+    if token.role() != Role::Manager {
+        bail!("this is a worker token: workers join with `flotilla-agent serve --join {addr} --token …`; managers need the manager token (`flotilla cluster join-token manager`)");
+    }
+    let ca_pem = fetch_and_verify_root_ca(addr, &token).await?;
+    let key = NodeKey::generate()?;
+    let anon = client_config(&ca_pem, None)?;
+    let mut ca_client = NodeCaClient::new(flotilla_pki::channel(addr, anon));
+    let issued = ca_client
+        .issue_node_certificate(pb::IssueNodeCertificateRequest {
+            token: token.to_string(),
+            csr_pem: key.csr_pem.clone(),
+            description: Some(local_description()),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("the cluster refused to join: {}", s.message()))?
+        .into_inner();
+    if issued.role != NodeRole::Manager as i32 {
+        bail!("the cluster issued a worker certificate: use the manager token");
+    }
+    let tls = tls_files.save(&ca_pem, &issued.cert_pem, &key.key_pem)?;
+    let mut ca_client = NodeCaClient::new(flotilla_pki::channel(addr, tls.client_config()?));
+    let joined = ca_client
+        .join_manager(pb::JoinManagerRequest {
+            addr: cfg.advertise.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("cannot join the raft group: {}", s.message()))?
+        .into_inner();
+    let data_key = DataKey::from_bytes(&joined.data_key)?;
+    write_private(key_path, hex::encode(data_key.to_bytes()).as_bytes())?;
+    Ok(Identity {
+        node_id: issued.node_id,
+        raft_id: joined.raft_id,
+        cluster_id: tls.identity.cluster_id.clone(),
+        advertise: cfg.advertise.clone(),
+    })
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+fn write_admin_context(
+    config_dir: &Path,
+    name: &str,
+    ca: &RootCa,
+    controller: &str,
+) -> anyhow::Result<()> {
+    let key = NodeKey::generate()?;
+    let issued = ca.issue_admin(&key.csr_pem, Duration::from_secs(365 * 24 * 3600))?;
+    crate::cli::context::save_context(
+        config_dir,
+        &crate::cli::context::ContextMeta {
+            name: name.to_string(),
+            description: format!("admin of cluster {}", ca.cluster_id()),
+            controller: controller.to_string(),
+        },
+        ca.cert_pem(),
+        &issued.cert_pem,
+        &key.key_pem,
+        true,
+    )?;
+    info!(context = name, dir = %config_dir.display(), "wrote the admin context for the CLI");
+    Ok(())
+}

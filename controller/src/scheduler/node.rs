@@ -1,0 +1,200 @@
+//! The scheduler's view of one node: what the filters read (availability, attributes,
+//! capacity) and what the tasks holding resources on it add up to (reservations, task counts
+//! per service, host ports in use).
+//!
+//! Invariant: the sums (`cpu_reserved`, `mem_reserved`, `tasks`, `services`, `ports`) are
+//! exactly the sum of the [`TaskUse`]s added and not yet removed; only [`NodeInfo::add`] and
+//! [`NodeInfo::remove`] change them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use flotilla_proto::control::v1::{Node, NodeAvailability, NodeRole, NodeState, PortProtocol};
+
+use super::constraint::normalize_arch;
+
+/// Hasher for the dense `u32` indices the scheduler uses as keys (interned service ids): a
+/// multiply is enough and an order of magnitude cheaper than SipHash in the placement loops.
+/// Not for keys an outsider chooses.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A map keyed by a dense index.
+pub(crate) type IndexMap<V> = HashMap<u32, V, BuildHasherDefault<IndexHasher>>;
+
+/// A published host port: protocol (a `PortProtocol` value) and port number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct HostPort {
+    pub protocol: i32,
+    pub port: u32,
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match PortProtocol::try_from(self.protocol) {
+            Ok(PortProtocol::Tcp) => write!(f, "{}/tcp", self.port),
+            Ok(PortProtocol::Udp) => write!(f, "{}/udp", self.port),
+            Err(_) => write!(f, "{}/protocol-{}", self.port, self.protocol),
+        }
+    }
+}
+
+/// What one task holding resources takes from its node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TaskUse {
+    /// Slot of the node in the scheduler's node table.
+    pub node: u32,
+    /// Interned service id.
+    pub service: u32,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+    pub ports: Box<[HostPort]>,
+}
+
+/// The scheduler's view of one node.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeInfo {
+    pub id: String,
+    /// False for a slot that only exists because tasks still name the node (not in the store,
+    /// or removed while tasks were on it): never a candidate.
+    pub present: bool,
+    /// Status READY and availability ACTIVE.
+    pub available: bool,
+    pub hostname: String,
+    pub role: NodeRole,
+    pub labels: HashMap<String, String>,
+    pub engine_labels: HashMap<String, String>,
+    /// Lower case.
+    pub os: String,
+    /// Normalized with [`normalize_arch`].
+    pub arch: String,
+    pub nano_cpus: i64,
+    pub memory_bytes: i64,
+
+    pub cpu_reserved: i64,
+    pub mem_reserved: i64,
+    /// Tasks holding resources on the node.
+    pub tasks: u32,
+    /// Tasks holding resources on the node, per interned service id (no zero entries).
+    pub services: IndexMap<u32>,
+    /// Host ports in use with the number of tasks publishing each (normally one).
+    pub ports: Vec<(HostPort, u32)>,
+}
+
+impl NodeInfo {
+    /// A placeholder for a node id that tasks name but the store does not hold (yet).
+    pub fn placeholder(id: &str) -> NodeInfo {
+        NodeInfo {
+            id: id.to_string(),
+            ..NodeInfo::default()
+        }
+    }
+
+    /// Takes the node's spec, description and status; keeps the accounting.
+    pub fn describe(&mut self, node: &Node) {
+        let state = node.status.as_ref().map(|s| s.state);
+        let availability = node
+            .spec
+            .as_ref()
+            .map(|s| s.availability)
+            .unwrap_or_default();
+        self.present = true;
+        self.available = state == Some(NodeState::Ready as i32)
+            && availability == NodeAvailability::Active as i32;
+        self.role = NodeRole::try_from(node.role).unwrap_or(NodeRole::Worker);
+        self.labels = node
+            .spec
+            .as_ref()
+            .map(|s| s.labels.clone())
+            .unwrap_or_default();
+        let desc = node.description.as_ref();
+        self.hostname = desc.map(|d| d.hostname.clone()).unwrap_or_default();
+        self.engine_labels = desc.map(|d| d.engine_labels.clone()).unwrap_or_default();
+        let platform = desc.and_then(|d| d.platform.as_ref());
+        self.os = platform
+            .map(|p| p.os.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        self.arch = platform
+            .map(|p| normalize_arch(&p.architecture))
+            .unwrap_or_default();
+        let resources = desc.and_then(|d| d.resources.as_ref());
+        self.nano_cpus = resources.map(|r| r.nano_cpus).unwrap_or(0);
+        self.memory_bytes = resources.map(|r| r.memory_bytes).unwrap_or(0);
+    }
+
+    /// Forgets what the store said about the node (it was removed); keeps the accounting of
+    /// the tasks still on it.
+    pub fn forget(&mut self) {
+        let id = std::mem::take(&mut self.id);
+        let keep = NodeInfo {
+            id,
+            cpu_reserved: self.cpu_reserved,
+            mem_reserved: self.mem_reserved,
+            tasks: self.tasks,
+            services: std::mem::take(&mut self.services),
+            ports: std::mem::take(&mut self.ports),
+            ..NodeInfo::default()
+        };
+        *self = keep;
+    }
+
+    /// Tasks of `service` holding resources here.
+    pub fn service_tasks(&self, service: u32) -> u32 {
+        self.services.get(&service).copied().unwrap_or(0)
+    }
+
+    /// Whether a task already here publishes `port`.
+    pub fn port_in_use(&self, port: HostPort) -> bool {
+        self.ports.iter().any(|(p, _)| *p == port)
+    }
+
+    /// Adds a task's use.
+    pub fn add(&mut self, u: &TaskUse) {
+        self.cpu_reserved += u.nano_cpus;
+        self.mem_reserved += u.memory_bytes;
+        self.tasks += 1;
+        *self.services.entry(u.service).or_insert(0) += 1;
+        for p in u.ports.iter() {
+            match self.ports.iter_mut().find(|(q, _)| q == p) {
+                Some((_, n)) => *n += 1,
+                None => self.ports.push((*p, 1)),
+            }
+        }
+    }
+
+    /// Removes a use added before.
+    pub fn remove(&mut self, u: &TaskUse) {
+        self.cpu_reserved -= u.nano_cpus;
+        self.mem_reserved -= u.memory_bytes;
+        self.tasks = self.tasks.saturating_sub(1);
+        if let Some(n) = self.services.get_mut(&u.service) {
+            *n -= 1;
+            if *n == 0 {
+                self.services.remove(&u.service);
+            }
+        }
+        for p in u.ports.iter() {
+            if let Some(i) = self.ports.iter().position(|(q, _)| q == p) {
+                self.ports[i].1 -= 1;
+                if self.ports[i].1 == 0 {
+                    self.ports.swap_remove(i);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,685 @@
+//! Raft clusters of 3 and 5 in-process managers over real loopback gRPC (one tonic server per
+//! node on 127.0.0.1, ephemeral ports), replicating a small key-value state machine whose
+//! commands are `set k v` and `cas k old new` (a deterministic refusal when `k` is not `old`).
+//! Every wait has a deadline; every test cleans its temp dir. The tests take a process-wide lock
+//! so their timing (elections in ~1 s) is not disturbed by each other on a small machine.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_controller::raft::{
+    Bootstrap, Connector, RaftConfig, RaftError, RaftNode, StateMachine,
+};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+// ---------- the test state machine ----------
+
+#[derive(Default)]
+struct Kv {
+    map: BTreeMap<String, String>,
+    restored_at: u64,
+}
+
+impl StateMachine for Kv {
+    fn apply(&mut self, _index: u64, command: &[u8]) -> Result<Vec<u8>, String> {
+        let text = std::str::from_utf8(command).map_err(|e| e.to_string())?;
+        let parts: Vec<&str> = text.split(' ').collect();
+        match parts.as_slice() {
+            ["set", k, v] => {
+                let prev = self.map.insert(k.to_string(), v.to_string());
+                Ok(prev.unwrap_or_default().into_bytes())
+            }
+            ["cas", k, old, new] => {
+                let cur = self.map.get(*k).cloned().unwrap_or_default();
+                if cur != *old {
+                    return Err(format!("cas conflict on {k}: is {cur:?}, not {old:?}"));
+                }
+                self.map.insert(k.to_string(), new.to_string());
+                Ok(b"ok".to_vec())
+            }
+            _ => Err(format!("unknown command {text:?}")),
+        }
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.map).unwrap_or_default()
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) -> Result<(), String> {
+        self.map = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        self.restored_at = index;
+        Ok(())
+    }
+}
+
+struct PlainConnector;
+
+impl Connector for PlainConnector {
+    fn channel(&self, addr: &str) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("test addresses are valid")
+            .connect_timeout(Duration::from_secs(1))
+            .connect_lazy()
+    }
+}
+
+// ---------- the cluster harness ----------
+
+struct TestNode {
+    node: RaftNode<Kv>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    addrs: BTreeMap<u64, String>,
+    nodes: BTreeMap<u64, TestNode>,
+    tweak: fn(&mut RaftConfig),
+}
+
+fn default_tweak(_: &mut RaftConfig) {}
+
+async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(limit, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: not done within {limit:?}"),
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics after `limit`.
+async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not true within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Cluster {
+    fn empty(tweak: fn(&mut RaftConfig)) -> Self {
+        Cluster {
+            dir: tempfile::tempdir().expect("tempdir"),
+            addrs: BTreeMap::new(),
+            nodes: BTreeMap::new(),
+            tweak,
+        }
+    }
+
+    fn config(&self, id: u64) -> RaftConfig {
+        let mut cfg = RaftConfig::new(
+            id,
+            self.dir.path().join(format!("node-{id}")),
+            self.addrs[&id].clone(),
+        );
+        (self.tweak)(&mut cfg);
+        cfg
+    }
+
+    async fn bind(&mut self, id: u64) -> TcpListener {
+        let addr = self
+            .addrs
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| "127.0.0.1:0".to_string());
+        let l = TcpListener::bind(&addr).await.expect("bind 127.0.0.1");
+        let local = l.local_addr().expect("local addr").to_string();
+        self.addrs.insert(id, local);
+        l
+    }
+
+    /// Starts node `id` (binding its address first, the same one on a restart).
+    async fn start(&mut self, id: u64, bootstrap: Bootstrap) {
+        let listener = self.bind(id).await;
+        let node = RaftNode::start(
+            self.config(id),
+            bootstrap,
+            Kv::default(),
+            Arc::new(PlainConnector),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let svc = node.service();
+        let server = tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        self.nodes.insert(
+            id,
+            TestNode {
+                node,
+                stop,
+                server,
+            },
+        );
+    }
+
+    /// A cluster of `n` managers: node 1 bootstraps, the others join and are added by the leader.
+    async fn new(n: u64, tweak: fn(&mut RaftConfig)) -> Self {
+        let mut c = Cluster::empty(tweak);
+        c.start(
+            1,
+            Bootstrap::NewCluster {
+                node_id: "node-1".into(),
+            },
+        )
+        .await;
+        c.wait_leader(&[1]).await;
+        for id in 2..=n {
+            c.start(id, Bootstrap::Join).await;
+            let addr = c.addrs[&id].clone();
+            let members = within(
+                Duration::from_secs(15),
+                "add member",
+                c.node(1).add_member(id, addr, format!("node-{id}")),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("add member {id}: {e}"));
+            assert_eq!(members.len() as u64, id);
+        }
+        let all: Vec<u64> = (1..=n).collect();
+        c.wait_leader(&all).await;
+        c
+    }
+
+    fn node(&self, id: u64) -> &RaftNode<Kv> {
+        &self.nodes[&id].node
+    }
+
+    fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Waits until all of `ids` agree on a leader among them that knows it leads.
+    async fn wait_leader(&self, ids: &[u64]) -> u64 {
+        let mut found = 0;
+        eventually(Duration::from_secs(10), "leader elected", || {
+            let views: Vec<_> = ids.iter().map(|i| self.node(*i).status()).collect();
+            let l = views[0].leader_id;
+            let ok = l != 0
+                && ids.contains(&l)
+                && views.iter().all(|s| s.leader_id == l)
+                && self.node(l).status().is_leader;
+            if ok {
+                found = l;
+            }
+            ok
+        })
+        .await;
+        found
+    }
+
+    fn followers(&self, leader: u64) -> Vec<u64> {
+        self.ids().into_iter().filter(|i| *i != leader).collect()
+    }
+
+    async fn kill(&mut self, id: u64) {
+        let t = self.nodes.remove(&id).expect("node is running");
+        t.node.shutdown().await;
+        let _ = t.stop.send(());
+        let mut server = t.server;
+        if tokio::time::timeout(Duration::from_secs(5), &mut server)
+            .await
+            .is_err()
+        {
+            server.abort();
+        }
+    }
+
+    async fn shutdown(mut self) {
+        for id in self.ids() {
+            self.kill(id).await;
+        }
+    }
+
+    fn value(&self, id: u64, k: &str) -> Option<String> {
+        self.node(id).with_state(|kv| kv.map.get(k).cloned())
+    }
+
+    fn map(&self, id: u64) -> BTreeMap<String, String> {
+        self.node(id).with_state(|kv| kv.map.clone())
+    }
+
+    async fn set(&self, via: u64, k: &str, v: &str) -> u64 {
+        let (index, prev) = within(
+            Duration::from_secs(15),
+            "propose",
+            self.node(via).propose(format!("set {k} {v}").into_bytes()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("set {k} via node {via}: {e}"));
+        let _ = prev;
+        index
+    }
+
+    /// Waits until every running node has the same map as `reference` after a read barrier.
+    async fn converged(&self, expected: &BTreeMap<String, String>) {
+        for id in self.ids() {
+            within(
+                Duration::from_secs(15),
+                "read barrier",
+                self.node(id).read_barrier(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("read barrier on {id}: {e}"));
+            assert_eq!(&self.map(id), expected, "state of node {id}");
+        }
+    }
+}
+
+// ---------- scenarios ----------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_and_forward() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let st = c.node(leader).status();
+    assert_eq!(st.members.len(), 3);
+    assert_eq!(
+        st.members.iter().map(|m| m.node_id.clone()).collect::<Vec<_>>(),
+        vec!["node-1", "node-2", "node-3"]
+    );
+
+    let mut expected = BTreeMap::new();
+    let mut last = 0;
+    for (i, id) in [1u64, 2, 3, 1, 2, 3].iter().enumerate() {
+        let k = format!("k{i}");
+        let v = format!("v{i}-via-{id}");
+        let index = c.set(*id, &k, &v).await;
+        assert!(index > last, "indexes grow: {index} after {last}");
+        last = index;
+        // Read-your-writes on the node that proposed, forwarded or not.
+        assert_eq!(c.value(*id, &k).as_deref(), Some(v.as_str()));
+        assert!(c.node(*id).status().applied_index >= index);
+        expected.insert(k, v);
+    }
+
+    // The state machine's refusal comes back to the proposer, from a follower too.
+    let follower = c.followers(leader)[0];
+    let err = c
+        .node(follower)
+        .propose(b"cas k0 wrong new".to_vec())
+        .await
+        .expect_err("cas on a wrong value is refused");
+    match err {
+        RaftError::Refused(m) => assert!(m.contains("cas conflict on k0"), "{m}"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    let (_, r) = c
+        .node(follower)
+        .propose(b"cas k0 v0-via-1 swapped".to_vec())
+        .await
+        .expect("cas on the right value");
+    assert_eq!(r, b"ok");
+    expected.insert("k0".into(), "swapped".into());
+
+    // A linearizable read on any node sees every write acknowledged before it.
+    c.converged(&expected).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_failover_keeps_acknowledged_writes() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..20 {
+        let via = c.ids()[i % 3];
+        c.set(via, &format!("a{i}"), &format!("{i}")).await;
+        expected.insert(format!("a{i}"), format!("{i}"));
+    }
+
+    let killed_at = Instant::now();
+    c.kill(leader).await;
+    let survivors = c.ids();
+    let new_leader = c.wait_leader(&survivors).await;
+    let failover = killed_at.elapsed();
+    eprintln!("failover: new leader {new_leader} after {failover:?}");
+    assert_ne!(new_leader, leader);
+    assert!(
+        failover < Duration::from_secs(4),
+        "new leader after {failover:?}"
+    );
+
+    // Writes are accepted again, through the new leader and through the other survivor.
+    for via in &survivors {
+        c.set(*via, &format!("after-{via}"), "yes").await;
+        expected.insert(format!("after-{via}"), "yes".into());
+    }
+    c.converged(&expected).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_catches_up_from_its_log() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..5 {
+        c.set(leader, &format!("b{i}"), "before").await;
+        expected.insert(format!("b{i}"), "before".to_string());
+    }
+    let down = c.followers(leader)[0];
+    c.kill(down).await;
+    for i in 0..10 {
+        c.set(leader, &format!("c{i}"), "while-down").await;
+        expected.insert(format!("c{i}"), "while-down".to_string());
+    }
+    c.start(down, Bootstrap::Restart).await;
+    // Restarted from its state directory: the snapshot taken at bootstrap plus its log.
+    assert_eq!(c.node(down).status().raft_id, down);
+    c.converged(&expected).await;
+    assert_eq!(
+        c.node(down).status().snapshot_index,
+        c.node(down).with_state(|kv| kv.restored_at),
+        "no new snapshot was needed"
+    );
+    c.shutdown().await;
+}
+
+fn small_snapshots(cfg: &mut RaftConfig) {
+    cfg.snapshot_interval = 20;
+    cfg.snapshot_catchup_entries = 0;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_node_catches_up_through_a_snapshot() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, small_snapshots).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let down = c.followers(leader)[0];
+    c.kill(down).await;
+    let mut expected = BTreeMap::new();
+    let mut last = 0;
+    for i in 0..100 {
+        last = c.set(leader, &format!("s{i}"), &format!("{i}")).await;
+        expected.insert(format!("s{i}"), format!("{i}"));
+    }
+    let leader_snap = c.node(leader).status().snapshot_index;
+    assert!(leader_snap >= last - 20, "leader snapshot at {leader_snap}, last {last}");
+
+    c.start(down, Bootstrap::Restart).await;
+    c.converged(&expected).await;
+    // It could only catch up from a snapshot: the leader's log starts after its snapshot.
+    let restored = c.node(down).with_state(|kv| kv.restored_at);
+    assert!(
+        restored >= leader_snap,
+        "node {down} restored a snapshot at {restored}, leader's is at {leader_snap}"
+    );
+    // And it keeps working as a member.
+    c.set(down, "after", "snapshot").await;
+    expected.insert("after".into(), "snapshot".into());
+    c.converged(&expected).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_loss_refuses_writes_with_no_leader() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    c.set(leader, "x", "1").await;
+    // Keep a follower: it sees the leader vanish.
+    let survivor = c.followers(leader)[0];
+    for id in c.ids() {
+        if id != survivor {
+            c.kill(id).await;
+        }
+    }
+    let n = c.node(survivor).clone();
+    eventually(Duration::from_secs(5), "survivor forgets the leader", || {
+        n.status().leader_id == 0
+    })
+    .await;
+    let started = Instant::now();
+    let err = within(
+        Duration::from_secs(5),
+        "propose without quorum",
+        n.propose(b"set x 2".to_vec()),
+    )
+    .await
+    .expect_err("no quorum, no write");
+    let took = started.elapsed();
+    match &err {
+        RaftError::NoLeader { reachable, members } => {
+            assert_eq!((*reachable, *members), (1, 3));
+        }
+        other => panic!("expected NoLeader, got {other:?}"),
+    }
+    assert!(err.to_string().contains("1 of 3 managers reachable"), "{err}");
+    // Two election timeouts (2 s), not a hang.
+    assert!(took < Duration::from_secs(3), "failed after {took:?}");
+    assert!(took >= Duration::from_millis(1500), "failed after {took:?}");
+    // Reads are refused the same way; the local state is still readable.
+    assert!(matches!(
+        n.read_barrier().await,
+        Err(RaftError::NoLeader { .. })
+    ));
+    assert_eq!(c.value(survivor, "x").as_deref(), Some("1"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_proposals_fail_when_leadership_is_lost() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    c.set(leader, "x", "1").await;
+    for f in c.followers(leader) {
+        c.kill(f).await;
+    }
+    let n = c.node(leader).clone();
+    assert!(n.status().is_leader, "still leader right after losing its followers");
+    let mut leadership = n.leadership();
+    let started = Instant::now();
+    let pending: Vec<_> = (0..5)
+        .map(|i| {
+            let n = n.clone();
+            tokio::spawn(async move { n.propose(format!("set p{i} v").into_bytes()).await })
+        })
+        .collect();
+    for p in pending {
+        let r = within(Duration::from_secs(5), "pending proposal", p)
+            .await
+            .expect("task");
+        match r {
+            Err(RaftError::LeadershipLost { raft_id, .. }) => assert_eq!(raft_id, leader),
+            other => panic!("expected LeadershipLost, got {other:?}"),
+        }
+    }
+    // check_quorum stepped it down after at most two election timeouts.
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    within(
+        Duration::from_secs(1),
+        "leadership watch",
+        leadership.wait_for(|l| !l.is_leader),
+    )
+    .await
+    .expect("watch");
+    assert_eq!(c.value(leader, "p0"), None, "nothing was applied without quorum");
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_membership_changes() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(5, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let mut expected = BTreeMap::new();
+    for id in c.ids() {
+        c.set(id, &format!("m{id}"), "5").await;
+        expected.insert(format!("m{id}"), "5".to_string());
+    }
+    c.converged(&expected).await;
+
+    // Invalid changes are refused with a reason.
+    let dup = c
+        .node(leader)
+        .add_member(9, c.addrs[&leader].clone(), "node-9".into())
+        .await
+        .expect_err("address in use");
+    assert!(matches!(dup, RaftError::Membership(_)), "{dup:?}");
+    let missing = c
+        .node(c.followers(leader)[0])
+        .remove_member(42)
+        .await
+        .expect_err("not a member");
+    assert!(matches!(missing, RaftError::Membership(_)), "{missing:?}");
+
+    // Remove a follower (asked through another follower).
+    let fs = c.followers(leader);
+    let (gone, asker) = (fs[0], fs[1]);
+    let members = c.node(asker).remove_member(gone).await.expect("remove follower");
+    assert_eq!(members.len(), 4);
+    assert!(members.iter().all(|m| m.raft_id != gone));
+    c.kill(gone).await;
+    eventually(Duration::from_secs(5), "members updated everywhere", || {
+        c.ids().iter().all(|id| c.node(*id).status().members.len() == 4)
+    })
+    .await;
+
+    // Remove the leader itself: it hands over and a remaining member leads.
+    let members = c.node(leader).remove_member(leader).await.expect("remove leader");
+    assert_eq!(members.len(), 3);
+    let rest: Vec<u64> = c.ids().into_iter().filter(|i| *i != leader).collect();
+    let new_leader = c.wait_leader(&rest).await;
+    assert_ne!(new_leader, leader);
+    eventually(Duration::from_secs(5), "old leader steps down", || {
+        !c.node(leader).status().is_leader
+    })
+    .await;
+    c.kill(leader).await;
+    for id in &rest {
+        c.set(*id, &format!("n{id}"), "3").await;
+        expected.insert(format!("n{id}"), "3".to_string());
+    }
+    c.converged(&expected).await;
+
+    // 3 members left: one more failure is tolerated.
+    let f = c.followers(new_leader)[0];
+    c.kill(f).await;
+    c.set(new_leader, "last", "2-of-3").await;
+    expected.insert("last".into(), "2-of-3".into());
+    c.converged(&expected).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_nodes_survive_losing_the_leader_and_a_follower() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(5, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let mut expected = BTreeMap::new();
+    for i in 0..10 {
+        c.set(c.ids()[i % 5], &format!("f{i}"), "x").await;
+        expected.insert(format!("f{i}"), "x".to_string());
+    }
+    let f = c.followers(leader)[0];
+    c.kill(leader).await;
+    c.kill(f).await;
+    let new_leader = c.wait_leader(&c.ids()).await;
+    assert!(![leader, f].contains(&new_leader));
+    for id in c.ids() {
+        c.set(id, &format!("g{id}"), "y").await;
+        expected.insert(format!("g{id}"), "y".to_string());
+    }
+    c.converged(&expected).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_new_cluster_from_one_survivor_keeps_the_data() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, small_snapshots).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let mut expected = BTreeMap::new();
+    // Enough writes for a snapshot and a log after it.
+    for i in 0..30 {
+        c.set(leader, &format!("d{i}"), &format!("{i}")).await;
+        expected.insert(format!("d{i}"), format!("{i}"));
+    }
+    let survivor = c.followers(leader)[0];
+    // Make sure the survivor applied everything before the disaster.
+    c.node(survivor).read_barrier().await.expect("barrier");
+    for id in c.ids() {
+        c.kill(id).await;
+    }
+
+    // A plain restart alone cannot elect itself.
+    c.start(survivor, Bootstrap::Restart).await;
+    assert!(matches!(
+        c.node(survivor).propose(b"set z 1".to_vec()).await,
+        Err(RaftError::NoLeader { .. })
+    ));
+    c.kill(survivor).await;
+
+    c.start(survivor, Bootstrap::ForceNewCluster).await;
+    let l = c.wait_leader(&[survivor]).await;
+    assert_eq!(l, survivor);
+    let st = c.node(survivor).status();
+    assert_eq!(st.members.len(), 1);
+    assert_eq!(st.members[0].raft_id, survivor);
+    assert_eq!(st.members[0].node_id, format!("node-{survivor}"));
+    assert_eq!(c.map(survivor), expected, "data kept");
+    c.set(survivor, "alone", "yes").await;
+    expected.insert("alone".into(), "yes".into());
+    c.converged(&expected).await;
+
+    // Restarted again, it is still a cluster of one with the data.
+    c.kill(survivor).await;
+    c.start(survivor, Bootstrap::Restart).await;
+    c.wait_leader(&[survivor]).await;
+    c.converged(&expected).await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_refuses_a_missing_state_and_a_foreign_one() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::empty(default_tweak);
+    c.bind(1).await;
+    let err = RaftNode::start(
+        c.config(1),
+        Bootstrap::Restart,
+        Kv::default(),
+        Arc::new(PlainConnector),
+    )
+    .await
+    .err()
+    .expect("nothing to restart from");
+    assert!(matches!(err, RaftError::NoState { .. }), "{err:?}");
+    assert!(err.to_string().contains("node-1"), "{err}");
+
+    c.start(
+        1,
+        Bootstrap::NewCluster {
+            node_id: "node-1".into(),
+        },
+    )
+    .await;
+    c.wait_leader(&[1]).await;
+    c.kill(1).await;
+    let mut other = c.config(1);
+    other.raft_id = 2;
+    let err = RaftNode::start(other, Bootstrap::Restart, Kv::default(), Arc::new(PlainConnector))
+        .await
+        .err()
+        .expect("another node's state");
+    assert!(matches!(err, RaftError::WrongId { found: 1, expected: 2, .. }), "{err:?}");
+}

@@ -1,0 +1,826 @@
+//! Cluster lab: several hosts on one machine, each a network namespace with its own address,
+//! running the real `flotilla-controller` (managers) and `flotilla-agent` (workers) binaries,
+//! driven through the real `flotilla` CLI.
+//!
+//! Layout of lab `L` (1..=60, claimed like [`crate::agent::AgentLab`] claims its number): a hub
+//! namespace `flc<L>hub` holding bridge `br0`; host `i` is namespace `flc<L>h<i>` attached by a
+//! veth (`eth0` inside, `h<i>` in the hub) with address `10.244.L.i/24`. Nothing of the lab
+//! touches the root namespace's network: lab addresses exist only inside lab namespaces, so a bug
+//! can never send traffic off the machine. Processes run with `nsenter --net=` only (the mount
+//! namespace stays the host's, so cgroups and the lab dir are visible); each agent keeps its
+//! default bridge and nft table inside its own namespace.
+//!
+//! Managers listen on `10.244.L.i:4242`. The CLI runs inside host 1's namespace with
+//! `FLOTILLA_CONFIG` pointing at the admin context `init` wrote in the lab dir.
+//!
+//! Dropping the lab kills every process whose command line names the lab dir (controllers,
+//! agents, shims), removes the containers' cgroups, unmounts everything under the lab dir, deletes
+//! the namespaces (which takes their bridges, veths and nft tables along) and the lab dir.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::agent::{output_with_timeout, text};
+use crate::runtime::{bin, busybox_rootfs};
+
+/// Port every lab manager listens on.
+pub const PORT: u16 = 4242;
+
+/// One process of the lab (a manager or an agent) on a host.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        if let Some(c) = self.child.as_ref() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), sig);
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > deadline => {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// A lab of hosts.
+pub struct ClusterLab {
+    dir: Option<tempfile::TempDir>,
+    pub lab: u8,
+    claim: PathBuf,
+    hosts: u8,
+    managers: Vec<(u8, Proc)>,
+    agents: Vec<(u8, Proc)>,
+    controller_bin: PathBuf,
+    agent_bin: PathBuf,
+    cli_bin: PathBuf,
+    worker_token: String,
+    manager_token: String,
+    busybox_tar: Option<PathBuf>,
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let o = Command::new("ip")
+        .args(args)
+        .output()
+        .context("run ip")?;
+    if !o.status.success() {
+        bail!("ip {} failed: {}", args.join(" "), text(&o));
+    }
+    Ok(())
+}
+
+fn pid_alive(pid: &str) -> bool {
+    let pid = pid.trim();
+    !pid.is_empty() && Path::new("/proc").join(pid).exists()
+}
+
+impl ClusterLab {
+    /// A lab of `hosts` empty hosts (namespaces with addresses, nothing running).
+    pub fn new(hosts: u8) -> Result<Self> {
+        if !nix::unistd::geteuid().is_root() {
+            bail!("cluster tests need root (network namespaces, containers)");
+        }
+        if hosts == 0 || hosts > 20 {
+            bail!("a cluster lab has 1 to 20 hosts");
+        }
+        let controller_bin = bin("flotilla-controller")?;
+        let agent_bin = bin("flotilla-agent")?;
+        let cli_bin = bin("flotilla")?;
+        bin("flotilla-shim")?;
+        bin("flotilla-runtime")?;
+        for tool in ["ip", "nsenter", "nft"] {
+            if Command::new(tool).arg("--version").output().is_err() {
+                bail!("{tool} is missing: apt-get install -y iproute2 util-linux nftables");
+            }
+        }
+        let claims = std::env::temp_dir().join("flotilla-clusterlab");
+        std::fs::create_dir_all(&claims).context("create the lab claims dir")?;
+        let me = std::process::id().to_string();
+        let start = (std::process::id() % 60) as u8;
+        for i in 0..60u8 {
+            let l = (start + i) % 60 + 1;
+            let claim = claims.join(l.to_string());
+            let taken = match std::fs::create_dir(&claim) {
+                Ok(()) => false,
+                Err(_) => {
+                    let owner = std::fs::read_to_string(claim.join("pid")).unwrap_or_default();
+                    pid_alive(&owner) || owner.is_empty()
+                }
+            };
+            if taken {
+                continue;
+            }
+            std::fs::write(claim.join("pid"), &me).context("write the lab claim")?;
+            let mut lab = ClusterLab {
+                dir: Some(
+                    tempfile::Builder::new()
+                        .prefix("flt-cluster")
+                        .tempdir()
+                        .context("create the lab dir")?,
+                ),
+                lab: l,
+                claim,
+                hosts,
+                managers: Vec::new(),
+                agents: Vec::new(),
+                controller_bin,
+                agent_bin,
+                cli_bin,
+                worker_token: String::new(),
+                manager_token: String::new(),
+                busybox_tar: None,
+            };
+            lab.delete_namespaces(); // leftovers of a crashed earlier owner of this number
+            lab.create_network()?;
+            return Ok(lab);
+        }
+        bail!("no free cluster lab number (1..=60)")
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or_else(|| Path::new("/nonexistent"))
+    }
+
+    /// Name of host `i`'s network namespace.
+    pub fn netns(&self, i: u8) -> String {
+        format!("flc{}h{}", self.lab, i)
+    }
+
+    fn hub(&self) -> String {
+        format!("flc{}hub", self.lab)
+    }
+
+    /// Address of host `i`.
+    pub fn addr(&self, i: u8) -> String {
+        format!("10.244.{}.{}", self.lab, i)
+    }
+
+    /// host:port of the manager on host `i`.
+    pub fn manager_addr(&self, i: u8) -> String {
+        format!("{}:{PORT}", self.addr(i))
+    }
+
+    fn create_network(&self) -> Result<()> {
+        let hub = self.hub();
+        ip(&["netns", "add", &hub])?;
+        ip(&["-n", &hub, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &hub, "link", "set", "br0", "up"])?;
+        ip(&["-n", &hub, "link", "set", "lo", "up"])?;
+        for i in 1..=self.hosts {
+            let ns = self.netns(i);
+            let port = format!("h{i}");
+            ip(&["netns", "add", &ns])?;
+            ip(&[
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/24", self.addr(i)),
+                "dev",
+                "eth0",
+            ])?;
+            ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+
+    fn delete_namespaces(&self) {
+        for i in 1..=20u8 {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns(i)])
+                .stderr(Stdio::null())
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub()])
+            .stderr(Stdio::null())
+            .output();
+    }
+
+    /// Cuts host `i` off the lab network (its link goes down) or reconnects it.
+    pub fn set_connected(&self, i: u8, up: bool) -> Result<()> {
+        ip(&[
+            "-n",
+            &self.hub(),
+            "link",
+            "set",
+            &format!("h{i}"),
+            if up { "up" } else { "down" },
+        ])
+    }
+
+    fn in_host(&self, i: u8, program: &Path) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.netns(i)))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    fn host_dir(&self, i: u8, what: &str) -> PathBuf {
+        self.dir().join(format!("h{i}")).join(what)
+    }
+
+    /// The CLI's config dir (admin context written by `init`).
+    pub fn config_dir(&self) -> PathBuf {
+        self.dir().join("cli")
+    }
+
+    fn spawn(&self, mut cmd: Command, log: &Path) -> Result<Child> {
+        if let Some(p) = log.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("open {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .env("FLOTILLA_LOG", "info,flotilla_controller=debug")
+            .env("RUST_LOG", "info")
+            .process_group(0);
+        cmd.spawn().context("spawn a lab process")
+    }
+
+    fn manager_command(&self, i: u8, verb: &str) -> Command {
+        let mut c = self.in_host(i, &self.controller_bin.clone());
+        c.arg(verb)
+            .arg("--state-dir")
+            .arg(self.host_dir(i, "controller"))
+            .arg("--listen")
+            .arg(self.manager_addr(i))
+            .arg("--election-timeout")
+            .arg("1s");
+        c
+    }
+
+    /// `flotilla-controller init` on host `i`: the first manager. Waits until it printed its
+    /// join tokens.
+    pub fn init(&mut self, i: u8, extra: &[&str]) -> Result<()> {
+        let mut cmd = self.manager_command(i, "init");
+        cmd.arg("--config-dir").arg(self.config_dir()).args(extra);
+        let log = self.host_dir(i, "controller.log");
+        let child = self.spawn(cmd, &log)?;
+        self.managers.push((i, Proc { child: Some(child), log: log.clone() }));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            let token_after = |marker: &str| {
+                out.lines()
+                    .find(|l| l.contains(marker))
+                    .and_then(|l| l.split_whitespace().skip_while(|w| *w != "--token").nth(1))
+                    .map(str::to_string)
+            };
+            if let (Some(w), Some(m)) = (
+                token_after("flotilla-agent serve --join"),
+                token_after("flotilla-controller join --token"),
+            ) {
+                self.worker_token = w;
+                self.manager_token = m;
+                return Ok(());
+            }
+            if !self.managers.last_mut().is_some_and(|(_, p)| p.running()) {
+                bail!("flotilla-controller init exited; its log:\n{out}");
+            }
+            if Instant::now() > deadline {
+                bail!("flotilla-controller init printed no join tokens within 30 s; its log:\n{out}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn worker_token(&self) -> &str {
+        &self.worker_token
+    }
+
+    pub fn manager_token(&self) -> &str {
+        &self.manager_token
+    }
+
+    /// `flotilla-controller join` on host `i` (to the manager on host `via`); waits until the
+    /// cluster lists it as a reachable manager.
+    pub fn join_manager(&mut self, i: u8, via: u8) -> Result<()> {
+        let mut cmd = self.manager_command(i, "join");
+        cmd.arg("--token")
+            .arg(&self.manager_token)
+            .arg(self.manager_addr(via));
+        let log = self.host_dir(i, "controller.log");
+        let child = self.spawn(cmd, &log)?;
+        self.managers.push((i, Proc { child: Some(child), log }));
+        let addr = self.manager_addr(i);
+        self.eventually(Duration::from_secs(30), || {
+            let out = self.cli_ok(&["cluster", "status", "--format", "json"])?;
+            if out.contains(&addr) {
+                Ok(())
+            } else {
+                bail!("manager {addr} not in the cluster yet: {out}")
+            }
+        })
+    }
+
+    /// Restarts the (stopped) manager of host `i` from its state (`flotilla-controller serve`).
+    pub fn restart_manager(&mut self, i: u8) -> Result<()> {
+        let cmd = self.manager_command(i, "serve");
+        let log = self.host_dir(i, "controller.log");
+        let child = self.spawn(cmd, &log)?;
+        if let Some((_, p)) = self.managers.iter_mut().find(|(h, _)| *h == i) {
+            p.kill();
+            p.child = Some(child);
+        } else {
+            self.managers.push((i, Proc { child: Some(child), log }));
+        }
+        Ok(())
+    }
+
+    /// `flotilla-controller init --force-new-cluster` on host `i` (stopped before).
+    pub fn force_new_cluster(&mut self, i: u8) -> Result<()> {
+        let mut cmd = self.manager_command(i, "init");
+        cmd.arg("--force-new-cluster");
+        let log = self.host_dir(i, "controller.log");
+        let child = self.spawn(cmd, &log)?;
+        if let Some((_, p)) = self.managers.iter_mut().find(|(h, _)| *h == i) {
+            p.kill();
+            p.child = Some(child);
+        }
+        Ok(())
+    }
+
+    fn manager(&mut self, i: u8) -> Result<&mut Proc> {
+        self.managers
+            .iter_mut()
+            .find(|(h, _)| *h == i)
+            .map(|(_, p)| p)
+            .with_context(|| format!("no manager on host {i}"))
+    }
+
+    pub fn kill_manager(&mut self, i: u8) -> Result<()> {
+        self.manager(i)?.kill();
+        Ok(())
+    }
+
+    pub fn stop_manager(&mut self, i: u8) -> Result<()> {
+        self.manager(i)?.stop();
+        Ok(())
+    }
+
+    /// SIGSTOP / SIGCONT the manager of host `i`.
+    pub fn pause_manager(&mut self, i: u8, paused: bool) -> Result<()> {
+        use nix::sys::signal::Signal;
+        self.manager(i)?
+            .signal(if paused { Signal::SIGSTOP } else { Signal::SIGCONT });
+        Ok(())
+    }
+
+    pub fn manager_log(&self, i: u8) -> String {
+        std::fs::read_to_string(self.host_dir(i, "controller.log")).unwrap_or_default()
+    }
+
+    fn agent_command(&self, i: u8, join: Option<u8>) -> Command {
+        let mut c = self.in_host(i, &self.agent_bin.clone());
+        c.arg("serve")
+            .arg("--state-dir")
+            .arg(self.host_dir(i, "agent-state"))
+            .arg("--run-dir")
+            .arg(self.host_dir(i, "agent-run"));
+        if let Some(via) = join {
+            c.arg("--join")
+                .arg(self.manager_addr(via))
+                .arg("--token")
+                .arg(&self.worker_token);
+        }
+        c
+    }
+
+    /// The unix socket of host `i`'s agent.
+    pub fn agent_socket(&self, i: u8) -> PathBuf {
+        self.host_dir(i, "agent-run").join("agent.sock")
+    }
+
+    /// Starts an agent on host `i` joining through the manager on `via`, with busybox imported
+    /// into its image store; waits until its node is READY.
+    pub fn add_worker(&mut self, i: u8, via: u8) -> Result<()> {
+        let cmd = self.agent_command(i, Some(via));
+        let log = self.host_dir(i, "agent.log");
+        let child = self.spawn(cmd, &log)?;
+        self.agents.push((i, Proc { child: Some(child), log }));
+        self.wait_agent_socket(i)?;
+        self.import_busybox(i)?;
+        self.wait_node_ready(i)
+    }
+
+    fn wait_agent_socket(&mut self, i: u8) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.agent_socket(i).exists() {
+            if !self.agent(i)?.running() {
+                bail!("the agent of host {i} exited; its log:\n{}", self.agent_log(i));
+            }
+            if Instant::now() > deadline {
+                bail!("the agent of host {i} did not start; its log:\n{}", self.agent_log(i));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// The node id of host `i`'s agent (from its certificate's directory listing via the CLI).
+    pub fn node_of_host(&self, i: u8) -> Result<String> {
+        let out = self.cli_ok(&["node", "ls", "--format", "json"])?;
+        let nodes: Vec<serde_json::Value> = json_items(&out)?;
+        let addr = self.addr(i);
+        for n in nodes {
+            let a = n
+                .pointer("/status/addr")
+                .and_then(|v| v.as_str())
+                .unwrap_or("");
+            if a.starts_with(&format!("{addr}:")) || a == addr {
+                if let Some(id) = n.get("id").and_then(|v| v.as_str()) {
+                    return Ok(id.to_string());
+                }
+            }
+        }
+        bail!("no node with address {addr} in {out}")
+    }
+
+    fn wait_node_ready(&self, i: u8) -> Result<()> {
+        self.eventually(Duration::from_secs(30), || {
+            let id = self.node_of_host(i)?;
+            let state = self.node_state(&id)?;
+            if state == "ready" {
+                Ok(())
+            } else {
+                bail!("node {id} of host {i} is {state}")
+            }
+        })
+    }
+
+    /// A node's status state, lower case ("ready", "down", ...).
+    pub fn node_state(&self, id: &str) -> Result<String> {
+        let out = self.cli_ok(&["node", "inspect", id])?;
+        let v: Vec<serde_json::Value> = json_items(&out)?;
+        let state = v
+            .first()
+            .and_then(|n| n.pointer("/status/state"))
+            .cloned()
+            .unwrap_or(serde_json::Value::Null);
+        Ok(match state {
+            serde_json::Value::String(s) => s.to_lowercase().trim_start_matches("node_state_").to_string(),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(1) => "down".into(),
+                Some(2) => "ready".into(),
+                Some(3) => "disconnected".into(),
+                _ => "unknown".into(),
+            },
+            _ => "unknown".into(),
+        })
+    }
+
+    fn agent(&mut self, i: u8) -> Result<&mut Proc> {
+        self.agents
+            .iter_mut()
+            .find(|(h, _)| *h == i)
+            .map(|(_, p)| p)
+            .with_context(|| format!("no agent on host {i}"))
+    }
+
+    /// SIGKILL the agent of host `i` (its containers keep running under their shims).
+    pub fn kill_agent(&mut self, i: u8) -> Result<()> {
+        self.agent(i)?.kill();
+        Ok(())
+    }
+
+    /// Starts the agent of host `i` again (it is a member already: no token).
+    pub fn restart_agent(&mut self, i: u8) -> Result<()> {
+        let cmd = self.agent_command(i, None);
+        let log = self.host_dir(i, "agent.log");
+        let child = self.spawn(cmd, &log)?;
+        let p = self.agent(i)?;
+        p.kill();
+        p.child = Some(child);
+        self.wait_agent_socket(i)
+    }
+
+    pub fn agent_log(&self, i: u8) -> String {
+        std::fs::read_to_string(self.host_dir(i, "agent.log")).unwrap_or_default()
+    }
+
+    fn import_busybox(&mut self, i: u8) -> Result<()> {
+        let tar = match &self.busybox_tar {
+            Some(t) => t.clone(),
+            None => {
+                let root = self.dir().join("busybox-rootfs");
+                std::fs::create_dir_all(&root)?;
+                busybox_rootfs(&root)?;
+                let tar = self.dir().join("busybox.tar");
+                let o = Command::new("tar")
+                    .arg("-C")
+                    .arg(&root)
+                    .arg("-cf")
+                    .arg(&tar)
+                    .arg(".")
+                    .output()
+                    .context("run tar")?;
+                if !o.status.success() {
+                    bail!("tar of the busybox rootfs failed: {}", text(&o));
+                }
+                self.busybox_tar = Some(tar.clone());
+                tar
+            }
+        };
+        let out = self.agent_cli(
+            i,
+            &[
+                "image",
+                "import",
+                "-c",
+                "CMD [\"/bin/sh\"]",
+                "-c",
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                tar.to_str().context("lab path is not UTF-8")?,
+                "busybox:latest",
+            ],
+        )?;
+        if !out.status.success() {
+            bail!("image import on host {i}: {}", text(&out));
+        }
+        Ok(())
+    }
+
+    /// `flotilla -H unix://<agent of host i> ARGS` (node-level commands on that host).
+    pub fn agent_cli(&self, i: u8, args: &[&str]) -> Result<Output> {
+        let mut c = Command::new(&self.cli_bin);
+        c.env(
+            "FLOTILLA_HOST",
+            format!("unix://{}", self.agent_socket(i).display()),
+        )
+        .env("NO_COLOR", "1")
+        .args(args);
+        output_with_timeout(c, Duration::from_secs(60))
+    }
+
+    /// `flotilla ARGS` on host `host` (inside its namespace) with the lab's admin context.
+    pub fn cli_on(&self, host: u8, args: &[&str]) -> Result<Output> {
+        let mut c = self.in_host(host, &self.cli_bin.clone());
+        c.env("FLOTILLA_CONFIG", self.config_dir())
+            .env("NO_COLOR", "1")
+            .env_remove("FLOTILLA_CONTEXT")
+            .args(args);
+        output_with_timeout(c, Duration::from_secs(60))
+    }
+
+    /// `flotilla ARGS` on host 1.
+    pub fn cli(&self, args: &[&str]) -> Result<Output> {
+        self.cli_on(1, args)
+    }
+
+    /// `flotilla ARGS` on host 1, which must succeed; its stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
+        let o = self.cli(args)?;
+        if !o.status.success() {
+            bail!("flotilla {} failed: {}", args.join(" "), text(&o));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Retries `f` until it succeeds or `timeout` passes (then its last error).
+    pub fn eventually<T>(&self, timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match f() {
+                Ok(v) => return Ok(v),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e.context(format!("still failing after {timeout:?}")))
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Tasks of a service as JSON objects (`service ps --format json`).
+    pub fn tasks(&self, service: &str) -> Result<Vec<serde_json::Value>> {
+        json_items(&self.cli_ok(&["service", "ps", "--format", "json", service])?)
+    }
+
+    /// Containers of host `i`'s agent (`ps --format json`).
+    pub fn containers(&self, i: u8) -> Result<Vec<serde_json::Value>> {
+        let o = self.agent_cli(i, &["ps", "--format", "json"])?;
+        if !o.status.success() {
+            bail!("ps on host {i}: {}", text(&o));
+        }
+        json_items(&String::from_utf8_lossy(&o.stdout))
+    }
+
+    /// Everything a failing test wants to see.
+    pub fn logs(&self) -> String {
+        let mut s = String::new();
+        for (i, p) in &self.managers {
+            s.push_str(&format!("==== manager on host {i}\n{}\n", tail(&p.log(), 60)));
+        }
+        for (i, p) in &self.agents {
+            s.push_str(&format!("==== agent on host {i}\n{}\n", tail(&p.log(), 40)));
+        }
+        s
+    }
+
+    fn lab_processes(&self) -> Vec<i32> {
+        let me = std::process::id() as i32;
+        let needle = self.dir().to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        if needle.len() < 8 {
+            return pids;
+        }
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                    continue;
+                };
+                if pid == me {
+                    continue;
+                }
+                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    fn container_ids(&self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for i in 1..=self.hosts {
+            for d in [
+                self.host_dir(i, "agent-state").join("containers"),
+                self.host_dir(i, "agent-run").join("runtime"),
+            ] {
+                if let Ok(entries) = std::fs::read_dir(&d) {
+                    for e in entries.flatten() {
+                        if let Some(n) = e.file_name().to_str() {
+                            if n.len() >= 8 && !n.starts_with('.') && !ids.iter().any(|x| x == n) {
+                                ids.push(n.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        ids
+    }
+
+    fn teardown(&mut self) {
+        // Containers through their agents while they run (clean stop).
+        for i in 1..=self.hosts {
+            if self.agents.iter_mut().any(|(h, p)| *h == i && p.running()) {
+                if let Ok(list) = self.containers(i) {
+                    let ids: Vec<String> = list
+                        .iter()
+                        .filter_map(|c| {
+                            c.get("id")
+                                .or_else(|| c.get("ID"))
+                                .and_then(|v| v.as_str())
+                                .map(str::to_string)
+                        })
+                        .collect();
+                    if !ids.is_empty() {
+                        let mut args = vec!["rm", "-f"];
+                        args.extend(ids.iter().map(String::as_str));
+                        let _ = self.agent_cli(i, &args);
+                    }
+                }
+            }
+        }
+        for (_, p) in self.agents.iter_mut().chain(self.managers.iter_mut()) {
+            p.signal(nix::sys::signal::Signal::SIGCONT);
+            p.stop();
+        }
+        for pid in self.lab_processes() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let ids = self.container_ids();
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            let controllers: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
+            for id in &ids {
+                for c in &controllers {
+                    let cg = c.join("flotilla").join(id);
+                    if cg.is_dir() {
+                        let _ = Command::new("find")
+                            .arg(&cg)
+                            .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                            .stderr(Stdio::null())
+                            .output();
+                    }
+                }
+            }
+        }
+        let dir = self.dir().to_string_lossy().into_owned();
+        if dir.len() >= 8 {
+            for _ in 0..4 {
+                let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+                let mut points: Vec<String> = info
+                    .lines()
+                    .filter_map(|l| l.split(' ').nth(4))
+                    .map(|p| p.replace("\\040", " "))
+                    .filter(|p| p.starts_with(&dir))
+                    .collect();
+                if points.is_empty() {
+                    break;
+                }
+                points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+                for p in points {
+                    let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+                }
+            }
+        }
+        self.delete_namespaces();
+        if let Some(d) = self.dir.take() {
+            let path = d.path().to_path_buf();
+            if d.close().is_err() {
+                let _ = std::fs::remove_dir_all(&path);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.claim);
+    }
+}
+
+impl Drop for ClusterLab {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The objects of a `--format json` output: a JSON array, or one object per line.
+pub fn json_items(out: &str) -> Result<Vec<serde_json::Value>> {
+    let t = out.trim();
+    if t.is_empty() {
+        return Ok(Vec::new());
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(t) {
+        return Ok(match v {
+            serde_json::Value::Array(a) => a,
+            other => vec![other],
+        });
+    }
+    t.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
+        .collect()
+}
