@@ -252,6 +252,14 @@ struct ServeArgs {
     /// The nftables table (family ip) the agent owns for NAT, isolation and published ports.
     #[arg(long, default_value = "flotilla")]
     nft_table: String,
+    /// Join the cluster of the manager at ADDR (host:port) as a worker, with --token. Needed
+    /// once: the node's certificate is kept in STATE_DIR/cluster and later starts reconnect by
+    /// themselves (ADDR is then just one more manager to try).
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// The worker join token (`flotilla cluster join-token worker`).
+    #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true, requires = "join")]
+    token: Option<String>,
 }
 
 fn parse_userns(s: &str) -> Result<(u32, u32, u32)> {
@@ -269,9 +277,14 @@ fn parse_userns(s: &str) -> Result<(u32, u32, u32)> {
 
 fn serve(args: ServeArgs) -> Result<ExitCode> {
     use flotilla_agent::engine::{Engine, EngineConfig};
+    if args.join.is_some() && args.token.is_none() {
+        bail!("--join needs --token (the worker join token: `flotilla cluster join-token worker` on a manager)");
+    }
+    let cluster_tls = args.state_dir.join("cluster/tls");
+    let is_member = args.join.is_some() || cluster_tls.exists();
     if let Some(addr) = args.tcp {
-        if !args.insecure_tcp || !addr.ip().is_loopback() {
-            bail!("refusing to serve the API on TCP {addr}: without TLS (it comes with the cluster) only a loopback address with --insecure-tcp is allowed");
+        if !is_member && (!args.insecure_tcp || !addr.ip().is_loopback()) {
+            bail!("refusing to serve the API on TCP {addr}: without TLS (a cluster member serves it with mutual TLS) only a loopback address with --insecure-tcp is allowed");
         }
     }
     let userns_remap = args.userns_remap.as_deref().map(parse_userns).transpose()?;
@@ -291,7 +304,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         .socket
         .clone()
         .unwrap_or_else(|| args.run_dir.join("agent.sock"));
-    let cfg = EngineConfig {
+    let mut cfg = EngineConfig {
         state_dir: args.state_dir.clone(),
         run_dir: args.run_dir.clone(),
         cgroup_root: args.cgroup_root,
@@ -318,6 +331,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
         },
     };
+    let secrets_dir = args.run_dir.join("secrets");
+    flotilla_agent::executor::allow_secrets_dir(&mut cfg, &secrets_dir);
     // Few arenas, and free memory given back when idle: the agent lives for weeks and its work
     // comes in bursts (a hundred starts, then nothing).
     flotilla_agent::runtime::syscall::limit_malloc_arenas(2);
@@ -332,6 +347,20 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             .with_context(|| format!("listen on {}", socket.display()))?;
         let engine = Engine::open(cfg).await.context("open the agent state")?;
         let routes = flotilla_agent::server::router(engine.clone());
+        let join = args.join.as_deref().zip(args.token.as_deref());
+        let membership = flotilla_agent::membership::Membership::load_or_join(
+            &args.state_dir,
+            join,
+            flotilla_agent::cluster::describe_host(Default::default()),
+        )
+        .await
+        .context("join the cluster")?;
+        let session_stop = tokio_util::sync::CancellationToken::new();
+        let mut tcp_tls = None;
+        if let Some(m) = membership {
+            tcp_tls = Some(m.tls.server_config()?);
+            start_cluster_member(m, engine.clone(), secrets_dir, session_stop.clone())?;
+        }
         tokio::spawn(async {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
             loop {
@@ -351,7 +380,24 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             tracing::info!("shutting down; containers keep running under their shims");
         };
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        if let Some(addr) = args.tcp {
+        if let (Some(addr), Some(tls)) = (args.tcp, tcp_tls) {
+            let tcp_routes = routes.clone();
+            let mut stop = stop_rx.clone();
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listen on {addr}"))?;
+            eprintln!("flotilla-agent: serving on tcp://{addr} (mutual TLS: admin or manager certificates of the cluster)");
+            tokio::spawn(async move {
+                let incoming = flotilla_pki::tls_incoming(l, tls);
+                let _ = tonic::transport::Server::builder()
+                    .layer(tonic::service::InterceptorLayer::new(only_admins))
+                    .add_routes(tcp_routes)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            });
+        } else if let Some(addr) = args.tcp {
             let tcp_routes = routes.clone();
             let mut stop = stop_rx.clone();
             let l = tokio::net::TcpListener::bind(addr)
@@ -376,9 +422,80 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             .await
             .context("serve the API")?;
         let _ = stop_tx.send(true);
+        session_stop.cancel();
         let _ = std::fs::remove_file(&socket);
         Ok::<_, anyhow::Error>(ExitCode::SUCCESS)
     })
+}
+
+/// The agent's TCP API of a cluster member: admin or manager certificates only.
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+fn only_admins(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    let id = flotilla_pki::peer_identity(&req)?;
+    if id.role == flotilla_pki::PeerRole::Worker {
+        return Err(tonic::Status::permission_denied(
+            "a worker certificate cannot drive another node's agent: use an admin context",
+        ));
+    }
+    Ok(req)
+}
+
+/// Runs the node's part in the cluster: the task executor over the engine, the session with
+/// the managers (reconnecting forever), and certificate renewal.
+fn start_cluster_member(
+    m: flotilla_agent::membership::Membership,
+    engine: std::sync::Arc<flotilla_agent::engine::Engine>,
+    secrets_dir: PathBuf,
+    stop: tokio_util::sync::CancellationToken,
+) -> Result<()> {
+    use std::sync::Arc;
+    let (executor, statuses) = flotilla_agent::executor::Executor::new(engine, secrets_dir);
+    let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(m.client_config()?);
+    let connect: flotilla_agent::cluster::Connect =
+        Arc::new(move |addr: &str| flotilla_pki::channel(addr, cfg_rx.borrow().clone()));
+    let (info_tx, mut info_rx) = tokio::sync::watch::channel(None);
+    let mut session = flotilla_agent::cluster::SessionConfig::new(
+        m.managers.clone(),
+        flotilla_agent::cluster::describe_host(Default::default()),
+        connect,
+    );
+    session.info = Some(info_tx);
+    let known = Arc::new(std::sync::Mutex::new(m.managers.clone()));
+    let m = Arc::new(m);
+    {
+        let (m, known) = (Arc::clone(&m), Arc::clone(&known));
+        tokio::spawn(async move {
+            while info_rx.changed().await.is_ok() {
+                let info = info_rx.borrow_and_update().clone();
+                if let Some(info) = info {
+                    if !info.manager_addrs.is_empty() {
+                        *known.lock().unwrap_or_else(|p| p.into_inner()) =
+                            info.manager_addrs.clone();
+                        if let Err(e) = m.save_managers(&info.manager_addrs) {
+                            tracing::warn!(error = %e, "cannot remember the managers");
+                        }
+                    }
+                }
+            }
+        });
+    }
+    tokio::spawn(flotilla_agent::membership::renew_loop(
+        m.files.clone(),
+        m.tls.clone(),
+        Arc::new(move || known.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        cfg_tx,
+    ));
+    eprintln!(
+        "flotilla-agent: node {} of cluster {}",
+        m.tls.identity.node_id, m.tls.identity.cluster_id
+    );
+    tokio::spawn(flotilla_agent::cluster::run_session(
+        session,
+        Arc::new(executor),
+        statuses,
+        stop,
+    ));
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -54,7 +54,7 @@ pub fn assigned(t: &Task, node_id: &str) -> bool {
     if observed < TaskState::Assigned as i32 {
         return false;
     }
-    let done = t.desired_state >= TaskState::Shutdown as i32 && is_terminal(observed);
+    let done = t.desired_state > TaskState::Running as i32 && is_terminal(observed);
     !done
 }
 
