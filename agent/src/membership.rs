@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_pki::{client_config, fetch_and_verify_root_ca, JoinToken, NodeKey, NodeTls, NodeTlsFiles, Role};
+use flotilla_pki::{
+    client_config, fetch_and_verify_root_ca, JoinToken, NodeKey, NodeTls, NodeTlsFiles, Role,
+};
 use flotilla_proto::control::v1::{
     node_ca_client::NodeCaClient, IssueNodeCertificateRequest, NodeDescription, NodeRole,
     RenewNodeCertificateRequest,
@@ -84,7 +86,8 @@ impl Membership {
         }
         let ca_pem = fetch_and_verify_root_ca(addr, &token).await?;
         let key = NodeKey::generate()?;
-        let mut client = NodeCaClient::new(flotilla_pki::channel(addr, client_config(&ca_pem, None)?));
+        let mut client =
+            NodeCaClient::new(flotilla_pki::channel(addr, client_config(&ca_pem, None)?));
         let issued = client
             .issue_node_certificate(IssueNodeCertificateRequest {
                 token: token.to_string(),
@@ -155,10 +158,7 @@ pub async fn renew_loop(
 ) {
     loop {
         let now = std::time::SystemTime::now();
-        let wait = tls
-            .renew_at()
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO);
+        let wait = tls.renew_at().duration_since(now).unwrap_or(Duration::ZERO);
         tokio::time::sleep(wait).await;
         match renew_once(&files, &tls, &managers()).await {
             Ok(new) => {

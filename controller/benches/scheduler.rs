@@ -141,7 +141,10 @@ fn tasks(services: usize, replicas: usize) -> Vec<Task> {
         let service_id = format!("svc-{s:04}-{:08x}", (s as u32).wrapping_mul(40_503));
         for r in 1..=replicas {
             out.push(Task {
-                id: format!("task-{s:04}-{r:05}-{:08x}", (r as u32).wrapping_mul(2_246_822_519)),
+                id: format!(
+                    "task-{s:04}-{r:05}-{:08x}",
+                    (r as u32).wrapping_mul(2_246_822_519)
+                ),
                 service_id: service_id.clone(),
                 service_name: format!("service{s}"),
                 slot: r as u64,
@@ -249,7 +252,10 @@ fn main() {
     }
     let worst = per_service_node.values().max().copied().unwrap_or(0);
     println!("most tasks of one service on one node: {worst}");
-    assert!(worst <= 1, "1,000 replicas on >= 2,000 eligible nodes must not stack");
+    assert!(
+        worst <= 1,
+        "1,000 replicas on >= 2,000 eligible nodes must not stack"
+    );
     let spread: Vec<usize> = (0..n_services)
         .filter(|s| s % 10 == 2)
         .map(|s| {

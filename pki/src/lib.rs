@@ -65,11 +65,12 @@ pub fn der_digest(der: &[u8]) -> String {
 /// The CA digest of a PEM certificate (what [`der_digest`] gives for its DER).
 pub fn pem_digest(cert_pem: &str) -> Result<String, CaError> {
     use rustls_pki_types::pem::PemObject;
-    let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
-        CaError::InvalidPem {
-            what: "CA certificate",
-            reason: e.to_string(),
-        }
-    })?;
+    let der =
+        rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).map_err(|e| {
+            CaError::InvalidPem {
+                what: "CA certificate",
+                reason: e.to_string(),
+            }
+        })?;
     Ok(der_digest(&der))
 }

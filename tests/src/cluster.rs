@@ -99,10 +99,7 @@ pub struct ClusterLab {
 }
 
 fn ip(args: &[&str]) -> Result<()> {
-    let o = Command::new("ip")
-        .args(args)
-        .output()
-        .context("run ip")?;
+    let o = Command::new("ip").args(args).output().context("run ip")?;
     if !o.status.success() {
         bail!("ip {} failed: {}", args.join(" "), text(&o));
     }
@@ -151,7 +148,7 @@ impl ClusterLab {
                 continue;
             }
             std::fs::write(claim.join("pid"), &me).context("write the lab claim")?;
-            let mut lab = ClusterLab {
+            let lab = ClusterLab {
                 dir: Some(
                     tempfile::Builder::new()
                         .prefix("flt-cluster")
@@ -214,8 +211,8 @@ impl ClusterLab {
             let port = format!("h{i}");
             ip(&["netns", "add", &ns])?;
             ip(&[
-                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
-                "netns", &ns,
+                "-n", &hub, "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns",
+                &ns,
             ])?;
             ip(&["-n", &hub, "link", "set", &port, "master", "br0", "up"])?;
             ip(&[
@@ -312,7 +309,13 @@ impl ClusterLab {
         cmd.arg("--config-dir").arg(self.config_dir()).args(extra);
         let log = self.host_dir(i, "controller.log");
         let child = self.spawn(cmd, &log)?;
-        self.managers.push((i, Proc { child: Some(child), log: log.clone() }));
+        self.managers.push((
+            i,
+            Proc {
+                child: Some(child),
+                log: log.clone(),
+            },
+        ));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = std::fs::read_to_string(&log).unwrap_or_default();
@@ -334,7 +337,9 @@ impl ClusterLab {
                 bail!("flotilla-controller init exited; its log:\n{out}");
             }
             if Instant::now() > deadline {
-                bail!("flotilla-controller init printed no join tokens within 30 s; its log:\n{out}");
+                bail!(
+                    "flotilla-controller init printed no join tokens within 30 s; its log:\n{out}"
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -357,7 +362,13 @@ impl ClusterLab {
             .arg(self.manager_addr(via));
         let log = self.host_dir(i, "controller.log");
         let child = self.spawn(cmd, &log)?;
-        self.managers.push((i, Proc { child: Some(child), log }));
+        self.managers.push((
+            i,
+            Proc {
+                child: Some(child),
+                log,
+            },
+        ));
         let addr = self.manager_addr(i);
         self.eventually(Duration::from_secs(30), || {
             let out = self.cli_ok(&["cluster", "status", "--format", "json"])?;
@@ -378,7 +389,13 @@ impl ClusterLab {
             p.kill();
             p.child = Some(child);
         } else {
-            self.managers.push((i, Proc { child: Some(child), log }));
+            self.managers.push((
+                i,
+                Proc {
+                    child: Some(child),
+                    log,
+                },
+            ));
         }
         Ok(())
     }
@@ -417,8 +434,11 @@ impl ClusterLab {
     /// SIGSTOP / SIGCONT the manager of host `i`.
     pub fn pause_manager(&mut self, i: u8, paused: bool) -> Result<()> {
         use nix::sys::signal::Signal;
-        self.manager(i)?
-            .signal(if paused { Signal::SIGSTOP } else { Signal::SIGCONT });
+        self.manager(i)?.signal(if paused {
+            Signal::SIGSTOP
+        } else {
+            Signal::SIGCONT
+        });
         Ok(())
     }
 
@@ -453,7 +473,13 @@ impl ClusterLab {
         let cmd = self.agent_command(i, Some(via));
         let log = self.host_dir(i, "agent.log");
         let child = self.spawn(cmd, &log)?;
-        self.agents.push((i, Proc { child: Some(child), log }));
+        self.agents.push((
+            i,
+            Proc {
+                child: Some(child),
+                log,
+            },
+        ));
         self.wait_agent_socket(i)?;
         self.import_busybox(i)?;
         self.wait_node_ready(i)
@@ -463,10 +489,16 @@ impl ClusterLab {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.agent_socket(i).exists() {
             if !self.agent(i)?.running() {
-                bail!("the agent of host {i} exited; its log:\n{}", self.agent_log(i));
+                bail!(
+                    "the agent of host {i} exited; its log:\n{}",
+                    self.agent_log(i)
+                );
             }
             if Instant::now() > deadline {
-                bail!("the agent of host {i} did not start; its log:\n{}", self.agent_log(i));
+                bail!(
+                    "the agent of host {i} did not start; its log:\n{}",
+                    self.agent_log(i)
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -514,7 +546,10 @@ impl ClusterLab {
             .cloned()
             .unwrap_or(serde_json::Value::Null);
         Ok(match state {
-            serde_json::Value::String(s) => s.to_lowercase().trim_start_matches("node_state_").to_string(),
+            serde_json::Value::String(s) => s
+                .to_lowercase()
+                .trim_start_matches("node_state_")
+                .to_string(),
             serde_json::Value::Number(n) => match n.as_i64() {
                 Some(1) => "down".into(),
                 Some(2) => "ready".into(),
@@ -664,7 +699,10 @@ impl ClusterLab {
     pub fn logs(&self) -> String {
         let mut s = String::new();
         for (i, p) in &self.managers {
-            s.push_str(&format!("==== manager on host {i}\n{}\n", tail(&p.log(), 60)));
+            s.push_str(&format!(
+                "==== manager on host {i}\n{}\n",
+                tail(&p.log(), 60)
+            ));
         }
         for (i, p) in &self.agents {
             s.push_str(&format!("==== agent on host {i}\n{}\n", tail(&p.log(), 40)));

@@ -258,7 +258,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     join: Option<String>,
     /// The worker join token (`flotilla cluster join-token worker`).
-    #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true, requires = "join")]
+    #[arg(
+        long,
+        env = "FLOTILLA_JOIN_TOKEN",
+        hide_env_values = true,
+        requires = "join"
+    )]
     token: Option<String>,
 }
 

@@ -295,8 +295,7 @@ impl Control for ControlService {
             .values()
             .filter(|n| {
                 r.names.is_empty()
-                    || r
-                        .names
+                    || r.names
                         .iter()
                         .any(|x| n.id.starts_with(x.as_str()) || node_name(n) == x)
             })
@@ -481,8 +480,7 @@ impl Control for ControlService {
             .values()
             .filter(|s| {
                 r.names.is_empty()
-                    || r
-                        .names
+                    || r.names
                         .iter()
                         .any(|n| s.id.starts_with(n.as_str()) || service_name(s) == n)
             })
@@ -568,8 +566,8 @@ impl Control for ControlService {
                 "a service's mode (replicated/global) cannot change",
             ));
         }
-        let task_changed =
-            s.spec.as_ref().map(|x| (&x.task, &x.endpoint)) != Some((&new_spec.task, &new_spec.endpoint));
+        let task_changed = s.spec.as_ref().map(|x| (&x.task, &x.endpoint))
+            != Some((&new_spec.task, &new_spec.endpoint));
         s.previous_spec = s.spec.take();
         s.spec = Some(new_spec);
         s.spec_version += 1;
@@ -630,7 +628,11 @@ impl Control for ControlService {
         let state = self.ctx.store.read();
         let mut service_ids = Vec::new();
         for s in &r.services {
-            service_ids.push(resolve("service", &state.services, s, service_name)?.id.clone());
+            service_ids.push(
+                resolve("service", &state.services, s, service_name)?
+                    .id
+                    .clone(),
+            );
         }
         let mut node_ids = Vec::new();
         for n in &r.nodes {
@@ -672,8 +674,7 @@ impl Control for ControlService {
             let addr = raft.leader_addr().ok_or_else(|| {
                 Status::unavailable("no raft leader: the cluster has lost its quorum")
             })?;
-            let mut client =
-                pb::control_client::ControlClient::new((self.ctx.dial)(addr.as_str()));
+            let mut client = pb::control_client::ControlClient::new((self.ctx.dial)(addr.as_str()));
             let mut upstream = client.service_logs(r).await?.into_inner();
             let (tx, rx) = mpsc::channel(64);
             tokio::spawn(async move {
@@ -986,8 +987,14 @@ mod tests {
             m.insert(id.to_string(), (id.to_string(), name.to_string()));
         }
         let name = |x: &(String, String)| x.1.as_str();
-        assert_eq!(resolve("service", &m, "web", name).expect("name").0, "abc123");
-        assert_eq!(resolve("service", &m, "abd", name).expect("prefix").1, "api");
+        assert_eq!(
+            resolve("service", &m, "web", name).expect("name").0,
+            "abc123"
+        );
+        assert_eq!(
+            resolve("service", &m, "abd", name).expect("prefix").1,
+            "api"
+        );
         let e = resolve("service", &m, "ab", name).expect_err("ambiguous");
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         let e = resolve("service", &m, "wbe", name).expect_err("missing");

@@ -77,7 +77,9 @@ impl Ctx {
 /// The one mapping from write errors to gRPC statuses.
 pub fn status_of(e: ProposeError) -> Status {
     match e {
-        ProposeError::Refused(m) if m.contains("already in use") || m.contains("already exists") => {
+        ProposeError::Refused(m)
+            if m.contains("already in use") || m.contains("already exists") =>
+        {
             Status::already_exists(m)
         }
         ProposeError::Refused(m) if m.contains("changed since it was read") => Status::aborted(m),

@@ -152,12 +152,7 @@ impl NodeCa for NodeCaService {
             };
             let issued = self
                 .root_ca(&c)?
-                .issue(
-                    &req.get_ref().csr_pem,
-                    &id.node_id,
-                    role,
-                    Self::expiry(&c),
-                )
+                .issue(&req.get_ref().csr_pem, &id.node_id, role, Self::expiry(&c))
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
             node.cert_expires_at = issued.not_after_unix_ms;
             node.cert_serial = issued.serial_hex.clone();
@@ -177,7 +172,9 @@ impl NodeCa for NodeCaService {
                 Err(e) => return Err(status_of(e)),
             }
         }
-        Err(Status::aborted("too many concurrent changes to the node: retry"))
+        Err(Status::aborted(
+            "too many concurrent changes to the node: retry",
+        ))
     }
 
     async fn join_manager(
@@ -192,7 +189,9 @@ impl NodeCa for NodeCaService {
         }
         let addr = req.into_inner().addr;
         if addr.is_empty() {
-            return Err(Status::invalid_argument("the joining manager gave no address"));
+            return Err(Status::invalid_argument(
+                "the joining manager gave no address",
+            ));
         }
         self.ctx.barrier().await?;
         if !self.ctx.store.read().nodes.contains_key(&id.node_id) {

@@ -196,9 +196,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let manager = Manager::start(cfg.clone(), start).await?;
     if print_tokens {
         let state = manager.store.read();
-        let c = state.cluster.clone().context("the new cluster has no cluster object")?;
+        let c = state
+            .cluster
+            .clone()
+            .context("the new cluster has no cluster object")?;
         drop(state);
-        println!("Cluster {} initialized; this manager is {}.", c.id, manager.identity.node_id);
+        println!(
+            "Cluster {} initialized; this manager is {}.",
+            c.id, manager.identity.node_id
+        );
         println!();
         println!("To add a worker, run on it:");
         println!(

@@ -127,9 +127,12 @@ pub fn node_eligible(node: &Node, spec: &TaskSpec) -> bool {
     matches!(s.schedule([&probe]).first(), Some(Decision::Assign { .. }))
 }
 
-async fn reconcile_loop(store: Store, proposer: Arc<dyn Proposer>, mut stop: watch::Receiver<bool>) {
+async fn reconcile_loop(
+    store: Store,
+    proposer: Arc<dyn Proposer>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut rx = store.watch();
-    let mut wake: Option<tokio::time::Instant> = None;
     let mut env = Env;
     loop {
         if *stop.borrow() {
@@ -139,7 +142,7 @@ async fn reconcile_loop(store: Store, proposer: Arc<dyn Proposer>, mut stop: wat
             let state = store.read();
             orchestrator::reconcile(&state, now_ms(), &mut env)
         };
-        wake = out.wake_at.map(|at| {
+        let wake = out.wake_at.map(|at| {
             let ms = (at - now_ms()).max(0) as u64;
             tokio::time::Instant::now() + Duration::from_millis(ms)
         });

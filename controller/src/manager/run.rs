@@ -29,7 +29,9 @@ use super::loops;
 use super::proposer::{BoxFuture, ProposeError, Proposer};
 use crate::api::{control::ControlService, nodeca::NodeCaService, Ctx, Membership, RaftSummary};
 use crate::dispatcher::{now_ms, Dispatcher, SecretOpener};
-use crate::raft::{Bootstrap, Connector, RaftConfig, RaftError, RaftNode, RaftService, StateMachine};
+use crate::raft::{
+    Bootstrap, Connector, RaftConfig, RaftError, RaftNode, RaftService, StateMachine,
+};
 use crate::store::{Batch, Store};
 
 /// How a manager starts.
@@ -381,8 +383,8 @@ impl Manager {
             cfg.state_dir.join("raft"),
             identity.advertise.clone(),
         );
-        rcfg.election_ticks = ((cfg.election_timeout.as_millis() as u64 / rcfg.tick_ms).max(3))
-            as usize;
+        rcfg.election_ticks =
+            ((cfg.election_timeout.as_millis() as u64 / rcfg.tick_ms).max(3)) as usize;
         rcfg.snapshot_interval = cfg.snapshot_interval;
         // Bind before raft starts so peers can reach us as soon as we are a member.
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -434,8 +436,12 @@ impl Manager {
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(ControlServer::new(ControlService { ctx: Arc::clone(&ctx) }))
-            .add_service(NodeCaServer::new(NodeCaService { ctx: Arc::clone(&ctx) }))
+            .add_service(ControlServer::new(ControlService {
+                ctx: Arc::clone(&ctx),
+            }))
+            .add_service(NodeCaServer::new(NodeCaService {
+                ctx: Arc::clone(&ctx),
+            }))
             .add_service(DispatcherServer::new(DispatcherService {
                 dispatcher: Arc::clone(&dispatcher),
                 membership: membership.clone(),
@@ -450,7 +456,10 @@ impl Manager {
             let shutdown = async move {
                 let _ = server_stop.wait_for(|s| *s).await;
             };
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
+            if let Err(e) = router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+            {
                 warn!(error = %e, "the manager's server stopped");
             }
         });
