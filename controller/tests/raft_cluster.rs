@@ -98,7 +98,10 @@ async fn within<T>(limit: Duration, what: &str, f: impl Future<Output = T>) -> T
 async fn eventually(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
-        assert!(Instant::now() < deadline, "{what}: not true within {limit:?}");
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not true within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -159,14 +162,7 @@ impl Cluster {
                 })
                 .await;
         });
-        self.nodes.insert(
-            id,
-            TestNode {
-                node,
-                stop,
-                server,
-            },
-        );
+        self.nodes.insert(id, TestNode { node, stop, server });
     }
 
     /// A cluster of `n` managers: node 1 bootstraps, the others join and are added by the leader.
@@ -292,7 +288,10 @@ async fn three_nodes_replicate_and_forward() {
     let st = c.node(leader).status();
     assert_eq!(st.members.len(), 3);
     assert_eq!(
-        st.members.iter().map(|m| m.node_id.clone()).collect::<Vec<_>>(),
+        st.members
+            .iter()
+            .map(|m| m.node_id.clone())
+            .collect::<Vec<_>>(),
         vec!["node-1", "node-2", "node-3"]
     );
 
@@ -414,7 +413,10 @@ async fn lagging_node_catches_up_through_a_snapshot() {
         expected.insert(format!("s{i}"), format!("{i}"));
     }
     let leader_snap = c.node(leader).status().snapshot_index;
-    assert!(leader_snap >= last - 20, "leader snapshot at {leader_snap}, last {last}");
+    assert!(
+        leader_snap >= last - 20,
+        "leader snapshot at {leader_snap}, last {last}"
+    );
 
     c.start(down, Bootstrap::Restart).await;
     c.converged(&expected).await;
@@ -445,9 +447,11 @@ async fn quorum_loss_refuses_writes_with_no_leader() {
         }
     }
     let n = c.node(survivor).clone();
-    eventually(Duration::from_secs(5), "survivor forgets the leader", || {
-        n.status().leader_id == 0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "survivor forgets the leader",
+        || n.status().leader_id == 0,
+    )
     .await;
     let started = Instant::now();
     let err = within(
@@ -464,7 +468,10 @@ async fn quorum_loss_refuses_writes_with_no_leader() {
         }
         other => panic!("expected NoLeader, got {other:?}"),
     }
-    assert!(err.to_string().contains("1 of 3 managers reachable"), "{err}");
+    assert!(
+        err.to_string().contains("1 of 3 managers reachable"),
+        "{err}"
+    );
     // Two election timeouts (2 s), not a hang.
     assert!(took < Duration::from_secs(3), "failed after {took:?}");
     assert!(took >= Duration::from_millis(1500), "failed after {took:?}");
@@ -487,7 +494,10 @@ async fn pending_proposals_fail_when_leadership_is_lost() {
         c.kill(f).await;
     }
     let n = c.node(leader).clone();
-    assert!(n.status().is_leader, "still leader right after losing its followers");
+    assert!(
+        n.status().is_leader,
+        "still leader right after losing its followers"
+    );
     let mut leadership = n.leadership();
     let started = Instant::now();
     let pending: Vec<_> = (0..5)
@@ -506,7 +516,11 @@ async fn pending_proposals_fail_when_leadership_is_lost() {
         }
     }
     // check_quorum stepped it down after at most two election timeouts.
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     within(
         Duration::from_secs(1),
         "leadership watch",
@@ -514,7 +528,11 @@ async fn pending_proposals_fail_when_leadership_is_lost() {
     )
     .await
     .expect("watch");
-    assert_eq!(c.value(leader, "p0"), None, "nothing was applied without quorum");
+    assert_eq!(
+        c.value(leader, "p0"),
+        None,
+        "nothing was applied without quorum"
+    );
     c.shutdown().await;
 }
 
@@ -547,17 +565,27 @@ async fn five_nodes_membership_changes() {
     // Remove a follower (asked through another follower).
     let fs = c.followers(leader);
     let (gone, asker) = (fs[0], fs[1]);
-    let members = c.node(asker).remove_member(gone).await.expect("remove follower");
+    let members = c
+        .node(asker)
+        .remove_member(gone)
+        .await
+        .expect("remove follower");
     assert_eq!(members.len(), 4);
     assert!(members.iter().all(|m| m.raft_id != gone));
     c.kill(gone).await;
     eventually(Duration::from_secs(5), "members updated everywhere", || {
-        c.ids().iter().all(|id| c.node(*id).status().members.len() == 4)
+        c.ids()
+            .iter()
+            .all(|id| c.node(*id).status().members.len() == 4)
     })
     .await;
 
     // Remove the leader itself: it hands over and a remaining member leads.
-    let members = c.node(leader).remove_member(leader).await.expect("remove leader");
+    let members = c
+        .node(leader)
+        .remove_member(leader)
+        .await
+        .expect("remove leader");
     assert_eq!(members.len(), 3);
     let rest: Vec<u64> = c.ids().into_iter().filter(|i| *i != leader).collect();
     let new_leader = c.wait_leader(&rest).await;
@@ -679,11 +707,26 @@ async fn start_refuses_a_missing_state_and_a_foreign_one() {
     c.kill(1).await;
     let mut other = c.config(1);
     other.raft_id = 2;
-    let err = RaftNode::start(other, Bootstrap::Restart, Kv::default(), Arc::new(PlainConnector))
-        .await
-        .err()
-        .expect("another node's state");
-    assert!(matches!(err, RaftError::WrongId { found: 1, expected: 2, .. }), "{err:?}");
+    let err = RaftNode::start(
+        other,
+        Bootstrap::Restart,
+        Kv::default(),
+        Arc::new(PlainConnector),
+    )
+    .await
+    .err()
+    .expect("another node's state");
+    assert!(
+        matches!(
+            err,
+            RaftError::WrongId {
+                found: 1,
+                expected: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
 
 // ---------- benchmark (ignored by default) ----------
@@ -698,7 +741,8 @@ impl Figures {
     fn report(mut self, what: &str) {
         self.latencies.sort();
         let pct = |p: f64| {
-            let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
+            let i =
+                ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
             self.latencies[i - 1]
         };
         eprintln!(
@@ -756,10 +800,18 @@ async fn bench_write_throughput() {
     // Warm up connections and the log.
     load(c.node(leader), 8, 25, "warm").await;
 
-    load(c.node(leader), 1, 1000, "seq").await.report("1 client, at the leader");
-    load(c.node(leader), 64, 160, "c64").await.report("64 clients, at the leader");
-    load(c.node(follower), 1, 500, "fseq").await.report("1 client, via a follower");
-    load(c.node(follower), 64, 80, "f64").await.report("64 clients, via a follower");
+    load(c.node(leader), 1, 1000, "seq")
+        .await
+        .report("1 client, at the leader");
+    load(c.node(leader), 64, 160, "c64")
+        .await
+        .report("64 clients, at the leader");
+    load(c.node(follower), 1, 500, "fseq")
+        .await
+        .report("1 client, via a follower");
+    load(c.node(follower), 64, 80, "f64")
+        .await
+        .report("64 clients, via a follower");
 
     let total = 200 + 1000 + 64 * 160 + 500 + 64 * 80;
     for id in c.ids() {

@@ -32,7 +32,10 @@ pub enum RaftError {
     NotLeader { raft_id: u64, leader_id: u64 },
 
     #[error("raft {what} did not complete within {timeout:?}; it may still complete")]
-    Timeout { what: &'static str, timeout: Duration },
+    Timeout {
+        what: &'static str,
+        timeout: Duration,
+    },
 
     #[error("raft storage {path}: {what}: {detail}")]
     Storage {
@@ -44,7 +47,9 @@ pub enum RaftError {
     #[error("no raft state in {path}: start with a new cluster or join one instead of restarting")]
     NoState { path: PathBuf },
 
-    #[error("raft state in {path} belongs to raft id {found}, not {expected}: wrong state directory?")]
+    #[error(
+        "raft state in {path} belongs to raft id {found}, not {expected}: wrong state directory?"
+    )]
     WrongId {
         path: PathBuf,
         found: u64,
@@ -203,7 +208,10 @@ mod tests {
         }
         .into();
         match RaftError::from_status(&s, 2, "a:1") {
-            RaftError::LeadershipLost { raft_id: 2, term: 7 } => {}
+            RaftError::LeadershipLost {
+                raft_id: 2,
+                term: 7,
+            } => {}
             other => panic!("unexpected {other:?}"),
         }
         let s = tonic::Status::unavailable("tcp connect error");

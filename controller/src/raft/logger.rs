@@ -59,10 +59,18 @@ impl Drain for TracingDrain {
             Level::Trace => tracing::Level::TRACE,
         };
         let enabled = match level {
-            tracing::Level::ERROR => tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::ERROR),
-            tracing::Level::WARN => tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::WARN),
-            tracing::Level::INFO => tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::INFO),
-            tracing::Level::DEBUG => tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::DEBUG),
+            tracing::Level::ERROR => {
+                tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::ERROR)
+            }
+            tracing::Level::WARN => {
+                tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::WARN)
+            }
+            tracing::Level::INFO => {
+                tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::INFO)
+            }
+            tracing::Level::DEBUG => {
+                tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::DEBUG)
+            }
             _ => tracing::enabled!(target: "flotilla::raft::rs", tracing::Level::TRACE),
         };
         if !enabled {

@@ -21,10 +21,10 @@
 //!   [`flotilla_proto::raft::v1::Member`]; the members (raft id, address, node id) are part of
 //!   every snapshot, so a manager that installs one knows whom to dial.
 
-mod ready_loop;
 mod error;
 mod logger;
 mod node;
+mod ready_loop;
 mod service;
 mod storage;
 mod transport;
@@ -161,7 +161,11 @@ pub struct RaftConfig {
 }
 
 impl RaftConfig {
-    pub fn new(raft_id: u64, state_dir: impl Into<PathBuf>, listen_addr: impl Into<String>) -> Self {
+    pub fn new(
+        raft_id: u64,
+        state_dir: impl Into<PathBuf>,
+        listen_addr: impl Into<String>,
+    ) -> Self {
         RaftConfig {
             raft_id,
             state_dir: state_dir.into(),

@@ -62,12 +62,26 @@ pub(crate) enum Event {
     /// A raft message from a peer.
     Raft(Box<Message>),
     /// A peer's advertised address, learnt from its stream (used until it is a known member).
-    Learned { raft_id: u64, addr: String },
-    Propose { command: Vec<u8>, reply: ProposeReply },
-    ReadIndex { reply: ReadReply },
-    ChangeMembership { change: MemberChange, reply: MembersReply },
+    Learned {
+        raft_id: u64,
+        addr: String,
+    },
+    Propose {
+        command: Vec<u8>,
+        reply: ProposeReply,
+    },
+    ReadIndex {
+        reply: ReadReply,
+    },
+    ChangeMembership {
+        change: MemberChange,
+        reply: MembersReply,
+    },
     Unreachable(u64),
-    SnapshotStatus { to: u64, ok: bool },
+    SnapshotStatus {
+        to: u64,
+        ok: bool,
+    },
     Shutdown,
 }
 
@@ -216,9 +230,11 @@ impl<S: StateMachine> ReadyLoop<S> {
                 snap.mut_metadata().term = 1;
                 snap.mut_metadata().mut_conf_state().voters = vec![id];
                 snap.data = encode_snapshot_data(&members, state).into();
-                let mut hs = ::raft::eraftpb::HardState::default();
-                hs.term = 1;
-                hs.commit = 1;
+                let hs = ::raft::eraftpb::HardState {
+                    term: 1,
+                    commit: 1,
+                    ..Default::default()
+                };
                 storage.commit(WriteBatch {
                     install: Some(snap),
                     hard_state: Some(hs),
@@ -228,7 +244,10 @@ impl<S: StateMachine> ReadyLoop<S> {
                 tracing::info!(raft_id = id, path = %path.display(), "bootstrapped a new raft cluster");
             }
             (Bootstrap::Join, false) => {
-                tracing::info!(raft_id = id, "joining: waiting for the leader to send the log");
+                tracing::info!(
+                    raft_id = id,
+                    "joining: waiting for the leader to send the log"
+                );
             }
             (Bootstrap::ForceNewCluster, true) => {
                 force_new_cluster(&cfg, &mut storage, &sm)?;
@@ -342,7 +361,10 @@ impl<S: StateMachine> ReadyLoop<S> {
                 e.to_string()
             }
             Err(_) => {
-                tracing::error!(raft_id = self.id, "raft node stopped: panic in the ready loop");
+                tracing::error!(
+                    raft_id = self.id,
+                    "raft node stopped: panic in the ready loop"
+                );
                 "panic in the ready loop".to_string()
             }
         };
@@ -409,8 +431,12 @@ impl<S: StateMachine> ReadyLoop<S> {
         match ev {
             Event::Raft(msg) => {
                 if msg.to != self.id {
-                    tracing::warn!(raft_id = self.id, to = msg.to, from = msg.from,
-                        "dropping a raft message addressed to another manager");
+                    tracing::warn!(
+                        raft_id = self.id,
+                        to = msg.to,
+                        from = msg.from,
+                        "dropping a raft message addressed to another manager"
+                    );
                     return Ok(true);
                 }
                 self.last_heard.insert(msg.from, Instant::now());
@@ -582,7 +608,8 @@ impl<S: StateMachine> ReadyLoop<S> {
 
     fn on_tick(&mut self, now: Instant) {
         let window = self.cfg.election_timeout() * 2;
-        self.last_heard.retain(|_, t| now.duration_since(*t) < window);
+        self.last_heard
+            .retain(|_, t| now.duration_since(*t) < window);
         let voters = &self.conf_state.voters;
         self.reachable = voters
             .iter()
@@ -652,8 +679,12 @@ impl<S: StateMachine> ReadyLoop<S> {
         self.applied = meta.index;
         self.applied_term = meta.term;
         self.snapshot_index = meta.index;
-        tracing::info!(raft_id = self.id, index = meta.index, term = meta.term,
-            "installed a snapshot from the leader");
+        tracing::info!(
+            raft_id = self.id,
+            index = meta.index,
+            term = meta.term,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
@@ -673,8 +704,8 @@ impl<S: StateMachine> ReadyLoop<S> {
                     // Empty entries are the ones a new leader appends.
                     if !e.data.is_empty() {
                         let result = sm.apply(e.index, &e.data);
-                        if let Some(reply) = own_id(self.nonce, &e.context)
-                            .and_then(|id| self.proposals.remove(&id))
+                        if let Some(reply) =
+                            own_id(self.nonce, &e.context).and_then(|id| self.proposals.remove(&id))
                         {
                             answers.push((
                                 reply,
@@ -724,13 +755,19 @@ impl<S: StateMachine> ReadyLoop<S> {
                             self.members.insert(m.raft_id, m);
                         }
                         ConfChangeType::RemoveNode => {
-                            tracing::info!(raft_id = self.id, member = ch.node_id, index = e.index,
-                                "raft member removed");
+                            tracing::info!(
+                                raft_id = self.id,
+                                member = ch.node_id,
+                                index = e.index,
+                                "raft member removed"
+                            );
                             self.members.remove(&ch.node_id);
                             self.transport.remove_peer(ch.node_id);
                             if ch.node_id == self.id {
-                                tracing::warn!(raft_id = self.id,
-                                    "this manager was removed from the raft cluster");
+                                tracing::warn!(
+                                    raft_id = self.id,
+                                    "this manager was removed from the raft cluster"
+                                );
                             }
                         }
                     }
@@ -774,8 +811,11 @@ impl<S: StateMachine> ReadyLoop<S> {
                     .max_by_key(|(_, p)| p.matched)
                     .map(|(id, _)| *id);
                 if let Some(target) = target {
-                    tracing::info!(raft_id = self.id, to = target,
-                        "removed from the cluster while leader: transferring leadership");
+                    tracing::info!(
+                        raft_id = self.id,
+                        to = target,
+                        "removed from the cluster while leader: transferring leadership"
+                    );
                     self.raw.transfer_leader(target);
                 }
             }
@@ -810,8 +850,13 @@ impl<S: StateMachine> ReadyLoop<S> {
             });
         }
         if now.leader_id != prev.leader_id || now.is_leader != prev.is_leader {
-            tracing::info!(raft_id = self.id, leader = now.leader_id, term = now.term,
-                is_leader = now.is_leader, "raft leadership changed");
+            tracing::info!(
+                raft_id = self.id,
+                leader = now.leader_id,
+                term = now.term,
+                is_leader = now.is_leader,
+                "raft leadership changed"
+            );
         }
         self.leader = now;
         self.published.leadership.send_replace(now);
@@ -858,8 +903,13 @@ impl<S: StateMachine> ReadyLoop<S> {
             ..Default::default()
         })?;
         self.snapshot_index = self.applied;
-        tracing::info!(raft_id = self.id, index = self.applied, bytes = size, compacted_to = compact,
-            "took a raft snapshot");
+        tracing::info!(
+            raft_id = self.id,
+            index = self.applied,
+            bytes = size,
+            compacted_to = compact,
+            "took a raft snapshot"
+        );
         Ok(())
     }
 

@@ -123,7 +123,11 @@ impl Transport {
         for m in msgs {
             let to = m.to;
             let Some(peer) = self.peers.get_mut(&to) else {
-                tracing::debug!(raft_id = self.self_id, to, "no address for raft peer: message dropped");
+                tracing::debug!(
+                    raft_id = self.self_id,
+                    to,
+                    "no address for raft peer: message dropped"
+                );
                 if m.get_msg_type() == MessageType::MsgSnapshot {
                     let _ = self.events.send(Event::SnapshotStatus { to, ok: false });
                 }
@@ -138,8 +142,12 @@ impl Transport {
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     peer.dropped += 1;
                     if peer.dropped.is_power_of_two() {
-                        tracing::debug!(raft_id = self.self_id, to, dropped = peer.dropped,
-                            "raft peer queue full: dropping messages");
+                        tracing::debug!(
+                            raft_id = self.self_id,
+                            to,
+                            dropped = peer.dropped,
+                            "raft peer queue full: dropping messages"
+                        );
                     }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -227,7 +235,9 @@ impl PeerTask {
                 }
             };
             match outcome {
-                Ok(_) => tracing::debug!(to = self.to, addr = %self.addr, "raft stream closed by the peer"),
+                Ok(_) => {
+                    tracing::debug!(to = self.to, addr = %self.addr, "raft stream closed by the peer")
+                }
                 Err(status) => tracing::debug!(to = self.to, addr = %self.addr, error = %status,
                     "raft stream to peer failed"),
             }
