@@ -671,6 +671,11 @@ impl<S: StateMachine> ReadyLoop<S> {
             .into_iter()
             .map(|m| (m.raft_id, Member::from(m)))
             .collect();
+        for id in self.transport.peer_ids() {
+            if !self.members.contains_key(&id) {
+                self.transport.remove_peer(id);
+            }
+        }
         for m in self.members.values() {
             self.transport.set_peer(m.raft_id, &m.addr);
         }
