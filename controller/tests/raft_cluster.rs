@@ -263,18 +263,41 @@ impl Cluster {
         index
     }
 
-    /// Waits until every running node has the same map as `reference` after a read barrier.
+    /// After a read barrier on each, every running node has exactly `expected`.
     async fn converged(&self, expected: &BTreeMap<String, String>) {
         for id in self.ids() {
-            within(
-                Duration::from_secs(15),
-                "read barrier",
-                self.node(id).read_barrier(),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("read barrier on {id}: {e}"));
+            self.barrier(id).await;
             assert_eq!(&self.map(id), expected, "state of node {id}");
         }
+    }
+
+    /// After a read barrier on each, all running nodes have the same state, which holds every
+    /// entry of `acked` (and maybe writes whose outcome the writer did not learn).
+    async fn converged_with(&self, acked: &BTreeMap<String, String>) {
+        let mut states = Vec::new();
+        for id in self.ids() {
+            self.barrier(id).await;
+            states.push((id, self.map(id)));
+        }
+        let (first, reference) = &states[0];
+        for (id, state) in &states[1..] {
+            assert!(state == reference, "nodes {first} and {id} differ");
+        }
+        let missing: Vec<_> = acked
+            .iter()
+            .filter(|(k, v)| reference.get(*k) != Some(*v))
+            .collect();
+        assert!(missing.is_empty(), "acknowledged writes lost: {missing:?}");
+    }
+
+    async fn barrier(&self, id: u64) {
+        within(
+            Duration::from_secs(15),
+            "read barrier",
+            self.node(id).read_barrier(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("read barrier on {id}: {e}"));
     }
 }
 
@@ -345,11 +368,50 @@ async fn leader_failover_keeps_acknowledged_writes() {
         expected.insert(format!("a{i}"), format!("{i}"));
     }
 
+    // Writers keep going through every node while the leader dies; whatever they got
+    // acknowledged must survive.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = c
+        .ids()
+        .into_iter()
+        .map(|id| {
+            let node = c.node(id).clone();
+            let stop = Arc::clone(&stop);
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let k = format!("w{id}-{i}");
+                    match node.propose(format!("set {k} {i}").into_bytes()).await {
+                        Ok(_) => acked.push((k, i.to_string())),
+                        Err(RaftError::Stopped { .. }) => break,
+                        // Unknown outcome (leader lost, unreachable): not acknowledged.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    }
+                    i += 1;
+                }
+                acked
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
     let killed_at = Instant::now();
     c.kill(leader).await;
     let survivors = c.ids();
     let new_leader = c.wait_leader(&survivors).await;
     let failover = killed_at.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut acked_total = 0;
+    for w in writers {
+        let acked = within(Duration::from_secs(15), "writer", w)
+            .await
+            .expect("writer task");
+        acked_total += acked.len();
+        expected.extend(acked);
+    }
+    assert!(acked_total > 0, "the writers got some writes through");
     eprintln!("failover: new leader {new_leader} after {failover:?}");
     assert_ne!(new_leader, leader);
     assert!(
@@ -362,7 +424,7 @@ async fn leader_failover_keeps_acknowledged_writes() {
         c.set(*via, &format!("after-{via}"), "yes").await;
         expected.insert(format!("after-{via}"), "yes".into());
     }
-    c.converged(&expected).await;
+    c.converged_with(&expected).await;
     c.shutdown().await;
 }
 

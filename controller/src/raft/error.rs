@@ -143,7 +143,11 @@ impl RaftError {
                     .unwrap_or(&msg)
                     .into(),
             ),
-            "dropped" => RaftError::Dropped(msg),
+            "dropped" => RaftError::Dropped(
+                msg.strip_prefix("raft dropped the proposal: ")
+                    .unwrap_or(&msg)
+                    .into(),
+            ),
             _ => RaftError::Forward {
                 leader_id,
                 addr: addr.to_string(),
@@ -152,10 +156,11 @@ impl RaftError {
         }
     }
 
-    /// Whether a forwarded request that failed this way was certainly not executed by the
-    /// leader, so sending it again (to the same or a new leader) cannot apply it twice.
+    /// Whether a request that failed this way was certainly not executed (the node was not the
+    /// leader, or raft dropped the proposal before appending it: a leadership transfer or too
+    /// many uncommitted entries), so sending it again cannot apply it twice.
     pub(crate) fn is_retryable(&self) -> bool {
-        matches!(self, RaftError::NotLeader { .. })
+        matches!(self, RaftError::NotLeader { .. } | RaftError::Dropped(_))
     }
 }
 

@@ -20,6 +20,11 @@
 //! - Membership changes are `ConfChangeV2` entries whose context is a prost-encoded
 //!   [`flotilla_proto::raft::v1::Member`]; the members (raft id, address, node id) are part of
 //!   every snapshot, so a manager that installs one knows whom to dial.
+//!
+//! Use: `RaftNode::start` with a [`StateMachine`] and a [`Connector`], mount
+//! `RaftNode::service()` on the manager's tonic server (with `TCP_NODELAY` on its sockets, e.g.
+//! `TcpIncoming::with_nodelay(Some(true))`: without it Nagle adds milliseconds to every
+//! forwarded write), then `propose` / `read_barrier` + `with_state` from any manager.
 
 mod error;
 mod logger;

@@ -230,9 +230,11 @@ impl<S: StateMachine> ReadyLoop<S> {
                 snap.mut_metadata().term = 1;
                 snap.mut_metadata().mut_conf_state().voters = vec![id];
                 snap.data = encode_snapshot_data(&members, state).into();
-                let mut hs = ::raft::eraftpb::HardState::default();
-                hs.term = 1;
-                hs.commit = 1;
+                let hs = ::raft::eraftpb::HardState {
+                    term: 1,
+                    commit: 1,
+                    ..Default::default()
+                };
                 storage.commit(WriteBatch {
                     install: Some(snap),
                     hard_state: Some(hs),
@@ -669,6 +671,11 @@ impl<S: StateMachine> ReadyLoop<S> {
             .into_iter()
             .map(|m| (m.raft_id, Member::from(m)))
             .collect();
+        for id in self.transport.peer_ids() {
+            if !self.members.contains_key(&id) {
+                self.transport.remove_peer(id);
+            }
+        }
         for m in self.members.values() {
             self.transport.set_peer(m.raft_id, &m.addr);
         }

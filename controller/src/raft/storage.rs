@@ -515,11 +515,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("cmd{index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("cmd{index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     fn snapshot(index: u64, term: u64, voters: Vec<u64>, data: &[u8]) -> Snapshot {
@@ -652,10 +653,12 @@ mod tests {
         {
             let mut s = RaftStorage::open(dir.path(), 7).expect("open");
             append(&mut s, (1..=6).map(|i| entry(i, 1)).collect());
-            let mut hs = HardState::default();
-            hs.term = 4;
-            hs.vote = 7;
-            hs.commit = 5;
+            let hs = HardState {
+                term: 4,
+                vote: 7,
+                commit: 5,
+                ..Default::default()
+            };
             s.commit(WriteBatch {
                 hard_state: Some(hs),
                 snapshot: Some((snapshot(4, 1, vec![7, 8], b"s4"), 3)),

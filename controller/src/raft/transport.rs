@@ -111,6 +111,10 @@ impl Transport {
         );
     }
 
+    pub fn peer_ids(&self) -> Vec<u64> {
+        self.peers.keys().copied().collect()
+    }
+
     pub fn remove_peer(&mut self, id: u64) {
         self.peers.remove(&id);
     }
