@@ -35,7 +35,7 @@ pub use constraint::validate_constraints;
 pub use filter::validate_preferences;
 
 use filter::{host_ports, Pipeline, TaskRequest};
-use node::{FastMap, IndexMap, NodeInfo, TaskUse};
+use node::{FastMap, IndexMap, Interner, NodeInfo, TaskUse};
 
 /// What the scheduler decided for one pending task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +101,8 @@ pub struct Scheduler {
     /// (the same counts as the nodes' `services`, kept by service so that a placement reads
     /// the few nodes a service is on instead of looking the service up on every node).
     service_nodes: Vec<IndexMap<u32>>,
+    /// Label names and values, os and arch.
+    strings: Interner,
     /// Scratch of `build_tree`: tasks of the group's service per slot (all zero between uses).
     scratch: Vec<u32>,
     /// Tasks holding resources, by task id.
@@ -214,7 +216,7 @@ impl Scheduler {
         if !self.nodes[slot].present {
             self.order_dirty = true;
         }
-        self.nodes[slot].describe(node);
+        self.nodes[slot].describe(node, &mut self.strings);
     }
 
     /// Removes a node: it is no longer a candidate. The tasks still on it keep counting until
@@ -351,7 +353,7 @@ impl Scheduler {
             return;
         };
         let service = self.intern_service(&first.service_id);
-        let req = match TaskRequest::of(first, service) {
+        let req = match TaskRequest::of(first, service, &self.strings) {
             Ok(r) => r,
             Err(reason) => return pend(tasks, reason, out),
         };
@@ -433,7 +435,7 @@ impl Scheduler {
         // Every node that is a candidate or holds tasks of the service (a branch's count
         // includes the tasks on its nodes that cannot take more), with its label values
         // interned per level (u32::MAX: no such label).
-        let mut values: Vec<FastMap<&str, u32>> = vec![FastMap::default(); levels];
+        let mut values: Vec<IndexMap<u32>> = vec![IndexMap::default(); levels];
         let mut recs = Recs {
             levels,
             ..Recs::default()
@@ -462,7 +464,10 @@ impl Scheduler {
         let ordered: Vec<Vec<u32>> = values
             .iter()
             .map(|ids| {
-                let mut v: Vec<(&str, u32)> = ids.iter().map(|(k, id)| (*k, *id)).collect();
+                let mut v: Vec<(&str, u32)> = ids
+                    .iter()
+                    .map(|(k, id)| (self.strings.name(*k), *id))
+                    .collect();
                 v.sort_unstable();
                 let mut order = vec![0; v.len()];
                 for (pos, (_, id)) in v.iter().enumerate() {

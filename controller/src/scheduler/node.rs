@@ -77,6 +77,38 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 /// A map keyed by a dense index.
 pub(crate) type IndexMap<V> = FastMap<u32, V>;
 
+/// Label names and values, platform os and arch, as dense ids: nodes hold ids, filters compare
+/// ids (no pointer chasing through string maps per node). Strings stay interned for the life
+/// of the scheduler (their number is bounded by the distinct labels the cluster used).
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    ids: FastMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    /// The id of `s`, new if needed.
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 strings");
+        self.ids.insert(s.to_string(), id);
+        self.names.push(s.to_string());
+        id
+    }
+
+    /// The id of `s` if any node ever used it.
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    /// The string of an id.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
+
 /// A published host port: protocol (a `PortProtocol` value) and port number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct HostPort {
@@ -117,12 +149,14 @@ pub(crate) struct NodeInfo {
     pub available: bool,
     pub hostname: String,
     pub role: NodeRole,
-    pub labels: FastMap<String, String>,
-    pub engine_labels: FastMap<String, String>,
-    /// Lower case.
-    pub os: String,
-    /// Normalized with [`normalize_arch`].
-    pub arch: String,
+    /// The spec's labels, (name, value) interned, sorted by name.
+    pub labels: Vec<(u32, u32)>,
+    /// The labels the agent reports, the same way.
+    pub engine_labels: Vec<(u32, u32)>,
+    /// Lower case, interned (None: not reported).
+    pub os: Option<u32>,
+    /// Normalized with [`normalize_arch`], interned (None: not reported).
+    pub arch: Option<u32>,
     pub nano_cpus: i64,
     pub memory_bytes: i64,
 
@@ -146,7 +180,7 @@ impl NodeInfo {
     }
 
     /// Takes the node's spec, description and status; keeps the accounting.
-    pub fn describe(&mut self, node: &Node) {
+    pub fn describe(&mut self, node: &Node, strings: &mut Interner) {
         let state = node.status.as_ref().map(|s| s.state);
         let availability = node
             .spec
@@ -157,24 +191,28 @@ impl NodeInfo {
         self.available = state == Some(NodeState::Ready as i32)
             && availability == NodeAvailability::Active as i32;
         self.role = NodeRole::try_from(node.role).unwrap_or(NodeRole::Worker);
-        let copy = |m: &HashMap<String, String>| -> FastMap<String, String> {
-            m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let mut intern = |m: &HashMap<String, String>| -> Vec<(u32, u32)> {
+            let mut v: Vec<(u32, u32)> = m
+                .iter()
+                .map(|(k, v)| (strings.intern(k), strings.intern(v)))
+                .collect();
+            v.sort_unstable();
+            v
         };
         self.labels = node
             .spec
             .as_ref()
-            .map(|s| copy(&s.labels))
+            .map(|s| intern(&s.labels))
             .unwrap_or_default();
         let desc = node.description.as_ref();
         self.hostname = desc.map(|d| d.hostname.clone()).unwrap_or_default();
-        self.engine_labels = desc.map(|d| copy(&d.engine_labels)).unwrap_or_default();
+        self.engine_labels = desc.map(|d| intern(&d.engine_labels)).unwrap_or_default();
         let platform = desc.and_then(|d| d.platform.as_ref());
-        self.os = platform
-            .map(|p| p.os.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        self.arch = platform
-            .map(|p| normalize_arch(&p.architecture))
-            .unwrap_or_default();
+        let os = platform.map(|p| p.os.trim().to_ascii_lowercase());
+        let arch = platform.map(|p| normalize_arch(&p.architecture));
+        let mut id = |s: Option<String>| s.filter(|s| !s.is_empty()).map(|s| strings.intern(&s));
+        self.os = id(os);
+        self.arch = id(arch);
         let resources = desc.and_then(|d| d.resources.as_ref());
         self.nano_cpus = resources.map(|r| r.nano_cpus).unwrap_or(0);
         self.memory_bytes = resources.map(|r| r.memory_bytes).unwrap_or(0);
@@ -194,6 +232,16 @@ impl NodeInfo {
             ..NodeInfo::default()
         };
         *self = keep;
+    }
+
+    /// The value of label `name` (spec labels).
+    pub fn label(&self, name: u32) -> Option<u32> {
+        find(&self.labels, name)
+    }
+
+    /// The value of engine label `name`.
+    pub fn engine_label(&self, name: u32) -> Option<u32> {
+        find(&self.engine_labels, name)
     }
 
     /// Tasks of `service` holding resources here.
@@ -239,5 +287,17 @@ impl NodeInfo {
                 }
             }
         }
+    }
+}
+
+/// The value of `name` in labels sorted by name.
+fn find(labels: &[(u32, u32)], name: u32) -> Option<u32> {
+    if labels.len() <= 8 {
+        labels.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    } else {
+        labels
+            .binary_search_by_key(&name, |(k, _)| *k)
+            .ok()
+            .map(|i| labels[i].1)
     }
 }
