@@ -33,7 +33,7 @@ fn node(i: usize) -> Node {
     let mut labels = HashMap::new();
     labels.insert("zone".to_string(), ZONES[i % 4].to_string());
     let mut engine_labels = HashMap::new();
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         engine_labels.insert("disk".to_string(), "ssd".to_string());
     }
     Node {
@@ -69,7 +69,7 @@ fn node(i: usize) -> Node {
             },
             ..Default::default()
         }),
-        role: if i % 10 == 0 {
+        role: if i.is_multiple_of(10) {
             NodeRole::Manager as i32
         } else {
             NodeRole::Worker as i32
@@ -240,7 +240,7 @@ fn main() {
         }
     }
     let available = |i: &usize| i % 100 != 7 && i % 100 != 13;
-    for z in 0..4 {
+    for (z, zone) in ZONES.iter().enumerate() {
         let counts: Vec<usize> = (0..nodes.len())
             .filter(|i| i % 4 == z && available(i))
             .map(|i| per_node[i])
@@ -251,7 +251,7 @@ fn main() {
         );
         println!(
             "zone {}: {} available nodes, tasks per node min {min} max {max} (max-min {})",
-            ZONES[z],
+            zone,
             counts.len(),
             max - min
         );

@@ -144,7 +144,7 @@ impl Scheduler {
     /// by (service id, spec version), tasks within a group by (slot, task id). Updates its own
     /// view as it places, so one call can place many; a task placed by an earlier call whose
     /// assignment has not come back through [`Scheduler::task_changed`] yet gets the same
-    /// node again. When the caller does not commit an assignment, it reports the task's stored
+    /// node again (unless that node is gone or no longer available). When the caller does not commit an assignment, it reports the task's stored
     /// version with `task_changed` so the view drops the reservation.
     pub fn schedule<'a>(&mut self, pending: impl IntoIterator<Item = &'a Task>) -> Vec<Decision> {
         self.refresh_order();
@@ -156,9 +156,14 @@ impl Scheduler {
             if !is_pending(t) {
                 continue;
             }
-            if self.tasks.contains_key(&t.id) {
-                again.push(t);
-                continue;
+            if let Some(u) = self.tasks.get(&t.id) {
+                let n = &self.nodes[u.node as usize];
+                if n.present && n.available {
+                    again.push(t);
+                    continue;
+                }
+                // Its node went away before the assignment came back: place it anew.
+                self.forget_task(&t.id);
             }
             let new_group = |groups: &mut Vec<Group<'a>>| {
                 groups.push(Group {
@@ -203,7 +208,10 @@ impl Scheduler {
                 &b.tasks[0].id,
             ))
         });
-        out.reserve(groups.iter().map(|g| g.tasks.len()).sum());
+        let to_place: usize = groups.iter().map(|g| g.tasks.len()).sum();
+        out.reserve(to_place);
+        // One growth of the task table instead of a rehash at every doubling.
+        self.tasks.reserve(to_place);
         for g in &groups {
             self.place_group(&g.tasks, &mut out);
         }
@@ -665,6 +673,45 @@ impl Tree {
         }
         if !non_empty {
             self.root = None;
+        }
+    }
+}
+
+#[cfg(test)]
+impl Scheduler {
+    /// Panics unless every node's sums are those of the tasks tracked on it.
+    fn check_invariants(&self) {
+        let mut want: Vec<NodeInfo> = self
+            .nodes
+            .iter()
+            .map(|n| NodeInfo::placeholder(&n.id))
+            .collect();
+        for u in self.tasks.values() {
+            want[u.node as usize].add(u);
+        }
+        for (slot, (n, w)) in self.nodes.iter().zip(&want).enumerate() {
+            assert_eq!(
+                (n.cpu_reserved, n.mem_reserved, n.tasks, &n.services),
+                (w.cpu_reserved, w.mem_reserved, w.tasks, &w.services),
+                "node {}",
+                n.id
+            );
+            let mut ports = n.ports.clone();
+            let mut want_ports = w.ports.clone();
+            ports.sort();
+            want_ports.sort();
+            assert_eq!(ports, want_ports, "node {}", n.id);
+            if n.id.is_empty() {
+                assert!(self.free.contains(&(slot as u32)));
+            } else {
+                assert_eq!(self.index[&n.id], slot as u32);
+            }
+            for (svc, on) in self.service_nodes.iter().enumerate() {
+                assert_eq!(
+                    on.get(&(slot as u32)).copied().unwrap_or(0),
+                    n.service_tasks(svc as u32)
+                );
+            }
         }
     }
 }
@@ -1326,6 +1373,86 @@ mod tests {
         let b = run(&rev_nodes, &[], &rev_pending);
         assert_eq!(a, b);
         assert_eq!(a.len(), pending.len());
+    }
+
+    #[test]
+    fn a_placed_task_whose_node_went_away_is_placed_anew() {
+        let mut s = Scheduler::new(&[node("n1"), node("n2")], &[]);
+        let pending = tasks("web", 1, |_| {});
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
+        s.upsert_node(&state(node("n1"), NodeState::Down));
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n2");
+        s.remove_node("n2");
+        assert_eq!(
+            reasons(&s.schedule(&pending)),
+            ["no suitable node (1 node not available)"]
+        );
+        s.check_invariants();
+    }
+
+    /// A long run of random events (a fixed seed) keeps every node's sums right.
+    #[test]
+    fn the_view_stays_consistent_through_random_events() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut s = Scheduler::default();
+        let mut live: Vec<Task> = Vec::new();
+        for round in 0..200 {
+            match rand(6) {
+                0 => {
+                    let id = format!("n{}", rand(8));
+                    s.upsert_node(&memory(
+                        label(node(&id), "zone", ["a", "b"][rand(2) as usize]),
+                        4 * GIB,
+                    ));
+                }
+                1 => s.remove_node(&format!("n{}", rand(8))),
+                2 | 3 => {
+                    let svc = format!("s{}", rand(4));
+                    let (n, mem, port, spread, max) =
+                        (1 + rand(5), rand(3), rand(3), rand(3), rand(4));
+                    let pending = tasks(&svc, n, |t| {
+                        t.id = format!("{}-{round}", t.id);
+                        reserve(t, 100_000_000, 256 * MIB * mem as i64);
+                        if port != 0 {
+                            publish(t, PortProtocol::Tcp, 8000 + port as u32);
+                        }
+                        if spread == 0 {
+                            spread_zone(t);
+                        }
+                        if max == 0 {
+                            placement(t).max_replicas_per_node = 2;
+                        }
+                    });
+                    for (t, (_, n)) in pending.iter().zip(placed(&s.schedule(&pending))) {
+                        if n != "-" && rand(4) != 0 {
+                            let r = running(t.clone(), &n);
+                            s.task_changed(Some(t), Some(&r));
+                            live.push(r);
+                        }
+                    }
+                }
+                _ => {
+                    if !live.is_empty() {
+                        let t = live.swap_remove(rand(live.len() as u64) as usize);
+                        let mut ended = t.clone();
+                        ended.status.get_or_insert_default().state = TaskState::Failed as i32;
+                        if rand(2) == 0 {
+                            s.task_changed(Some(&t), Some(&ended));
+                        } else {
+                            s.task_changed(Some(&t), None);
+                        }
+                    }
+                }
+            }
+            s.check_invariants();
+        }
+        assert!(s.tasks.len() > 20, "the events placed {} tasks", s.tasks.len());
     }
 
     #[test]
