@@ -1452,7 +1452,11 @@ mod tests {
             }
             s.check_invariants();
         }
-        assert!(s.tasks.len() > 20, "the events placed {} tasks", s.tasks.len());
+        assert!(
+            s.tasks.len() > 20,
+            "the events placed {} tasks",
+            s.tasks.len()
+        );
     }
 
     #[test]
