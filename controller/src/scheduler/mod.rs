@@ -9,15 +9,17 @@
 //! and a task id is tracked at most once, so feeding the same task twice never counts it twice.
 //!
 //! Placement, per group of pending tasks that share a service and spec version (they ask the
-//! same thing): the filters of [`filter`] run once per node; the nodes that pass go into a
+//! same thing): the filters (`filter.rs`) run once per node; the nodes that pass go into a
 //! decision tree of the service's placement preferences (`spread=node.labels.X`, outermost
 //! first; nodes without the label form their own branch), whose leaves are heaps of nodes keyed
 //! by (tasks of the service on the node, tasks on the node, node id). Each task descends to the
 //! branch holding the fewest tasks of the service, takes the leaf's first node, and the node goes
 //! back into its heap if it still passes the dynamic filters (resources, host ports, max replicas
-//! per node). Node ids are compared once per call by sorting them; the loops use indices.
-//! Tasks that find no node are left pending with the pipeline's explanation, counted again over
-//! the final state of the nodes.
+//! per node). A leaf only holds its k best nodes for k tasks (no other node can be reached).
+//! Node ids are sorted when nodes come or go, label names and values are interned, and the
+//! loops work on indices and ids, so a group costs one cheap pass over the nodes plus a heap
+//! operation per task. Tasks that find no node are left pending with the pipeline's
+//! explanation, counted again over the final state of the nodes.
 //!
 //! The swarmkit scheduler (`manager/scheduler`) is the model: its filter/pipeline split and its
 //! decision tree for preferences, written anew for flotilla's objects.
@@ -144,8 +146,9 @@ impl Scheduler {
     /// by (service id, spec version), tasks within a group by (slot, task id). Updates its own
     /// view as it places, so one call can place many; a task placed by an earlier call whose
     /// assignment has not come back through [`Scheduler::task_changed`] yet gets the same
-    /// node again (unless that node is gone or no longer available). When the caller does not commit an assignment, it reports the task's stored
-    /// version with `task_changed` so the view drops the reservation.
+    /// node again (unless that node is gone or no longer available). When the caller does not
+    /// commit an assignment, it reports the task's stored version with `task_changed` so the
+    /// view drops the reservation.
     pub fn schedule<'a>(&mut self, pending: impl IntoIterator<Item = &'a Task>) -> Vec<Decision> {
         self.refresh_order();
         let mut out = Vec::new();

@@ -4,7 +4,8 @@
 //!
 //! Invariant: the sums (`cpu_reserved`, `mem_reserved`, `tasks`, `services`, `ports`) are
 //! exactly the sum of the [`TaskUse`]s added and not yet removed; only [`NodeInfo::add`] and
-//! [`NodeInfo::remove`] change them.
+//! [`NodeInfo::remove`] change them. Label names and values, os and arch are ids of the
+//! scheduler's [`Interner`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,7 +18,8 @@ use super::constraint::normalize_arch;
 /// Hasher for the scheduler's maps: ids the controller generates (task, service and node
 /// ids, not chosen by an outsider) and interned indices. Eight bytes per multiply and a final
 /// mix (murmur3's fmix64) so both the low bits (bucket) and the high bits (tag) vary; several
-/// times cheaper than SipHash, which dominated the placement loops.
+/// times cheaper than SipHash, which dominated the placement loops. Written here because the
+/// controller has no fast-hash crate among its dependencies and this is a dozen lines.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct FastHasher(u64);
 
