@@ -13,7 +13,7 @@ use std::fmt;
 
 use flotilla_proto::control::v1::NodeRole;
 
-use super::node::NodeInfo;
+use super::node::{Interner, NodeInfo};
 
 /// What a constraint looks at on a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,9 @@ pub(crate) struct Constraint {
     /// For `node.role`: the role named.
     pub role: Option<NodeRole>,
     pub text: String,
+    /// Interned label name and value ([`Constraint::resolve`]); None: no node has it.
+    pub name_id: Option<u32>,
+    pub value_id: Option<u32>,
 }
 
 impl fmt::Display for Constraint {
@@ -128,25 +131,42 @@ impl Constraint {
             value,
             role,
             text,
+            name_id: None,
+            value_id: None,
         })
     }
 
-    /// Whether `node` satisfies the constraint.
+    /// Looks the label name and the value up in the ids the nodes use (before `matches`).
+    pub fn resolve(&mut self, strings: &Interner) {
+        self.name_id = match &self.key {
+            Key::NodeLabel(name) | Key::EngineLabel(name) => strings.get(name),
+            _ => None,
+        };
+        self.value_id = strings.get(&self.value);
+    }
+
+    /// Whether `node` satisfies the constraint (resolved against the node's interner).
     pub fn matches(&self, node: &NodeInfo) -> bool {
+        let is = |v: Option<u32>| v.is_some() && v == self.value_id;
         let found = match &self.key {
             Key::Id => node.id == self.value,
             Key::Hostname => node.hostname == self.value,
             Key::Role => Some(node.role) == self.role,
-            Key::Os => node.os == self.value,
-            Key::Arch => node.arch == self.value,
-            Key::NodeLabel(name) => match node.labels.get(name) {
-                Some(v) => *v == self.value,
-                None => return !self.equal,
-            },
-            Key::EngineLabel(name) => match node.engine_labels.get(name) {
-                Some(v) => *v == self.value,
-                None => return !self.equal,
-            },
+            Key::Os => is(node.os),
+            Key::Arch => is(node.arch),
+            Key::NodeLabel(_) | Key::EngineLabel(_) => {
+                let value = self.name_id.and_then(|name| {
+                    if matches!(self.key, Key::NodeLabel(_)) {
+                        node.label(name)
+                    } else {
+                        node.engine_label(name)
+                    }
+                });
+                match value {
+                    Some(v) => Some(v) == self.value_id,
+                    None => return !self.equal,
+                }
+            }
         };
         found == self.equal
     }

@@ -11,7 +11,7 @@
 use flotilla_proto::control::v1::{PlacementPreference, Task};
 
 use super::constraint::{normalize_arch, Constraint};
-use super::node::{HostPort, NodeInfo};
+use super::node::{HostPort, Interner, NodeInfo};
 
 /// What the filters need to know about a task (all tasks of one service at one spec version
 /// ask the same thing).
@@ -22,14 +22,42 @@ pub(crate) struct TaskRequest {
     pub nano_cpus: i64,
     pub memory_bytes: i64,
     pub constraints: Vec<Constraint>,
-    /// (os lower case, arch normalized); an empty part matches anything.
-    pub platforms: Vec<(String, String)>,
+    /// The platforms the task runs on (any, when empty).
+    pub platforms: Vec<PlatformWant>,
     /// Published host ports.
     pub ports: Vec<HostPort>,
     /// 0 = unlimited.
     pub max_per_node: u64,
-    /// Label spread over, outermost first.
-    pub spread: Vec<SpreadLabel>,
+    /// Labels spread over, outermost first.
+    pub spread: Vec<Spread>,
+}
+
+/// One of `placement.platforms`: os lower case and arch normalized as written (for
+/// explanations), and their interned ids (`None` inside: no node has it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PlatformWant {
+    pub os: String,
+    pub arch: String,
+    os_id: Option<u32>,
+    arch_id: Option<u32>,
+}
+
+impl PlatformWant {
+    fn new(os: &str, arch: &str, strings: &Interner) -> Self {
+        let os = os.trim().to_ascii_lowercase();
+        let arch = normalize_arch(arch);
+        PlatformWant {
+            os_id: strings.get(&os),
+            arch_id: strings.get(&arch),
+            os,
+            arch,
+        }
+    }
+
+    fn matches(&self, node: &NodeInfo) -> bool {
+        (self.os.is_empty() || (self.os_id.is_some() && node.os == self.os_id))
+            && (self.arch.is_empty() || (self.arch_id.is_some() && node.arch == self.arch_id))
+    }
 }
 
 /// A placement preference `spread=node.labels.KEY` or `spread=engine.labels.KEY`.
@@ -37,6 +65,25 @@ pub(crate) struct TaskRequest {
 pub(crate) enum SpreadLabel {
     Node(String),
     Engine(String),
+}
+
+/// A spread label resolved against the interner (None: no node has the label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Spread {
+    engine: bool,
+    name: Option<u32>,
+}
+
+impl Spread {
+    /// The node's value of the label, interned.
+    pub fn value(&self, node: &NodeInfo) -> Option<u32> {
+        let name = self.name?;
+        if self.engine {
+            node.engine_label(name)
+        } else {
+            node.label(name)
+        }
+    }
 }
 
 impl SpreadLabel {
@@ -55,13 +102,17 @@ impl SpreadLabel {
         }
     }
 
-    /// The node's value of the label.
-    pub fn value<'n>(&self, node: &'n NodeInfo) -> Option<&'n str> {
+    fn resolve(&self, strings: &Interner) -> Spread {
         match self {
-            SpreadLabel::Node(k) => node.labels.get(k),
-            SpreadLabel::Engine(k) => node.engine_labels.get(k),
+            SpreadLabel::Node(k) => Spread {
+                engine: false,
+                name: strings.get(k),
+            },
+            SpreadLabel::Engine(k) => Spread {
+                engine: true,
+                name: strings.get(k),
+            },
         }
-        .map(String::as_str)
     }
 }
 
@@ -77,9 +128,10 @@ pub fn validate_preferences(preferences: &[PlacementPreference]) -> Result<(), S
 }
 
 impl TaskRequest {
-    /// The request of `task`, its service interned as `service`. Errs with the user's message
-    /// when the placement cannot be understood (the API should have refused it).
-    pub fn of(task: &Task, service: u32) -> Result<TaskRequest, String> {
+    /// The request of `task`, its service interned as `service`, labels and platforms looked
+    /// up in `strings`. Errs with the user's message when the placement cannot be understood
+    /// (the API should have refused it).
+    pub fn of(task: &Task, service: u32, strings: &Interner) -> Result<TaskRequest, String> {
         let spec = task.spec.as_ref();
         let reservations = spec
             .and_then(|s| s.resources.as_ref())
@@ -93,25 +145,22 @@ impl TaskRequest {
             ..TaskRequest::default()
         };
         if let Some(p) = placement {
-            req.constraints = p
-                .constraints
-                .iter()
-                .map(|c| Constraint::parse(c))
-                .collect::<Result<_, _>>()?;
+            for c in &p.constraints {
+                let mut c = Constraint::parse(c)?;
+                c.resolve(strings);
+                req.constraints.push(c);
+            }
             req.platforms = p
                 .platforms
                 .iter()
-                .map(|p| {
-                    (
-                        p.os.trim().to_ascii_lowercase(),
-                        normalize_arch(&p.architecture),
-                    )
-                })
+                .map(|p| PlatformWant::new(&p.os, &p.architecture, strings))
                 .collect();
             req.max_per_node = p.max_replicas_per_node;
             for pref in &p.preferences {
                 match &pref.spread {
-                    Some(s) => req.spread.push(SpreadLabel::parse(&s.spread_descriptor)?),
+                    Some(s) => req
+                        .spread
+                        .push(SpreadLabel::parse(&s.spread_descriptor)?.resolve(strings)),
                     None => {
                         return Err("invalid placement preference: only spread is supported".into())
                     }
@@ -261,7 +310,7 @@ impl Filter for ConstraintFilter {
 /// The node's platform is one of the task's `placement.platforms` (when it lists any).
 #[derive(Default)]
 pub(crate) struct PlatformFilter {
-    platforms: Vec<(String, String)>,
+    platforms: Vec<PlatformWant>,
 }
 
 impl Filter for PlatformFilter {
@@ -270,18 +319,16 @@ impl Filter for PlatformFilter {
         !self.platforms.is_empty()
     }
     fn check(&self, node: &NodeInfo) -> bool {
-        self.platforms.iter().any(|(os, arch)| {
-            (os.is_empty() || *os == node.os) && (arch.is_empty() || *arch == node.arch)
-        })
+        self.platforms.iter().any(|p| p.matches(node))
     }
     fn explain(&self, n: usize) -> String {
         let wanted: Vec<String> = self
             .platforms
             .iter()
-            .map(|(os, arch)| match (os.is_empty(), arch.is_empty()) {
-                (false, false) => format!("{os}/{arch}"),
-                (true, _) => arch.clone(),
-                (false, true) => os.clone(),
+            .map(|p| match (p.os.is_empty(), p.arch.is_empty()) {
+                (false, false) => format!("{}/{}", p.os, p.arch),
+                (true, _) => p.arch.clone(),
+                (false, true) => p.os.clone(),
             })
             .collect();
         let what = format!("platform {}", wanted.join(" or "));

@@ -9,15 +9,17 @@
 //! and a task id is tracked at most once, so feeding the same task twice never counts it twice.
 //!
 //! Placement, per group of pending tasks that share a service and spec version (they ask the
-//! same thing): the filters of [`filter`] run once per node; the nodes that pass go into a
+//! same thing): the filters (`filter.rs`) run once per node; the nodes that pass go into a
 //! decision tree of the service's placement preferences (`spread=node.labels.X`, outermost
 //! first; nodes without the label form their own branch), whose leaves are heaps of nodes keyed
 //! by (tasks of the service on the node, tasks on the node, node id). Each task descends to the
 //! branch holding the fewest tasks of the service, takes the leaf's first node, and the node goes
 //! back into its heap if it still passes the dynamic filters (resources, host ports, max replicas
-//! per node). Node ids are compared once per call by sorting them; the loops use indices.
-//! Tasks that find no node are left pending with the pipeline's explanation, counted again over
-//! the final state of the nodes.
+//! per node). A leaf only holds its k best nodes for k tasks (no other node can be reached).
+//! Node ids are sorted when nodes come or go, label names and values are interned, and the
+//! loops work on indices and ids, so a group costs one cheap pass over the nodes plus a heap
+//! operation per task. Tasks that find no node are left pending with the pipeline's
+//! explanation, counted again over the final state of the nodes.
 //!
 //! The swarmkit scheduler (`manager/scheduler`) is the model: its filter/pipeline split and its
 //! decision tree for preferences, written anew for flotilla's objects.
@@ -27,7 +29,7 @@ mod filter;
 mod node;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 use flotilla_proto::control::v1::{Node, Task, TaskState};
 
@@ -35,7 +37,7 @@ pub use constraint::validate_constraints;
 pub use filter::validate_preferences;
 
 use filter::{host_ports, Pipeline, TaskRequest};
-use node::{NodeInfo, TaskUse};
+use node::{FastMap, IndexMap, Interner, NodeInfo, TaskUse};
 
 /// What the scheduler decided for one pending task.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,15 +94,21 @@ pub struct Scheduler {
     /// Node table; a slot is reused after its node is removed and no task names it.
     nodes: Vec<NodeInfo>,
     /// Node id -> slot.
-    index: HashMap<String, u32>,
+    index: FastMap<String, u32>,
     /// Slots free for reuse.
     free: Vec<u32>,
     /// Service id -> interned index.
-    services: HashMap<String, u32>,
-    /// Tasks holding resources, per interned service.
-    service_tasks: Vec<u32>,
+    services: FastMap<String, u32>,
+    /// Per interned service: slot -> tasks of the service holding resources on the node
+    /// (the same counts as the nodes' `services`, kept by service so that a placement reads
+    /// the few nodes a service is on instead of looking the service up on every node).
+    service_nodes: Vec<IndexMap<u32>>,
+    /// Label names and values, os and arch.
+    strings: Interner,
+    /// Scratch of `build_tree`: tasks of the group's service per slot (all zero between uses).
+    scratch: Vec<u32>,
     /// Tasks holding resources, by task id.
-    tasks: HashMap<String, TaskUse>,
+    tasks: FastMap<String, TaskUse>,
     /// Slots of the present nodes in node id order (a node's position is its rank).
     order: Vec<u32>,
     /// `order` must be recomputed (a node came or went).
@@ -138,21 +146,27 @@ impl Scheduler {
     /// by (service id, spec version), tasks within a group by (slot, task id). Updates its own
     /// view as it places, so one call can place many; a task placed by an earlier call whose
     /// assignment has not come back through [`Scheduler::task_changed`] yet gets the same
-    /// node again. When the caller does not commit an assignment, it reports the task's stored
-    /// version with `task_changed` so the view drops the reservation.
+    /// node again (unless that node is gone or no longer available). When the caller does not
+    /// commit an assignment, it reports the task's stored version with `task_changed` so the
+    /// view drops the reservation.
     pub fn schedule<'a>(&mut self, pending: impl IntoIterator<Item = &'a Task>) -> Vec<Decision> {
         self.refresh_order();
         let mut out = Vec::new();
         let mut again: Vec<&'a Task> = Vec::new();
         let mut groups: Vec<Group<'a>> = Vec::new();
-        let mut by_key: HashMap<(&'a str, u64), usize> = HashMap::new();
+        let mut by_key: FastMap<(&'a str, u64), usize> = FastMap::default();
         for t in pending {
             if !is_pending(t) {
                 continue;
             }
-            if self.tasks.contains_key(&t.id) {
-                again.push(t);
-                continue;
+            if let Some(u) = self.tasks.get(&t.id) {
+                let n = &self.nodes[u.node as usize];
+                if n.present && n.available {
+                    again.push(t);
+                    continue;
+                }
+                // Its node went away before the assignment came back: place it anew.
+                self.forget_task(&t.id);
             }
             let new_group = |groups: &mut Vec<Group<'a>>| {
                 groups.push(Group {
@@ -197,7 +211,10 @@ impl Scheduler {
                 &b.tasks[0].id,
             ))
         });
-        out.reserve(groups.iter().map(|g| g.tasks.len()).sum());
+        let to_place: usize = groups.iter().map(|g| g.tasks.len()).sum();
+        out.reserve(to_place);
+        // One growth of the task table instead of a rehash at every doubling.
+        self.tasks.reserve(to_place);
         for g in &groups {
             self.place_group(&g.tasks, &mut out);
         }
@@ -210,7 +227,7 @@ impl Scheduler {
         if !self.nodes[slot].present {
             self.order_dirty = true;
         }
-        self.nodes[slot].describe(node);
+        self.nodes[slot].describe(node, &mut self.strings);
     }
 
     /// Removes a node: it is no longer a candidate. The tasks still on it keep counting until
@@ -277,21 +294,28 @@ impl Scheduler {
         if let Some(&s) = self.services.get(id) {
             return s;
         }
-        let s = u32::try_from(self.service_tasks.len()).expect("fewer than 2^32 services");
+        let s = u32::try_from(self.service_nodes.len()).expect("fewer than 2^32 services");
         self.services.insert(id.to_string(), s);
-        self.service_tasks.push(0);
+        self.service_nodes.push(IndexMap::default());
         s
     }
 
     fn apply(&mut self, u: &TaskUse) {
         self.nodes[u.node as usize].add(u);
-        self.service_tasks[u.service as usize] += 1;
+        *self.service_nodes[u.service as usize]
+            .entry(u.node)
+            .or_insert(0) += 1;
     }
 
     fn unapply(&mut self, u: &TaskUse) {
         self.nodes[u.node as usize].remove(u);
-        let n = &mut self.service_tasks[u.service as usize];
-        *n = n.saturating_sub(1);
+        let on = &mut self.service_nodes[u.service as usize];
+        if let Some(n) = on.get_mut(&u.node) {
+            *n -= 1;
+            if *n == 0 {
+                on.remove(&u.node);
+            }
+        }
         self.release_if_unused(u.node);
     }
 
@@ -340,12 +364,12 @@ impl Scheduler {
             return;
         };
         let service = self.intern_service(&first.service_id);
-        let req = match TaskRequest::of(first, service) {
+        let req = match TaskRequest::of(first, service, &self.strings) {
             Ok(r) => r,
             Err(reason) => return pend(tasks, reason, out),
         };
         let pipeline = Pipeline::new(&req);
-        let mut tree = self.build_tree(&req, &pipeline);
+        let mut tree = self.build_tree(&req, &pipeline, tasks.len());
         let mut placed = 0;
         for t in tasks {
             let Some((svc_on_node, _, rank)) = tree.pick() else {
@@ -382,55 +406,102 @@ impl Scheduler {
         }
     }
 
-    /// The decision tree of the nodes that pass `pipeline` for `req`.
-    fn build_tree(&self, req: &TaskRequest, pipeline: &Pipeline) -> Tree {
-        let service = req.service;
-        // A service without tasks yet (the common case of a new service) needs no look-ups.
-        let has_tasks = self.service_tasks[service as usize] > 0;
-        let svc = |n: &NodeInfo| {
-            if has_tasks {
-                n.service_tasks(service)
-            } else {
-                0
-            }
-        };
-        if req.spread.is_empty() {
+    /// The decision tree of the nodes that pass `pipeline` for `req`, for placing `tasks`
+    /// tasks.
+    fn build_tree(&mut self, req: &TaskRequest, pipeline: &Pipeline, tasks: usize) -> Tree {
+        let mut svc = std::mem::take(&mut self.scratch);
+        svc.resize(self.nodes.len(), 0);
+        let on = &self.service_nodes[req.service as usize];
+        for (&slot, &n) in on {
+            svc[slot as usize] = n;
+        }
+        let tree = if req.spread.is_empty() {
             let mut keys = Vec::with_capacity(self.order.len());
             for (rank, &slot) in self.order.iter().enumerate() {
                 let n = &self.nodes[slot as usize];
                 if pipeline.check(n) {
-                    keys.push(Reverse((svc(n), n.tasks, rank as u32)));
+                    keys.push(Reverse((svc[slot as usize], n.tasks, rank as u32)));
                 }
             }
-            return Tree::leaf(keys);
+            Tree::leaf(keys, tasks)
+        } else {
+            self.spread_tree(req, pipeline, tasks, &svc)
+        };
+        for &slot in on.keys() {
+            svc[slot as usize] = 0;
         }
+        self.scratch = svc;
+        tree
+    }
+
+    /// The decision tree for placement preferences. `svc` has the service's tasks per slot.
+    fn spread_tree(
+        &self,
+        req: &TaskRequest,
+        pipeline: &Pipeline,
+        tasks: usize,
+        svc: &[u32],
+    ) -> Tree {
+        let levels = req.spread.len();
         // Every node that is a candidate or holds tasks of the service (a branch's count
-        // includes the tasks on its nodes that cannot take more).
-        let mut recs: Vec<Rec<'_>> = Vec::new();
+        // includes the tasks on its nodes that cannot take more), with its label values
+        // interned per level (u32::MAX: no such label).
+        let mut values: Vec<IndexMap<u32>> = vec![IndexMap::default(); levels];
+        let mut recs = Recs {
+            levels,
+            ..Recs::default()
+        };
         for (rank, &slot) in self.order.iter().enumerate() {
             let n = &self.nodes[slot as usize];
             let candidate = pipeline.check(n);
-            let count = svc(n);
-            if candidate || count > 0 {
-                recs.push(Rec {
-                    path: req.spread.iter().map(|l| l.value(n)).collect(),
-                    svc: count,
-                    key: candidate.then_some((count, n.tasks, rank as u32)),
+            let count = svc[slot as usize];
+            if !candidate && count == 0 {
+                continue;
+            }
+            for (label, ids) in req.spread.iter().zip(values.iter_mut()) {
+                recs.path.push(match label.value(n) {
+                    Some(v) => {
+                        let next = ids.len() as u32;
+                        *ids.entry(v).or_insert(next)
+                    }
+                    None => u32::MAX,
                 });
             }
+            recs.svc.push(count);
+            recs.key
+                .push(candidate.then_some((count, n.tasks, rank as u32)));
         }
-        // Values in order, nodes without the label last.
-        fn order_key<'v>(v: &Option<&'v str>) -> (bool, &'v str) {
-            (v.is_none(), v.unwrap_or(""))
+        // Number the values of each level in order (nodes without the label come last).
+        let ordered: Vec<Vec<u32>> = values
+            .iter()
+            .map(|ids| {
+                let mut v: Vec<(&str, u32)> = ids
+                    .iter()
+                    .map(|(k, id)| (self.strings.name(*k), *id))
+                    .collect();
+                v.sort_unstable();
+                let mut order = vec![0; v.len()];
+                for (pos, (_, id)) in v.iter().enumerate() {
+                    order[*id as usize] = pos as u32;
+                }
+                order
+            })
+            .collect();
+        for (i, id) in recs.path.iter_mut().enumerate() {
+            let level = &ordered[i % levels];
+            *id = if *id == u32::MAX {
+                level.len() as u32
+            } else {
+                level[*id as usize]
+            };
         }
-        recs.sort_by(|a, b| {
-            a.path
-                .iter()
-                .map(order_key)
-                .cmp(b.path.iter().map(order_key))
-        });
+        recs.distinct = ordered.iter().map(Vec::len).collect();
+        let mut ix: Vec<u32> = (0..recs.svc.len() as u32).collect();
         let mut tree = Tree::default();
-        tree.root = tree.build(&recs, 0, req.spread.len()).map(|(b, _)| b);
+        let mut tmp = Vec::with_capacity(ix.len());
+        tree.root = tree
+            .build(&recs, &mut ix, 0, tasks, &mut tmp)
+            .map(|(b, _)| b);
         tree
     }
 }
@@ -445,14 +516,19 @@ fn pend(tasks: &[&Task], reason: String, out: &mut Vec<Decision>) {
     }
 }
 
-/// A node considered for a group with placement preferences.
-struct Rec<'n> {
-    /// The node's value of each spread label.
-    path: Vec<Option<&'n str>>,
+/// The nodes considered for a group with placement preferences, by record index.
+#[derive(Default)]
+struct Recs {
+    levels: usize,
+    /// Per level, the number of distinct values; value ids are their order, and the number
+    /// itself stands for "no such label".
+    distinct: Vec<usize>,
+    /// `levels` value ids per record.
+    path: Vec<u32>,
     /// Tasks of the service on the node.
-    svc: u32,
+    svc: Vec<u32>,
     /// The node's heap key when it is a candidate.
-    key: Option<NodeKey>,
+    key: Vec<Option<NodeKey>>,
 }
 
 /// (tasks of the service on the node, tasks on the node, rank of the node id).
@@ -467,6 +543,25 @@ struct Branch {
     heap: BinaryHeap<Reverse<(u32, u32, u32)>>,
 }
 
+impl Branch {
+    /// A leaf for placing at most `tasks` tasks: only the `tasks` best nodes can be picked
+    /// (each pick takes the best node left, and a node that is not picked keeps its key), so
+    /// the others are left out of the heap.
+    fn leaf(mut keys: Vec<Reverse<NodeKey>>, tasks: usize) -> Branch {
+        if tasks == 0 {
+            keys.clear();
+        } else if keys.len() > tasks {
+            // Reverse: the best keys are the greatest.
+            keys.select_nth_unstable_by(tasks - 1, |a, b| b.cmp(a));
+            keys.truncate(tasks);
+        }
+        Branch {
+            leaf: true,
+            heap: BinaryHeap::from(keys),
+        }
+    }
+}
+
 /// The decision tree of one group; without preferences it is a single leaf.
 #[derive(Default)]
 struct Tree {
@@ -479,49 +574,66 @@ struct Tree {
 }
 
 impl Tree {
-    fn leaf(keys: Vec<Reverse<NodeKey>>) -> Tree {
+    /// A tree of one leaf for `tasks` tasks.
+    fn leaf(keys: Vec<Reverse<NodeKey>>, tasks: usize) -> Tree {
         let root = (!keys.is_empty()).then_some(0);
         Tree {
-            branches: vec![Branch {
-                leaf: true,
-                heap: BinaryHeap::from(keys),
-            }],
+            branches: vec![Branch::leaf(keys, tasks)],
             root,
             ..Tree::default()
         }
     }
 
-    /// Builds the branch of `recs` (sorted by path) at `level`; None when no candidate is
-    /// under it. Returns the branch index and the tasks of the service under it.
-    fn build(&mut self, recs: &[Rec<'_>], level: usize, levels: usize) -> Option<(u32, u32)> {
-        let count = recs.iter().map(|r| r.svc).sum();
+    /// Builds the branch of the records `ix` at `level` (`ix` is reordered); None when no
+    /// candidate is under it. Returns the branch index and the tasks of the service under it.
+    fn build(
+        &mut self,
+        recs: &Recs,
+        ix: &mut [u32],
+        level: usize,
+        tasks: usize,
+        tmp: &mut Vec<u32>,
+    ) -> Option<(u32, u32)> {
+        let count = ix.iter().map(|&i| recs.svc[i as usize]).sum();
         let idx = self.branches.len() as u32;
-        if level == levels {
-            let keys: Vec<_> = recs.iter().filter_map(|r| r.key.map(Reverse)).collect();
+        if level == recs.levels {
+            let keys: Vec<_> = ix
+                .iter()
+                .filter_map(|&i| recs.key[i as usize].map(Reverse))
+                .collect();
             if keys.is_empty() {
                 return None;
             }
-            self.branches.push(Branch {
-                leaf: true,
-                heap: BinaryHeap::from(keys),
-            });
+            self.branches.push(Branch::leaf(keys, tasks));
             return Some((idx, count));
         }
+        // Counting sort of `ix` by this level's value.
+        let value = |i: u32| recs.path[i as usize * recs.levels + level] as usize;
+        let mut start = vec![0usize; recs.distinct[level] + 2];
+        for &i in ix.iter() {
+            start[value(i) + 1] += 1;
+        }
+        for v in 1..start.len() {
+            start[v] += start[v - 1];
+        }
+        tmp.clear();
+        tmp.resize(ix.len(), 0);
+        let mut next = start.clone();
+        for &i in ix.iter() {
+            tmp[next[value(i)]] = i;
+            next[value(i)] += 1;
+        }
+        ix.copy_from_slice(tmp);
         self.branches.push(Branch::default());
         let mut children = Vec::new();
-        let mut start = 0;
-        let mut value = 0u32;
-        while start < recs.len() {
-            let v = recs[start].path[level];
-            let len = recs[start..]
-                .iter()
-                .take_while(|r| r.path[level] == v)
-                .count();
-            if let Some((child, n)) = self.build(&recs[start..start + len], level + 1, levels) {
-                children.push(Reverse((n, value, child)));
+        for v in 0..start.len() - 1 {
+            let (a, b) = (start[v], start[v + 1]);
+            if a == b {
+                continue;
             }
-            value += 1;
-            start += len;
+            if let Some((child, n)) = self.build(recs, &mut ix[a..b], level + 1, tasks, tmp) {
+                children.push(Reverse((n, v as u32, child)));
+            }
         }
         if children.is_empty() {
             // The branch stays in the table unreferenced.
@@ -564,6 +676,45 @@ impl Tree {
         }
         if !non_empty {
             self.root = None;
+        }
+    }
+}
+
+#[cfg(test)]
+impl Scheduler {
+    /// Panics unless every node's sums are those of the tasks tracked on it.
+    fn check_invariants(&self) {
+        let mut want: Vec<NodeInfo> = self
+            .nodes
+            .iter()
+            .map(|n| NodeInfo::placeholder(&n.id))
+            .collect();
+        for u in self.tasks.values() {
+            want[u.node as usize].add(u);
+        }
+        for (slot, (n, w)) in self.nodes.iter().zip(&want).enumerate() {
+            assert_eq!(
+                (n.cpu_reserved, n.mem_reserved, n.tasks, &n.services),
+                (w.cpu_reserved, w.mem_reserved, w.tasks, &w.services),
+                "node {}",
+                n.id
+            );
+            let mut ports = n.ports.clone();
+            let mut want_ports = w.ports.clone();
+            ports.sort();
+            want_ports.sort();
+            assert_eq!(ports, want_ports, "node {}", n.id);
+            if n.id.is_empty() {
+                assert!(self.free.contains(&(slot as u32)));
+            } else {
+                assert_eq!(self.index[&n.id], slot as u32);
+            }
+            for (svc, on) in self.service_nodes.iter().enumerate() {
+                assert_eq!(
+                    on.get(&(slot as u32)).copied().unwrap_or(0),
+                    n.service_tasks(svc as u32)
+                );
+            }
         }
     }
 }
@@ -763,6 +914,27 @@ mod tests {
             placed(&ds).into_iter().map(|(_, n)| n).collect::<Vec<_>>(),
             ["n2", "n1", "n2"]
         );
+    }
+
+    #[test]
+    fn a_small_group_takes_the_best_nodes() {
+        let nodes: Vec<Node> = (1..=5).map(|i| node(&format!("n{i}"))).collect();
+        let mut existing = Vec::new();
+        for (n, count) in [("n1", 3), ("n3", 2), ("n5", 1)] {
+            for i in 0..count {
+                existing.push(running(task(&format!("db-{n}-{i}"), "db", i), n));
+            }
+        }
+        let on = |k: u64| -> Vec<String> {
+            placed(&run(&nodes, &existing, &tasks("web", k, |_| {})))
+                .into_iter()
+                .map(|(_, n)| n)
+                .collect()
+        };
+        assert_eq!(on(1), ["n2"]);
+        assert_eq!(on(3), ["n2", "n4", "n5"]);
+        assert_eq!(on(4), ["n2", "n4", "n5", "n3"]);
+        assert_eq!(on(6), ["n2", "n4", "n5", "n3", "n1", "n2"]);
     }
 
     #[test]
@@ -1204,6 +1376,90 @@ mod tests {
         let b = run(&rev_nodes, &[], &rev_pending);
         assert_eq!(a, b);
         assert_eq!(a.len(), pending.len());
+    }
+
+    #[test]
+    fn a_placed_task_whose_node_went_away_is_placed_anew() {
+        let mut s = Scheduler::new(&[node("n1"), node("n2")], &[]);
+        let pending = tasks("web", 1, |_| {});
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
+        s.upsert_node(&state(node("n1"), NodeState::Down));
+        assert_eq!(placed(&s.schedule(&pending))[0].1, "n2");
+        s.remove_node("n2");
+        assert_eq!(
+            reasons(&s.schedule(&pending)),
+            ["no suitable node (1 node not available)"]
+        );
+        s.check_invariants();
+    }
+
+    /// A long run of random events (a fixed seed) keeps every node's sums right.
+    #[test]
+    fn the_view_stays_consistent_through_random_events() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut s = Scheduler::default();
+        let mut live: Vec<Task> = Vec::new();
+        for round in 0..200 {
+            match rand(6) {
+                0 => {
+                    let id = format!("n{}", rand(8));
+                    s.upsert_node(&memory(
+                        label(node(&id), "zone", ["a", "b"][rand(2) as usize]),
+                        4 * GIB,
+                    ));
+                }
+                1 => s.remove_node(&format!("n{}", rand(8))),
+                2 | 3 => {
+                    let svc = format!("s{}", rand(4));
+                    let (n, mem, port, spread, max) =
+                        (1 + rand(5), rand(3), rand(3), rand(3), rand(4));
+                    let pending = tasks(&svc, n, |t| {
+                        t.id = format!("{}-{round}", t.id);
+                        reserve(t, 100_000_000, 256 * MIB * mem as i64);
+                        if port != 0 {
+                            publish(t, PortProtocol::Tcp, 8000 + port as u32);
+                        }
+                        if spread == 0 {
+                            spread_zone(t);
+                        }
+                        if max == 0 {
+                            placement(t).max_replicas_per_node = 2;
+                        }
+                    });
+                    for (t, (_, n)) in pending.iter().zip(placed(&s.schedule(&pending))) {
+                        if n != "-" && rand(4) != 0 {
+                            let r = running(t.clone(), &n);
+                            s.task_changed(Some(t), Some(&r));
+                            live.push(r);
+                        }
+                    }
+                }
+                _ => {
+                    if !live.is_empty() {
+                        let t = live.swap_remove(rand(live.len() as u64) as usize);
+                        let mut ended = t.clone();
+                        ended.status.get_or_insert_default().state = TaskState::Failed as i32;
+                        if rand(2) == 0 {
+                            s.task_changed(Some(&t), Some(&ended));
+                        } else {
+                            s.task_changed(Some(&t), None);
+                        }
+                    }
+                }
+            }
+            s.check_invariants();
+        }
+        assert!(
+            s.tasks.len() > 20,
+            "the events placed {} tasks",
+            s.tasks.len()
+        );
     }
 
     #[test]

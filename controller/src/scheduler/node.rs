@@ -4,7 +4,8 @@
 //!
 //! Invariant: the sums (`cpu_reserved`, `mem_reserved`, `tasks`, `services`, `ports`) are
 //! exactly the sum of the [`TaskUse`]s added and not yet removed; only [`NodeInfo::add`] and
-//! [`NodeInfo::remove`] change them.
+//! [`NodeInfo::remove`] change them. Label names and values, os and arch are ids of the
+//! scheduler's [`Interner`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -14,28 +15,101 @@ use flotilla_proto::control::v1::{Node, NodeAvailability, NodeRole, NodeState, P
 
 use super::constraint::normalize_arch;
 
-/// Hasher for the dense `u32` indices the scheduler uses as keys (interned service ids): a
-/// multiply is enough and an order of magnitude cheaper than SipHash in the placement loops.
-/// Not for keys an outsider chooses.
+/// Hasher for the scheduler's maps: ids the controller generates (task, service and node
+/// ids, not chosen by an outsider) and interned indices. Eight bytes per multiply and a final
+/// mix (murmur3's fmix64) so both the low bits (bucket) and the high bits (tag) vary; several
+/// times cheaper than SipHash, which dominated the placement loops. Written here because the
+/// controller has no fast-hash crate among its dependencies and this is a dozen lines.
 #[derive(Default, Clone, Copy)]
-pub(crate) struct IndexHasher(u64);
+pub(crate) struct FastHasher(u64);
 
-impl Hasher for IndexHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (u64::from(n) ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+impl FastHasher {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 }
 
+impl Hasher for FastHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.add(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.add(u64::from(n));
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+}
+
+/// A hash map with [`FastHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
 /// A map keyed by a dense index.
-pub(crate) type IndexMap<V> = HashMap<u32, V, BuildHasherDefault<IndexHasher>>;
+pub(crate) type IndexMap<V> = FastMap<u32, V>;
+
+/// Label names and values, platform os and arch, as dense ids: nodes hold ids, filters compare
+/// ids (no pointer chasing through string maps per node). Strings stay interned for the life
+/// of the scheduler (their number is bounded by the distinct labels the cluster used).
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    ids: FastMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl Interner {
+    /// The id of `s`, new if needed.
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).expect("fewer than 2^32 strings");
+        self.ids.insert(s.to_string(), id);
+        self.names.push(s.to_string());
+        id
+    }
+
+    /// The id of `s` if any node ever used it.
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    /// The string of an id.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+}
 
 /// A published host port: protocol (a `PortProtocol` value) and port number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -77,12 +151,14 @@ pub(crate) struct NodeInfo {
     pub available: bool,
     pub hostname: String,
     pub role: NodeRole,
-    pub labels: HashMap<String, String>,
-    pub engine_labels: HashMap<String, String>,
-    /// Lower case.
-    pub os: String,
-    /// Normalized with [`normalize_arch`].
-    pub arch: String,
+    /// The spec's labels, (name, value) interned, sorted by name.
+    pub labels: Vec<(u32, u32)>,
+    /// The labels the agent reports, the same way.
+    pub engine_labels: Vec<(u32, u32)>,
+    /// Lower case, interned (None: not reported).
+    pub os: Option<u32>,
+    /// Normalized with [`normalize_arch`], interned (None: not reported).
+    pub arch: Option<u32>,
     pub nano_cpus: i64,
     pub memory_bytes: i64,
 
@@ -106,7 +182,7 @@ impl NodeInfo {
     }
 
     /// Takes the node's spec, description and status; keeps the accounting.
-    pub fn describe(&mut self, node: &Node) {
+    pub fn describe(&mut self, node: &Node, strings: &mut Interner) {
         let state = node.status.as_ref().map(|s| s.state);
         let availability = node
             .spec
@@ -117,21 +193,28 @@ impl NodeInfo {
         self.available = state == Some(NodeState::Ready as i32)
             && availability == NodeAvailability::Active as i32;
         self.role = NodeRole::try_from(node.role).unwrap_or(NodeRole::Worker);
+        let mut intern = |m: &HashMap<String, String>| -> Vec<(u32, u32)> {
+            let mut v: Vec<(u32, u32)> = m
+                .iter()
+                .map(|(k, v)| (strings.intern(k), strings.intern(v)))
+                .collect();
+            v.sort_unstable();
+            v
+        };
         self.labels = node
             .spec
             .as_ref()
-            .map(|s| s.labels.clone())
+            .map(|s| intern(&s.labels))
             .unwrap_or_default();
         let desc = node.description.as_ref();
         self.hostname = desc.map(|d| d.hostname.clone()).unwrap_or_default();
-        self.engine_labels = desc.map(|d| d.engine_labels.clone()).unwrap_or_default();
+        self.engine_labels = desc.map(|d| intern(&d.engine_labels)).unwrap_or_default();
         let platform = desc.and_then(|d| d.platform.as_ref());
-        self.os = platform
-            .map(|p| p.os.trim().to_ascii_lowercase())
-            .unwrap_or_default();
-        self.arch = platform
-            .map(|p| normalize_arch(&p.architecture))
-            .unwrap_or_default();
+        let os = platform.map(|p| p.os.trim().to_ascii_lowercase());
+        let arch = platform.map(|p| normalize_arch(&p.architecture));
+        let mut id = |s: Option<String>| s.filter(|s| !s.is_empty()).map(|s| strings.intern(&s));
+        self.os = id(os);
+        self.arch = id(arch);
         let resources = desc.and_then(|d| d.resources.as_ref());
         self.nano_cpus = resources.map(|r| r.nano_cpus).unwrap_or(0);
         self.memory_bytes = resources.map(|r| r.memory_bytes).unwrap_or(0);
@@ -151,6 +234,16 @@ impl NodeInfo {
             ..NodeInfo::default()
         };
         *self = keep;
+    }
+
+    /// The value of label `name` (spec labels).
+    pub fn label(&self, name: u32) -> Option<u32> {
+        find(&self.labels, name)
+    }
+
+    /// The value of engine label `name`.
+    pub fn engine_label(&self, name: u32) -> Option<u32> {
+        find(&self.engine_labels, name)
     }
 
     /// Tasks of `service` holding resources here.
@@ -196,5 +289,17 @@ impl NodeInfo {
                 }
             }
         }
+    }
+}
+
+/// The value of `name` in labels sorted by name.
+fn find(labels: &[(u32, u32)], name: u32) -> Option<u32> {
+    if labels.len() <= 8 {
+        labels.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    } else {
+        labels
+            .binary_search_by_key(&name, |(k, _)| *k)
+            .ok()
+            .map(|i| labels[i].1)
     }
 }
