@@ -255,12 +255,22 @@ impl ClusterLab {
         ])
     }
 
+    /// `program` on host `i`: in its network namespace and in a UTS namespace of its own whose
+    /// hostname is the host's name (so nodes are told apart by hostname, as on real machines).
     fn in_host(&self, i: u8, program: &Path) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.netns(i)))
+        let mut c = Command::new("unshare");
+        c.args(["--uts", "--", "sh", "-c", "hostname \"$0\" && exec \"$@\""])
+            .arg(self.hostname(i))
+            .arg("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.netns(i)))
             .arg("--")
             .arg(program);
         c
+    }
+
+    /// The hostname of host `i` (its namespace's name).
+    pub fn hostname(&self, i: u8) -> String {
+        self.netns(i)
     }
 
     fn host_dir(&self, i: u8, what: &str) -> PathBuf {
@@ -505,23 +515,17 @@ impl ClusterLab {
         Ok(())
     }
 
-    /// The node id of host `i`'s agent (from its certificate's directory listing via the CLI).
+    /// The node id of host `i`'s agent (found by hostname).
     pub fn node_of_host(&self, i: u8) -> Result<String> {
-        let out = self.cli_ok(&["node", "ls", "--format", "json"])?;
-        let nodes: Vec<serde_json::Value> = json_items(&out)?;
-        let addr = self.addr(i);
-        for n in nodes {
-            let a = n
-                .pointer("/status/addr")
-                .and_then(|v| v.as_str())
-                .unwrap_or("");
-            if a.starts_with(&format!("{addr}:")) || a == addr {
-                if let Some(id) = n.get("id").and_then(|v| v.as_str()) {
+        let host = self.hostname(i);
+        for n in json_items(&self.cli_ok(&["node", "ls", "--format", "json"])?)? {
+            if n.get("Hostname").and_then(|v| v.as_str()) == Some(host.as_str()) {
+                if let Some(id) = n.get("ID").and_then(|v| v.as_str()) {
                     return Ok(id.to_string());
                 }
             }
         }
-        bail!("no node with address {addr} in {out}")
+        bail!("no node with hostname {host}")
     }
 
     fn wait_node_ready(&self, i: u8) -> Result<()> {
@@ -536,28 +540,18 @@ impl ClusterLab {
         })
     }
 
-    /// A node's status state, lower case ("ready", "down", ...).
+    /// A node's status, lower case ("ready", "down", "unknown", ...).
     pub fn node_state(&self, id: &str) -> Result<String> {
-        let out = self.cli_ok(&["node", "inspect", id])?;
-        let v: Vec<serde_json::Value> = json_items(&out)?;
-        let state = v
-            .first()
-            .and_then(|n| n.pointer("/status/state"))
-            .cloned()
-            .unwrap_or(serde_json::Value::Null);
-        Ok(match state {
-            serde_json::Value::String(s) => s
-                .to_lowercase()
-                .trim_start_matches("node_state_")
-                .to_string(),
-            serde_json::Value::Number(n) => match n.as_i64() {
-                Some(1) => "down".into(),
-                Some(2) => "ready".into(),
-                Some(3) => "disconnected".into(),
-                _ => "unknown".into(),
-            },
-            _ => "unknown".into(),
-        })
+        for n in json_items(&self.cli_ok(&["node", "ls", "--format", "json"])?)? {
+            if n.get("ID").and_then(|v| v.as_str()) == Some(id) {
+                return Ok(n
+                    .get("Status")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("")
+                    .to_lowercase());
+            }
+        }
+        bail!("no node {id}")
     }
 
     fn agent(&mut self, i: u8) -> Result<&mut Proc> {
@@ -578,10 +572,11 @@ impl ClusterLab {
     pub fn restart_agent(&mut self, i: u8) -> Result<()> {
         let cmd = self.agent_command(i, None);
         let log = self.host_dir(i, "agent.log");
+        self.agent(i)?.kill();
+        // The dead agent's socket file stays behind: wait for the new one.
+        let _ = std::fs::remove_file(self.agent_socket(i));
         let child = self.spawn(cmd, &log)?;
-        let p = self.agent(i)?;
-        p.kill();
-        p.child = Some(child);
+        self.agent(i)?.child = Some(child);
         self.wait_agent_socket(i)
     }
 
@@ -708,6 +703,25 @@ impl ClusterLab {
             s.push_str(&format!("==== agent on host {i}\n{}\n", tail(&p.log(), 40)));
         }
         s
+    }
+
+    /// Container shims alive on host `i` (they outlive their agent).
+    pub fn shims(&self, i: u8) -> usize {
+        let needle = self
+            .host_dir(i, "agent-state")
+            .to_string_lossy()
+            .into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| {
+                let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd);
+                cmd.contains("flotilla-shim") && cmd.contains(&needle)
+            })
+            .count()
     }
 
     fn lab_processes(&self) -> Vec<i32> {
