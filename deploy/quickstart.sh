@@ -5,6 +5,9 @@
 # create a bridge network, run a web server with a published port, reach it by name from another
 # container and from the host, read logs, exec, stop and remove. Everything it starts is stopped
 # and removed on exit; it uses its own state dirs, bridge, subnets and nftables table.
+# Then the same as a cluster of three local lab machines (network namespaces with their own
+# addresses and hostnames): a manager (`flotilla-controller init`), two workers joined with the
+# worker token, a replicated service spread over them, a worker lost and its tasks rescheduled.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "quickstart: run as root" >&2; exit 1; }
@@ -13,7 +16,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/flotilla-target}"
 cargo build --release --bins -q
 bin="$CARGO_TARGET_DIR/release"
 work=$(mktemp -d /tmp/flotilla-quickstart.XXXXXX)
-reg_pid="" agent_pid=""
+reg_pid="" agent_pid="" lab_pids=""
 export FLOTILLA_HOST="unix://$work/run/agent.sock"
 flotilla() { "$bin/flotilla" "$@"; }
 cleanup() {
@@ -24,6 +27,17 @@ cleanup() {
     kill "$agent_pid" 2>/dev/null; wait "$agent_pid" 2>/dev/null
   fi
   if [ -n "$reg_pid" ]; then kill "$reg_pid" 2>/dev/null; wait "$reg_pid" 2>/dev/null; fi
+  for h in 2 3; do
+    [ -S "$work/h$h/run/agent.sock" ] && FLOTILLA_HOST="unix://$work/h$h/run/agent.sock" \
+      "$bin/flotilla" rm -f $(FLOTILLA_HOST="unix://$work/h$h/run/agent.sock" "$bin/flotilla" ps -aq 2>/dev/null) >/dev/null 2>&1
+  done
+  for p in $lab_pids; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
+  pkill -9 -f "$work/" 2>/dev/null
+  for r in "$work"/h*/run/runtime; do
+    [ -d "$r" ] || continue
+    for c in "$r"/*/; do [ -d "$c" ] && "$bin/flotilla-runtime" --root "$r" delete --force "$(basename "$c")" >/dev/null 2>&1; done
+  done
+  for ns in flqs-h1 flqs-h2 flqs-h3 flqs-hub; do ip netns del "$ns" 2>/dev/null; done
   nft delete table ip flqs 2>/dev/null
   ip link del flqs0 2>/dev/null
   grep -o "$work[^ ]*" /proc/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null
@@ -84,4 +98,58 @@ echo "-- logs:"
 flotilla logs --tail 3 web
 flotilla stop -t 2 web >/dev/null
 flotilla ps -a
+
+echo "== a cluster of three local lab machines: flqs-h1 (manager), flqs-h2 and flqs-h3 (workers)"
+ip netns add flqs-hub
+ip -n flqs-hub link add br0 type bridge
+ip -n flqs-hub link set br0 up
+for h in 1 2 3; do
+  ip netns add "flqs-h$h"
+  ip -n flqs-hub link add "h$h" type veth peer name eth0 netns "flqs-h$h"
+  ip -n flqs-hub link set "h$h" master br0 up
+  ip -n "flqs-h$h" addr add "10.233.0.$h/24" dev eth0
+  ip -n "flqs-h$h" link set eth0 up
+  ip -n "flqs-h$h" link set lo up
+done
+# on_host N CMD...: CMD on lab machine N (its network namespace and its own hostname)
+on_host() { local h=$1; shift; unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "flqs-h$h" nsenter --net="/run/netns/flqs-h$h" -- "$@"; }
+export FLOTILLA_CONFIG="$work/cli"
+cluster() { on_host 1 "$bin/flotilla" "$@"; }
+on_host 1 "$bin/flotilla-controller" init --listen 10.233.0.1:4242 --state-dir "$work/h1/controller" \
+  --config-dir "$work/cli" >"$work/h1.log" 2>&1 &
+lab_pids="$lab_pids $!"
+for _ in $(seq 200); do grep -q "flotilla-agent serve --join" "$work/h1.log" && break; sleep 0.05; done
+sed -n '/^Cluster/,$p' "$work/h1.log"
+token=$(grep -o 'flotilla-agent serve --join [^ ]* --token [^ ]*' "$work/h1.log" | awk '{print $NF}')
+for h in 2 3; do
+  on_host "$h" "$bin/flotilla-agent" serve --state-dir "$work/h$h/state" --run-dir "$work/h$h/run" \
+    --join 10.233.0.1:4242 --token "$token" >"$work/h$h.log" 2>&1 &
+  lab_pids="$lab_pids $!"
+  for _ in $(seq 200); do [ -S "$work/h$h/run/agent.sock" ] && break; sleep 0.05; done
+  # the lab machines have no route to the registry on this host's loopback: load the image directly
+  FLOTILLA_HOST="unix://$work/h$h/run/agent.sock" "$bin/flotilla" image import "$work/rootfs.tar" busybox:latest \
+    -c 'CMD ["/bin/sh"]' >/dev/null
+done
+for _ in $(seq 100); do [ "$(cluster node ls --format '{{.Status}}' | grep -c Ready)" = 2 ] && break; sleep 0.1; done
+cluster node ls
+cluster service create --name hello --replicas 4 --health-cmd 'wget -q -O /dev/null http://127.0.0.1/' \
+  busybox:latest httpd -f -p 80 -h /www
+cluster service ps hello
+echo "-- flqs-h3 is lost (its agent killed, its link cut); its tasks move to flqs-h2:"
+kill -9 "$(pgrep -f "serve --state-dir $work/h3/state" | head -1)"
+ip -n flqs-hub link set h3 down
+for _ in $(seq 200); do
+  [ "$(cluster service ps hello --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' | grep -c '^flqs-h2 Running')" = 4 ] && break
+  sleep 0.1
+done
+cluster node ls
+cluster service ps hello
+echo "-- flqs-h3 comes back: the copies it still runs are stopped (the service keeps 4 tasks)"
+ip -n flqs-hub link set h3 up
+on_host 3 "$bin/flotilla-agent" serve --state-dir "$work/h3/state" --run-dir "$work/h3/run" >>"$work/h3.log" 2>&1 &
+lab_pids="$lab_pids $!"
+h3() { FLOTILLA_HOST="unix://$work/h3/run/agent.sock" "$bin/flotilla" "$@"; }
+for _ in $(seq 200); do [ "$(h3 ps -q 2>/dev/null | wc -l)" = 0 ] && h3 version >/dev/null 2>&1 && break; sleep 0.1; done
+echo "containers left on flqs-h3: $(h3 ps -q | wc -l)"
+cluster service rm hello >/dev/null
 echo "quickstart: ok"
