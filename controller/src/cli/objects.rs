@@ -435,8 +435,16 @@ fn created(t: &Task) -> i64 {
 /// services), newest first within a slot.
 pub fn sort_tasks(tasks: &mut [Task]) {
     tasks.sort_by(|a, b| {
-        (&a.service_name, a.slot, &a.node_id)
-            .cmp(&(&b.service_name, b.slot, &b.node_id))
+        // Replicated tasks group by slot whatever node they ran on; global ones by node.
+        let node = |t: &Task| {
+            if t.slot == 0 {
+                t.node_id.clone()
+            } else {
+                String::new()
+            }
+        };
+        (&a.service_name, a.slot, node(a))
+            .cmp(&(&b.service_name, b.slot, node(b)))
             .then_with(|| created(b).cmp(&created(a)))
             .then_with(|| {
                 let ts = |t: &Task| t.status.as_ref().map(|s| s.timestamp).unwrap_or(0);
@@ -820,6 +828,18 @@ mod tests {
                 "Error": "", "Ports": "*:8080->80/tcp"
             })
         );
+    }
+
+    #[test]
+    fn a_replacement_on_another_node_comes_first_in_its_slot() {
+        // The old task ran on node "b", its replacement on node "a" (which sorts first by id).
+        let mut tasks = vec![
+            task("old", 1, "b", 100, TaskState::Running, TaskState::Shutdown),
+            task("new", 1, "a", 200, TaskState::Running, TaskState::Running),
+        ];
+        sort_tasks(&mut tasks);
+        let ids: Vec<&str> = tasks.iter().map(|t| t.id.as_str()).collect();
+        assert_eq!(ids, ["new", "old"]);
     }
 
     #[test]
