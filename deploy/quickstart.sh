@@ -130,7 +130,10 @@ for h in 2 3; do
   FLOTILLA_HOST="unix://$work/h$h/run/agent.sock" "$bin/flotilla" image import "$work/rootfs.tar" busybox:latest \
     -c 'CMD ["/bin/sh"]' >/dev/null
 done
-for _ in $(seq 100); do [ "$(cluster node ls --format '{{.Status}}' | grep -c Ready)" = 2 ] && break; sleep 0.1; done
+# wait_for WHAT TENTHS CMD...: retries CMD every 0.1 s, fails the quickstart after TENTHS tries.
+wait_for() { local what=$1 n=$2; shift 2; for _ in $(seq "$n"); do "$@" && return 0; sleep 0.1; done; echo "quickstart: timed out waiting for $what" >&2; return 1; }
+workers_ready() { [ "$(cluster node ls --format '{{.Status}}' | grep -c Ready)" = 2 ]; }
+wait_for "both workers to be ready" 300 workers_ready
 cluster node ls
 cluster service create --name hello --replicas 4 --health-cmd 'wget -q -O /dev/null http://127.0.0.1/' \
   busybox:latest httpd -f -p 80 -h /www
@@ -138,10 +141,8 @@ cluster service ps hello
 echo "-- flqs-h3 is lost (its agent killed, its link cut); its tasks move to flqs-h2:"
 kill -9 "$(pgrep -f "serve --state-dir $work/h3/state" | head -1)"
 ip -n flqs-hub link set h3 down
-for _ in $(seq 200); do
-  [ "$(cluster service ps hello --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' | grep -c '^flqs-h2 Running')" = 4 ] && break
-  sleep 0.1
-done
+all_on_h2() { [ "$(cluster service ps hello --filter desired-state=running --format '{{.Node}} {{.CurrentState}}' | grep -c '^flqs-h2 Running')" = 4 ]; }
+wait_for "the 4 tasks to run on flqs-h2" 300 all_on_h2
 cluster node ls
 cluster service ps hello
 echo "-- flqs-h3 comes back: the copies it still runs are stopped (the service keeps 4 tasks)"
@@ -149,7 +150,8 @@ ip -n flqs-hub link set h3 up
 on_host 3 "$bin/flotilla-agent" serve --state-dir "$work/h3/state" --run-dir "$work/h3/run" >>"$work/h3.log" 2>&1 &
 lab_pids="$lab_pids $!"
 h3() { FLOTILLA_HOST="unix://$work/h3/run/agent.sock" "$bin/flotilla" "$@"; }
-for _ in $(seq 200); do [ "$(h3 ps -q 2>/dev/null | wc -l)" = 0 ] && h3 version >/dev/null 2>&1 && break; sleep 0.1; done
-echo "containers left on flqs-h3: $(h3 ps -q | wc -l)"
+h3_clean() { h3 version >/dev/null 2>&1 && [ "$(h3 ps -q 2>/dev/null | wc -l)" = 0 ]; }
+wait_for "flqs-h3 to stop its stale copies" 300 h3_clean
+echo "containers still running on flqs-h3: $(h3 ps -q | wc -l)"
 cluster service rm hello >/dev/null
 echo "quickstart: ok"

@@ -285,13 +285,9 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     if args.join.is_some() && args.token.is_none() {
         bail!("--join needs --token (the worker join token: `flotilla cluster join-token worker` on a manager)");
     }
-    let cluster_tls = args.state_dir.join("cluster/tls");
-    let is_member = args.join.is_some() || cluster_tls.exists();
-    if let Some(addr) = args.tcp {
-        if !is_member && (!args.insecure_tcp || !addr.ip().is_loopback()) {
-            bail!("refusing to serve the API on TCP {addr}: without TLS (a cluster member serves it with mutual TLS) only a loopback address with --insecure-tcp is allowed");
-        }
-    }
+    // Whether TCP gets TLS is known only once the membership is loaded (below): a plain listener
+    // must be loopback and explicitly insecure whatever the state dir holds.
+    let plain_tcp_allowed = |addr: std::net::SocketAddr| args.insecure_tcp && addr.ip().is_loopback();
     let userns_remap = args.userns_remap.as_deref().map(parse_userns).transpose()?;
     let exe = std::env::current_exe().context("locate flotilla-agent")?;
     let dir = exe
@@ -365,6 +361,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         if let Some(m) = membership {
             tcp_tls = Some(m.tls.server_config()?);
             start_cluster_member(m, engine.clone(), secrets_dir, session_stop.clone())?;
+        }
+        if let Some(addr) = args.tcp {
+            if tcp_tls.is_none() && !plain_tcp_allowed(addr) {
+                bail!("refusing to serve the API on TCP {addr}: this node is not a cluster member, so there is no certificate for mutual TLS; only a loopback address with --insecure-tcp is allowed without it");
+            }
         }
         tokio::spawn(async {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
