@@ -573,8 +573,16 @@ async fn pending_proposals_fail_when_leadership_is_lost() {
             .await
             .expect("task");
         match r {
-            Err(RaftError::LeadershipLost { raft_id, .. }) => assert_eq!(raft_id, leader),
-            other => panic!("expected LeadershipLost, got {other:?}"),
+            Err(RaftError::QuorumLost {
+                raft_id,
+                reachable,
+                members,
+                ..
+            }) => {
+                assert_eq!(raft_id, leader);
+                assert_eq!((reachable, members), (1, 3));
+            }
+            other => panic!("expected QuorumLost, got {other:?}"),
         }
     }
     // check_quorum stepped it down after at most two election timeouts.
