@@ -862,7 +862,21 @@ impl<S: StateMachine> ReadyLoop<S> {
         if prev.is_leader && now.term == prev.term && !now.is_leader && now.leader_id == 0 {
             // Stepped down in the same term with no successor: check_quorum found that a majority
             // no longer answers. Said so, for the user who sees this error.
-            let (reachable, members) = (self.reachable, self.conf_state.voters.len());
+            // check_quorum looks back one election timeout: count who answered within it.
+            let now = Instant::now();
+            let recent = self.cfg.election_timeout();
+            let voters = &self.conf_state.voters;
+            let reachable = voters
+                .iter()
+                .filter(|v| {
+                    **v == self.id
+                        || self
+                            .last_heard
+                            .get(v)
+                            .is_some_and(|t| now.duration_since(*t) < recent)
+                })
+                .count();
+            let members = voters.len();
             self.fail_waiters(|| RaftError::QuorumLost {
                 raft_id: prev.leader_id,
                 term: prev.term,
