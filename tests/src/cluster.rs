@@ -846,6 +846,24 @@ impl ClusterLab {
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
     }
 
+    /// Runs a scenario on the lab: on an error or a failed assertion (a panic), prints the lab's
+    /// logs before passing it on (the lab is torn down when dropped, after that).
+    pub fn scenario(&mut self, f: impl FnOnce(&mut ClusterLab) -> Result<()>) -> Result<()> {
+        eprintln!("cluster lab {} in {}", self.lab, self.dir().display());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                eprintln!("{e:#}\n{}", self.logs());
+                Err(e)
+            }
+            Err(panic) => {
+                eprintln!("{}", self.logs());
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
     /// Retries `f` until it succeeds or `timeout` passes (then its last error).
     pub fn eventually<T>(&self, timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         let deadline = Instant::now() + timeout;

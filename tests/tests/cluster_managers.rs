@@ -57,6 +57,39 @@ fn names(lab: &ClusterLab, kind: &str) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+/// Sessions the agent of `host` established so far (from its log).
+fn sessions(lab: &ClusterLab, host: u8) -> Vec<String> {
+    lab.agent_log(host)
+        .lines()
+        .filter(|l| l.contains("dispatcher session established"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Waits until the worker on `host` opened a session after the `before` ones, with the manager
+/// on `leader`, and its node is READY.
+fn wait_new_session(lab: &ClusterLab, host: u8, before: usize, leader: u8) -> Result<Duration> {
+    let started = Instant::now();
+    let node = lab.node_of_host(host)?;
+    let want = format!("manager={}", lab.manager_addr(leader));
+    lab.eventually(Duration::from_secs(20), || {
+        let all = sessions(lab, host);
+        if !all[before.min(all.len())..]
+            .iter()
+            .any(|l| l.contains(&want))
+        {
+            bail!(
+                "no new session with {want}: {:?}",
+                &all[before.min(all.len())..]
+            );
+        }
+        match lab.node_state(&node)?.as_str() {
+            "ready" => Ok(started.elapsed()),
+            s => bail!("node {node} is {s}"),
+        }
+    })
+}
+
 fn data_file(lab: &ClusterLab) -> Result<PathBuf> {
     let f = lab.dir().join("payload.txt");
     if !f.exists() {
@@ -128,8 +161,8 @@ fn form(lab: &mut ClusterLab) -> Result<Vec<i32>> {
 fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = ClusterLab::new(4)?;
-    let r = (|| -> Result<()> {
-        let shims = form(&mut lab)?;
+    lab.scenario(|lab| {
+        let shims = form(lab)?;
 
         // One raft group: 3 managers, one leader, all reachable; node ls agrees.
         let leader = wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(20))?;
@@ -182,6 +215,8 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
 
         // SIGKILL the leader; time to the first write acknowledged through a survivor.
         let survivor = (1..=3u8).find(|h| *h != leader).context("a survivor")?;
+        let before = sessions(&lab, 4).len();
+        assert!(before >= 1, "the worker has a session");
         let ctx = lab.manager_context(survivor)?;
         let f = data_file(&lab)?;
         let killed = Instant::now();
@@ -232,6 +267,8 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
             shims,
             "the worker's containers kept running"
         );
+        let moved = wait_new_session(&lab, 4, before, new_leader)?;
+        eprintln!("FIGURE worker session with the new leader {moved:?} after the first write");
 
         // The killed manager comes back and catches up.
         lab.restart_manager(leader)?;
@@ -240,6 +277,7 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
         assert_eq!(names(&lab, "config")?, configs, "caught up");
 
         // Full restart of every manager from disk.
+        let before = sessions(&lab, 4).len();
         for h in 1..=3u8 {
             lab.stop_manager(h)?;
         }
@@ -248,7 +286,7 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
             lab.restart_manager(h)?;
         }
         lab.use_manager(0)?;
-        wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(30))?;
+        let leader = wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(30))?;
         eprintln!(
             "FIGURE full restart: healthy {:?} after starting the managers",
             down.elapsed()
@@ -261,14 +299,11 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
                 .filter_map(|s| s["Name"].as_str().map(str::to_string))
                 .collect();
         assert_eq!(services, ["web"]);
-        let worker = lab.node_of_host(4)?;
+        wait_new_session(&lab, 4, before, leader)?;
         lab.eventually(Duration::from_secs(20), || {
-            let s = lab.node_state(&worker)?;
-            let n = running_tasks(&lab, "web")?;
-            if s == "ready" && n == 2 {
-                Ok(())
-            } else {
-                bail!("worker {s}, {n} tasks running")
+            match running_tasks(&lab, "web")? {
+                2 => Ok(()),
+                n => bail!("{n} of 2 tasks running"),
             }
         })?;
         assert_eq!(
@@ -278,19 +313,15 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
         );
         assert_eq!(lab.shim_pids(4), shims, "containers not restarted");
         Ok(())
-    })();
-    if let Err(e) = &r {
-        eprintln!("{e:#}\n{}", lab.logs());
-    }
-    r
+    })
 }
 
 #[test]
 fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = ClusterLab::new(4)?;
-    let r = (|| -> Result<()> {
-        let shims = form(&mut lab)?;
+    lab.scenario(|lab| {
+        let shims = form(lab)?;
         wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(20))?;
         for k in 0..5 {
             create_via(&lab, 1, "config", &format!("before-{k}"))?;
@@ -338,6 +369,7 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
         );
 
         // Recover on the survivor.
+        let sessions_before = sessions(&lab, 4).len();
         lab.stop_manager(1)?;
         lab.force_new_cluster(1)?;
         lab.eventually(Duration::from_secs(20), || {
@@ -357,21 +389,14 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
         // "lost" may be there (proposed to a leader that then lost its quorum: not acknowledged,
         // kept by the recovery); "lost2" was refused before any proposal.
         assert!(!after.contains("lost2"), "{after:?}");
-        let worker = lab.node_of_host(4)?;
+        wait_new_session(&lab, 4, sessions_before, 1)?;
         lab.eventually(Duration::from_secs(20), || {
-            let s = lab.node_state(&worker)?;
-            let n = running_tasks(&lab, "web")?;
-            if s == "ready" && n == 2 {
-                Ok(())
-            } else {
-                bail!("worker {s}, {n} tasks running")
+            match running_tasks(&lab, "web")? {
+                2 => Ok(()),
+                n => bail!("{n} of 2 tasks running"),
             }
         })?;
         assert_eq!(lab.shim_pids(4), shims, "containers not restarted");
         Ok(())
-    })();
-    if let Err(e) = &r {
-        eprintln!("{e:#}\n{}", lab.logs());
-    }
-    r
+    })
 }

@@ -82,28 +82,27 @@ fn manager_join_refused(lab: &mut ClusterLab, host: u8, token: &str, needle: &st
 fn join_tokens_are_checked() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = ClusterLab::new(4)?;
-    eprintln!("lab {}", lab.lab);
-    let r = (|| -> Result<()> {
+    lab.scenario(|lab| {
         lab.init(1, &[])?;
         let worker = lab.worker_token().to_string();
         let manager = lab.manager_token().to_string();
         assert_eq!(node_count(&lab)?, 1);
 
         // Right format and CA, wrong secret.
-        agent_join_refused(&mut lab, 2, &other_secret(&worker), "refused to join")?;
+        agent_join_refused(lab, 2, &other_secret(&worker), "refused to join")?;
         // A token for another CA: the agent refuses the controller before sending it.
         let digest = worker.split('-').nth(2).context("token digest")?;
         let other_ca = worker.replace(digest, &"0".repeat(digest.len()));
-        agent_join_refused(&mut lab, 2, &other_ca, "digest does not match")?;
+        agent_join_refused(lab, 2, &other_ca, "digest does not match")?;
         // A manager token given to an agent.
-        agent_join_refused(&mut lab, 2, &manager, "this is a manager token")?;
+        agent_join_refused(lab, 2, &manager, "this is a manager token")?;
         // A worker token given to a manager, as is and relabelled as a manager token: the role
         // letter grants nothing.
-        manager_join_refused(&mut lab, 4, &worker, "this is a worker token")?;
+        manager_join_refused(lab, 4, &worker, "this is a worker token")?;
         let _ = std::fs::remove_dir_all(lab.dir().join("h4").join("controller"));
         let relabelled = worker.replacen("-w-", "-m-", 1);
         assert_ne!(relabelled, worker);
-        manager_join_refused(&mut lab, 4, &relabelled, "refused")?;
+        manager_join_refused(lab, 4, &relabelled, "refused")?;
         assert_eq!(node_count(&lab)?, 1, "no node joined with a bad token");
 
         // Rotation: the old worker token stops working, the new one works.
@@ -117,16 +116,12 @@ fn join_tokens_are_checked() -> Result<()> {
             manager,
             "rotating the worker token leaves the manager token alone"
         );
-        agent_join_refused(&mut lab, 2, &worker, "refused to join")?;
+        agent_join_refused(lab, 2, &worker, "refused to join")?;
         assert_eq!(node_count(&lab)?, 1);
         lab.add_worker_with_token(3, 1, &rotated)?;
         assert_eq!(node_count(&lab)?, 2);
         Ok(())
-    })();
-    if let Err(e) = &r {
-        eprintln!("{e:#}\n{}", lab.logs());
-    }
-    r
+    })
 }
 
 /// Calls `Control.GetCluster` on `addr` from inside network namespace `ns` over TLS verified
@@ -188,8 +183,7 @@ fn self_signed(dir: &Path) -> Result<()> {
 fn certificates_are_checked_and_removed_nodes_refused() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = ClusterLab::new(2)?;
-    eprintln!("lab {}", lab.lab);
-    let r = (|| -> Result<()> {
+    lab.scenario(|lab| {
         lab.init(1, &[])?;
         lab.add_worker(2, 1)?;
         let admin = lab.admin_context_dir()?;
@@ -277,6 +271,18 @@ fn certificates_are_checked_and_removed_nodes_refused() -> Result<()> {
             Ok(())
         };
         gone(&lab)?;
+        // The live session is ended by the manager...
+        lab.eventually(Duration::from_secs(10), || {
+            if lab
+                .agent_log(2)
+                .contains(&format!("node {node} was removed from the cluster"))
+            {
+                Ok(())
+            } else {
+                bail!("the agent's session was not ended")
+            }
+        })?;
+        // ...and a restarted agent (same certificate) is refused.
         lab.restart_agent(2)?;
         lab.eventually(Duration::from_secs(20), || {
             let log = lab.agent_log(2);
@@ -294,9 +300,5 @@ fn certificates_are_checked_and_removed_nodes_refused() -> Result<()> {
             "the agent keeps running (it serves its own node)"
         );
         Ok(())
-    })();
-    if let Err(e) = &r {
-        eprintln!("{e:#}\n{}", lab.logs());
-    }
-    r
+    })
 }
