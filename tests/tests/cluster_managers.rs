@@ -165,7 +165,7 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
         let shims = form(lab)?;
 
         // One raft group: 3 managers, one leader, all reachable; node ls agrees.
-        let leader = wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(20))?;
+        let leader = wait_healthy(lab, &[1, 2, 3], Duration::from_secs(20))?;
         let nodes = json_items(&lab.cli_ok(&["node", "ls", "--format", "json"])?)?;
         assert_eq!(nodes.len(), 4, "3 managers + 1 worker: {nodes:?}");
         let mut statuses: Vec<String> = nodes
@@ -195,14 +195,14 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
             } else {
                 ("secret", format!("sec-{k}"))
             };
-            create_via(&lab, host, kind, &name)?;
+            create_via(lab, host, kind, &name)?;
             acked.push((kind, name));
         }
         // Read-your-writes on every manager.
         for host in 1..=3u8 {
             lab.use_manager(host)?;
-            let configs = names(&lab, "config")?;
-            let secrets = names(&lab, "secret")?;
+            let configs = names(lab, "config")?;
+            let secrets = names(lab, "secret")?;
             for (kind, name) in &acked {
                 let set = if *kind == "config" {
                     &configs
@@ -215,10 +215,10 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
 
         // SIGKILL the leader; time to the first write acknowledged through a survivor.
         let survivor = (1..=3u8).find(|h| *h != leader).context("a survivor")?;
-        let before = sessions(&lab, 4).len();
+        let before = sessions(lab, 4).len();
         assert!(before >= 1, "the worker has a session");
         let ctx = lab.manager_context(survivor)?;
-        let f = data_file(&lab)?;
+        let f = data_file(lab)?;
         let killed = Instant::now();
         lab.kill_manager(leader)?;
         let mut attempt = 0;
@@ -252,8 +252,8 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
             failover <= Duration::from_secs(2),
             "failover took {failover:?} (> 2 s)"
         );
-        let configs = names(&lab, "config")?;
-        let secrets = names(&lab, "secret")?;
+        let configs = names(lab, "config")?;
+        let secrets = names(lab, "secret")?;
         for (kind, name) in &acked {
             let set = if *kind == "config" {
                 &configs
@@ -267,17 +267,17 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
             shims,
             "the worker's containers kept running"
         );
-        let moved = wait_new_session(&lab, 4, before, new_leader)?;
+        let moved = wait_new_session(lab, 4, before, new_leader)?;
         eprintln!("FIGURE worker session with the new leader {moved:?} after the first write");
 
         // The killed manager comes back and catches up.
         lab.restart_manager(leader)?;
-        wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(20))?;
+        wait_healthy(lab, &[1, 2, 3], Duration::from_secs(20))?;
         lab.use_manager(leader)?;
-        assert_eq!(names(&lab, "config")?, configs, "caught up");
+        assert_eq!(names(lab, "config")?, configs, "caught up");
 
         // Full restart of every manager from disk.
-        let before = sessions(&lab, 4).len();
+        let before = sessions(lab, 4).len();
         for h in 1..=3u8 {
             lab.stop_manager(h)?;
         }
@@ -286,22 +286,22 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
             lab.restart_manager(h)?;
         }
         lab.use_manager(0)?;
-        let leader = wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(30))?;
+        let leader = wait_healthy(lab, &[1, 2, 3], Duration::from_secs(30))?;
         eprintln!(
             "FIGURE full restart: healthy {:?} after starting the managers",
             down.elapsed()
         );
-        assert_eq!(names(&lab, "config")?, configs, "configs after restart");
-        assert_eq!(names(&lab, "secret")?, secrets, "secrets after restart");
+        assert_eq!(names(lab, "config")?, configs, "configs after restart");
+        assert_eq!(names(lab, "secret")?, secrets, "secrets after restart");
         let services: Vec<String> =
             json_items(&lab.cli_ok(&["service", "ls", "--format", "json"])?)?
                 .iter()
                 .filter_map(|s| s["Name"].as_str().map(str::to_string))
                 .collect();
         assert_eq!(services, ["web"]);
-        wait_new_session(&lab, 4, before, leader)?;
+        wait_new_session(lab, 4, before, leader)?;
         lab.eventually(Duration::from_secs(20), || {
-            match running_tasks(&lab, "web")? {
+            match running_tasks(lab, "web")? {
                 2 => Ok(()),
                 n => bail!("{n} of 2 tasks running"),
             }
@@ -322,17 +322,17 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
     let mut lab = ClusterLab::new(4)?;
     lab.scenario(|lab| {
         let shims = form(lab)?;
-        wait_healthy(&lab, &[1, 2, 3], Duration::from_secs(20))?;
+        wait_healthy(lab, &[1, 2, 3], Duration::from_secs(20))?;
         for k in 0..5 {
-            create_via(&lab, 1, "config", &format!("before-{k}"))?;
+            create_via(lab, 1, "config", &format!("before-{k}"))?;
         }
-        let before = names(&lab, "config")?;
+        let before = names(lab, "config")?;
 
         // Managers 2 and 3 gone: host 1 alone has no quorum.
         lab.stop_manager(2)?;
         lab.stop_manager(3)?;
         let asked = Instant::now();
-        let f = data_file(&lab)?;
+        let f = data_file(lab)?;
         let o = lab.cli(&["config", "create", "lost", f.to_str().context("path")?])?;
         let took = asked.elapsed();
         eprintln!(
@@ -369,19 +369,19 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
         );
 
         // Recover on the survivor.
-        let sessions_before = sessions(&lab, 4).len();
+        let sessions_before = sessions(lab, 4).len();
         lab.stop_manager(1)?;
         lab.force_new_cluster(1)?;
         lab.eventually(Duration::from_secs(20), || {
-            let m = managers(&lab)?;
+            let m = managers(lab)?;
             if m.len() == 1 && m[0].1 {
                 Ok(())
             } else {
                 bail!("managers: {m:?}")
             }
         })?;
-        create_via(&lab, 1, "config", "after-recovery")?;
-        let after = names(&lab, "config")?;
+        create_via(lab, 1, "config", "after-recovery")?;
+        let after = names(lab, "config")?;
         for n in &before {
             assert!(after.contains(n), "{n} lost by the recovery");
         }
@@ -389,9 +389,9 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
         // "lost" may be there (proposed to a leader that then lost its quorum: not acknowledged,
         // kept by the recovery); "lost2" was refused before any proposal.
         assert!(!after.contains("lost2"), "{after:?}");
-        wait_new_session(&lab, 4, sessions_before, 1)?;
+        wait_new_session(lab, 4, sessions_before, 1)?;
         lab.eventually(Duration::from_secs(20), || {
-            match running_tasks(&lab, "web")? {
+            match running_tasks(lab, "web")? {
                 2 => Ok(()),
                 n => bail!("{n} of 2 tasks running"),
             }

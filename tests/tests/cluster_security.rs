@@ -86,7 +86,7 @@ fn join_tokens_are_checked() -> Result<()> {
         lab.init(1, &[])?;
         let worker = lab.worker_token().to_string();
         let manager = lab.manager_token().to_string();
-        assert_eq!(node_count(&lab)?, 1);
+        assert_eq!(node_count(lab)?, 1);
 
         // Right format and CA, wrong secret.
         agent_join_refused(lab, 2, &other_secret(&worker), "refused to join")?;
@@ -103,7 +103,7 @@ fn join_tokens_are_checked() -> Result<()> {
         let relabelled = worker.replacen("-w-", "-m-", 1);
         assert_ne!(relabelled, worker);
         manager_join_refused(lab, 4, &relabelled, "refused")?;
-        assert_eq!(node_count(&lab)?, 1, "no node joined with a bad token");
+        assert_eq!(node_count(lab)?, 1, "no node joined with a bad token");
 
         // Rotation: the old worker token stops working, the new one works.
         let out = lab.cli_ok(&["cluster", "join-token", "--rotate", "-q", "worker"])?;
@@ -117,9 +117,9 @@ fn join_tokens_are_checked() -> Result<()> {
             "rotating the worker token leaves the manager token alone"
         );
         agent_join_refused(lab, 2, &worker, "refused to join")?;
-        assert_eq!(node_count(&lab)?, 1);
+        assert_eq!(node_count(lab)?, 1);
         lab.add_worker_with_token(3, 1, &rotated)?;
-        assert_eq!(node_count(&lab)?, 2);
+        assert_eq!(node_count(lab)?, 2);
         Ok(())
     })
 }
@@ -270,7 +270,7 @@ fn certificates_are_checked_and_removed_nodes_refused() -> Result<()> {
             }
             Ok(())
         };
-        gone(&lab)?;
+        gone(lab)?;
         // The live session is ended by the manager...
         lab.eventually(Duration::from_secs(10), || {
             if lab
@@ -294,7 +294,7 @@ fn certificates_are_checked_and_removed_nodes_refused() -> Result<()> {
         })?;
         // Several reconnection attempts later it is still not back.
         std::thread::sleep(Duration::from_secs(5));
-        gone(&lab)?;
+        gone(lab)?;
         assert!(
             lab.agent_running(2),
             "the agent keeps running (it serves its own node)"
