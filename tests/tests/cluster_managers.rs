@@ -132,7 +132,8 @@ fn running_tasks(lab: &ClusterLab, service: &str) -> Result<usize> {
 fn form(lab: &mut ClusterLab) -> Result<Vec<i32>> {
     lab.init(1, &[])?;
     lab.join_manager(2, 1)?;
-    lab.join_manager(3, 1)?;
+    // Through a follower: the certificate and the membership change are forwarded to the leader.
+    lab.join_manager(3, 2)?;
     lab.add_worker(4, 1)?;
     lab.cli_ok(&[
         "service",
@@ -180,13 +181,24 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
         );
 
         // Every manager answers, from its own host; writes through followers land.
+        let mut answered_by = BTreeSet::new();
         for host in 1..=3u8 {
             let ctx = lab.manager_context(host)?;
             let o = lab.cli_ctx(host, &ctx, &["cluster", "status", "--format", "json"])?;
             assert!(o.status.success(), "status via host {host}: {}", text(&o));
             let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
-            assert_eq!(v["Managers"].as_array().map(Vec::len), Some(3), "{v}");
+            let ms = v["Managers"].as_array().context("Managers")?;
+            assert_eq!(ms.len(), 3, "{v}");
+            let leaders: Vec<&str> = ms
+                .iter()
+                .filter(|m| m["Leader"] == true)
+                .filter_map(|m| m["Addr"].as_str())
+                .collect();
+            assert_eq!(leaders, [lab.manager_addr(leader)], "via host {host}: {v}");
+            assert!(ms.iter().all(|m| m["Reachable"] == true), "via host {host}: {v}");
+            answered_by.insert(v["AnsweredBy"].as_str().unwrap_or_default().to_string());
         }
+        assert_eq!(answered_by.len(), 3, "each manager answered itself: {answered_by:?}");
         let mut acked = Vec::new();
         for k in 0..20u8 {
             let host = 1 + k % 3;
