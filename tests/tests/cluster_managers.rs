@@ -128,13 +128,14 @@ fn running_tasks(lab: &ClusterLab, service: &str) -> Result<usize> {
         .count())
 }
 
-/// 3 managers (hosts 1-3) + a worker (host 4) running `web` (2 replicas, on the worker).
+/// 3 managers (hosts 1-3) + a worker (host 4, joined through a follower) running `web` (2
+/// replicas, on the worker).
 fn form(lab: &mut ClusterLab) -> Result<Vec<i32>> {
     lab.init(1, &[])?;
     lab.join_manager(2, 1)?;
     // Through a follower: the certificate and the membership change are forwarded to the leader.
     lab.join_manager(3, 2)?;
-    lab.add_worker(4, 1)?;
+    lab.add_worker(4, 3)?;
     lab.cli_ok(&[
         "service",
         "create",
@@ -401,7 +402,8 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
         // "lost" may be there (proposed to a leader that then lost its quorum: not acknowledged,
         // kept by the recovery); "lost2" was refused before any proposal.
         assert!(!after.contains("lost2"), "{after:?}");
-        wait_new_session(lab, 4, sessions_before, 1)?;
+        let back = wait_new_session(lab, 4, sessions_before, 1)?;
+        eprintln!("FIGURE worker READY with the recovered manager {back:?} after its first write");
         lab.eventually(Duration::from_secs(20), || {
             match running_tasks(lab, "web")? {
                 2 => Ok(()),
