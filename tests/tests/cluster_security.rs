@@ -55,6 +55,10 @@ fn agent_join_refused(lab: &mut ClusterLab, host: u8, token: &str, needle: &str)
         "the agent must exit non-zero, exited {code:?}: {log}"
     );
     assert!(log.contains(needle), "expected {needle:?} in:\n{log}");
+    eprintln!(
+        "refused agent join: {}",
+        log.lines().rfind(|l| l.contains(needle)).unwrap_or_default()
+    );
     // A fresh state for the next attempt (a refused join leaves no membership behind).
     let cluster_dir = lab
         .agent_state_dir(host)
@@ -75,6 +79,10 @@ fn manager_join_refused(lab: &mut ClusterLab, host: u8, token: &str, needle: &st
         "the manager must exit non-zero, exited {code:?}: {log}"
     );
     assert!(log.contains(needle), "expected {needle:?} in:\n{log}");
+    eprintln!(
+        "refused manager join: {}",
+        log.lines().rfind(|l| l.contains(needle)).unwrap_or_default()
+    );
     Ok(())
 }
 
