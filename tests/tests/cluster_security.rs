@@ -57,7 +57,9 @@ fn agent_join_refused(lab: &mut ClusterLab, host: u8, token: &str, needle: &str)
     assert!(log.contains(needle), "expected {needle:?} in:\n{log}");
     eprintln!(
         "refused agent join: {}",
-        log.lines().rfind(|l| l.contains(needle)).unwrap_or_default()
+        log.lines()
+            .rfind(|l| l.contains(needle))
+            .unwrap_or_default()
     );
     // A fresh state for the next attempt (a refused join leaves no membership behind).
     let cluster_dir = lab
@@ -81,7 +83,9 @@ fn manager_join_refused(lab: &mut ClusterLab, host: u8, token: &str, needle: &st
     assert!(log.contains(needle), "expected {needle:?} in:\n{log}");
     eprintln!(
         "refused manager join: {}",
-        log.lines().rfind(|l| l.contains(needle)).unwrap_or_default()
+        log.lines()
+            .rfind(|l| l.contains(needle))
+            .unwrap_or_default()
     );
     Ok(())
 }
