@@ -357,6 +357,40 @@ async fn three_nodes_replicate_and_forward() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_shows_who_is_reachable() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let all = c.ids();
+    // A follower hears only the leader: it shows the leader's view, every member reachable.
+    eventually(
+        Duration::from_secs(5),
+        "all reachable on every node",
+        || {
+            all.iter()
+                .all(|id| c.node(*id).status().reachable_ids == all)
+        },
+    )
+    .await;
+    // One follower dies: the leader and the other follower both stop counting it.
+    let followers = c.followers(leader);
+    let (dead, alive) = (followers[0], followers[1]);
+    c.kill(dead).await;
+    let rest: Vec<u64> = all.iter().copied().filter(|id| *id != dead).collect();
+    eventually(
+        Duration::from_secs(5),
+        "the dead follower unreachable",
+        || {
+            [leader, alive]
+                .iter()
+                .all(|id| c.node(*id).status().reachable_ids == rest)
+        },
+    )
+    .await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_failover_keeps_acknowledged_writes() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::new(3, default_tweak).await;
@@ -573,8 +607,16 @@ async fn pending_proposals_fail_when_leadership_is_lost() {
             .await
             .expect("task");
         match r {
-            Err(RaftError::LeadershipLost { raft_id, .. }) => assert_eq!(raft_id, leader),
-            other => panic!("expected LeadershipLost, got {other:?}"),
+            Err(RaftError::QuorumLost {
+                raft_id,
+                reachable,
+                members,
+                ..
+            }) => {
+                assert_eq!(raft_id, leader);
+                assert_eq!((reachable, members), (1, 3));
+            }
+            other => panic!("expected QuorumLost, got {other:?}"),
         }
     }
     // check_quorum stepped it down after at most two election timeouts.

@@ -96,6 +96,9 @@ pub struct ClusterLab {
     worker_token: String,
     manager_token: String,
     busybox_tar: Option<PathBuf>,
+    /// The host whose manager the lab's own CLI calls go through (0: host 1 with the admin
+    /// context `init` wrote); see [`ClusterLab::use_manager`].
+    via: std::cell::Cell<u8>,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -166,6 +169,7 @@ impl ClusterLab {
                 worker_token: String::new(),
                 manager_token: String::new(),
                 busybox_tar: None,
+                via: std::cell::Cell::new(0),
             };
             lab.delete_namespaces(); // leftovers of a crashed earlier owner of this number
             lab.create_network()?;
@@ -366,21 +370,17 @@ impl ClusterLab {
     /// `flotilla-controller join` on host `i` (to the manager on host `via`); waits until the
     /// cluster lists it as a reachable manager.
     pub fn join_manager(&mut self, i: u8, via: u8) -> Result<()> {
-        let mut cmd = self.manager_command(i, "join");
-        cmd.arg("--token")
-            .arg(&self.manager_token)
-            .arg(self.manager_addr(via));
-        let log = self.host_dir(i, "controller.log");
-        let child = self.spawn(cmd, &log)?;
-        self.managers.push((
-            i,
-            Proc {
-                child: Some(child),
-                log,
-            },
-        ));
+        let token = self.manager_token.clone();
+        self.spawn_manager_join(i, via, &token)?;
         let addr = self.manager_addr(i);
         self.eventually(Duration::from_secs(30), || {
+            if !self
+                .managers
+                .iter()
+                .any(|(h, p)| *h == i && p.child.is_some())
+            {
+                bail!("no manager process on host {i}");
+            }
             let out = self.cli_ok(&["cluster", "status", "--format", "json"])?;
             if out.contains(&addr) {
                 Ok(())
@@ -388,6 +388,144 @@ impl ClusterLab {
                 bail!("manager {addr} not in the cluster yet: {out}")
             }
         })
+    }
+
+    /// Starts `flotilla-controller join --token TOKEN <manager of via>` on host `i` and returns
+    /// at once (see [`ClusterLab::wait_manager_exit`] for one expected to fail).
+    pub fn spawn_manager_join(&mut self, i: u8, via: u8, token: &str) -> Result<()> {
+        let mut cmd = self.manager_command(i, "join");
+        cmd.arg("--token").arg(token).arg(self.manager_addr(via));
+        let log = self.host_dir(i, "controller.log");
+        let child = self.spawn(cmd, &log)?;
+        if let Some((_, p)) = self.managers.iter_mut().find(|(h, _)| *h == i) {
+            p.kill();
+            p.child = Some(child);
+        } else {
+            self.managers.push((
+                i,
+                Proc {
+                    child: Some(child),
+                    log,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the manager process of host `i` runs.
+    pub fn manager_running(&mut self, i: u8) -> bool {
+        self.managers
+            .iter_mut()
+            .any(|(h, p)| *h == i && p.running())
+    }
+
+    /// Whether the agent process of host `i` runs.
+    pub fn agent_running(&mut self, i: u8) -> bool {
+        self.agents.iter_mut().any(|(h, p)| *h == i && p.running())
+    }
+
+    /// The host whose manager leads, from `cluster status` (asked of the manager the lab's CLI
+    /// goes through).
+    pub fn leader_host(&self) -> Result<u8> {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.cli_ok(&["cluster", "status", "--format", "json"])?)
+                .context("cluster status --format json is not JSON")?;
+        let managers = v
+            .get("Managers")
+            .and_then(|m| m.as_array())
+            .context("cluster status has no Managers")?;
+        let leaders: Vec<&serde_json::Value> = managers
+            .iter()
+            .filter(|m| m.get("Leader").and_then(|l| l.as_bool()) == Some(true))
+            .collect();
+        if leaders.len() != 1 {
+            bail!("{} leaders in {v}", leaders.len());
+        }
+        let addr = leaders[0]
+            .get("Addr")
+            .and_then(|a| a.as_str())
+            .unwrap_or_default();
+        (1..=self.hosts)
+            .find(|i| self.manager_addr(*i) == addr)
+            .with_context(|| format!("the leader's address {addr} is no lab host's"))
+    }
+
+    /// Creates (once) the context `mgr<i>`: the admin certificate `init` wrote, with the manager
+    /// of host `i` as its controller; returns its name.
+    pub fn manager_context(&self, i: u8) -> Result<String> {
+        let name = format!("mgr{i}");
+        let cfg = self.config_dir();
+        if cfg.join("contexts").join(&name).join("meta.json").is_file() {
+            return Ok(name);
+        }
+        let admin = self.admin_context_dir()?;
+        let path = |f: &str| admin.join(f).to_string_lossy().into_owned();
+        let mut c = Command::new(&self.cli_bin);
+        c.env("FLOTILLA_CONFIG", &cfg)
+            .env("NO_COLOR", "1")
+            .env_remove("FLOTILLA_CONTEXT")
+            .args(["context", "create", &name, "--controller"])
+            .arg(self.manager_addr(i))
+            .args(["--ca", &path("ca.pem"), "--cert", &path("cert.pem")])
+            .args(["--key", &path("key.pem")])
+            .args([
+                "--description",
+                &format!("admin, via the manager of host {i}"),
+            ]);
+        let o = output_with_timeout(c, Duration::from_secs(20))?;
+        if !o.status.success() {
+            bail!("context create {name}: {}", text(&o));
+        }
+        Ok(name)
+    }
+
+    /// The directory of the admin context `init` wrote (ca.pem, cert.pem, key.pem).
+    pub fn admin_context_dir(&self) -> Result<PathBuf> {
+        let cfg = self.config_dir();
+        let current: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(cfg.join("config.json")).context("read the CLI's config.json")?,
+        )?;
+        let name = current
+            .get("current_context")
+            .and_then(|n| n.as_str())
+            .context("no current context in config.json")?;
+        Ok(cfg.join("contexts").join(name))
+    }
+
+    /// Routes the lab's own CLI calls ([`ClusterLab::cli`] and everything built on it) through
+    /// the manager of host `i`, run inside host `i`'s namespace with context `mgr<i>`. `0` goes
+    /// back to host 1 with the admin context.
+    pub fn use_manager(&self, i: u8) -> Result<()> {
+        if i != 0 {
+            self.manager_context(i)?;
+        }
+        self.via.set(i);
+        Ok(())
+    }
+
+    /// `flotilla --context CONTEXT ARGS` inside host `host`'s namespace, with the lab's config dir.
+    pub fn cli_ctx(&self, host: u8, context: &str, args: &[&str]) -> Result<Output> {
+        self.cli_config(host, &self.config_dir(), Some(context), args)
+    }
+
+    /// `flotilla ARGS` inside host `host`'s namespace with the config dir `config` (and the
+    /// context `context`, else the current one there).
+    pub fn cli_config(
+        &self,
+        host: u8,
+        config: &Path,
+        context: Option<&str>,
+        args: &[&str],
+    ) -> Result<Output> {
+        let mut c = self.in_host(host, &self.cli_bin.clone());
+        c.env("FLOTILLA_CONFIG", config)
+            .env("NO_COLOR", "1")
+            .env_remove("FLOTILLA_CONTEXT");
+        if let Some(ctx) = context {
+            c.arg("--context").arg(ctx);
+        }
+        c.args(args);
+        output_with_timeout(c, Duration::from_secs(60))
     }
 
     /// Restarts the (stopped) manager of host `i` from its state (`flotilla-controller serve`).
@@ -456,20 +594,25 @@ impl ClusterLab {
         std::fs::read_to_string(self.host_dir(i, "controller.log")).unwrap_or_default()
     }
 
-    fn agent_command(&self, i: u8, join: Option<u8>) -> Command {
+    fn agent_command(&self, i: u8, join: Option<(u8, &str)>) -> Command {
         let mut c = self.in_host(i, &self.agent_bin.clone());
         c.arg("serve")
             .arg("--state-dir")
             .arg(self.host_dir(i, "agent-state"))
             .arg("--run-dir")
             .arg(self.host_dir(i, "agent-run"));
-        if let Some(via) = join {
+        if let Some((via, token)) = join {
             c.arg("--join")
                 .arg(self.manager_addr(via))
                 .arg("--token")
-                .arg(&self.worker_token);
+                .arg(token);
         }
         c
+    }
+
+    /// The state directory of host `i`'s agent (its cluster membership is under `cluster/`).
+    pub fn agent_state_dir(&self, i: u8) -> PathBuf {
+        self.host_dir(i, "agent-state")
     }
 
     /// The unix socket of host `i`'s agent.
@@ -480,19 +623,50 @@ impl ClusterLab {
     /// Starts an agent on host `i` joining through the manager on `via`, with busybox imported
     /// into its image store; waits until its node is READY.
     pub fn add_worker(&mut self, i: u8, via: u8) -> Result<()> {
-        let cmd = self.agent_command(i, Some(via));
-        let log = self.host_dir(i, "agent.log");
-        let child = self.spawn(cmd, &log)?;
-        self.agents.push((
-            i,
-            Proc {
-                child: Some(child),
-                log,
-            },
-        ));
+        let token = self.worker_token.clone();
+        self.add_worker_with_token(i, via, &token)
+    }
+
+    /// [`ClusterLab::add_worker`] with the given join token.
+    pub fn add_worker_with_token(&mut self, i: u8, via: u8, token: &str) -> Result<()> {
+        self.spawn_agent_join(i, via, token)?;
         self.wait_agent_socket(i)?;
         self.import_busybox(i)?;
         self.wait_node_ready(i)
+    }
+
+    /// Starts an agent on host `i` joining through the manager on `via` with `token`, and
+    /// returns at once (see [`ClusterLab::wait_agent_exit`] for one expected to fail).
+    pub fn spawn_agent_join(&mut self, i: u8, via: u8, token: &str) -> Result<()> {
+        let cmd = self.agent_command(i, Some((via, token)));
+        let log = self.host_dir(i, "agent.log");
+        let child = self.spawn(cmd, &log)?;
+        if let Some((_, p)) = self.agents.iter_mut().find(|(h, _)| *h == i) {
+            p.kill();
+            p.child = Some(child);
+        } else {
+            self.agents.push((
+                i,
+                Proc {
+                    child: Some(child),
+                    log,
+                },
+            ));
+        }
+        Ok(())
+    }
+
+    /// Waits (at most `timeout`) for the agent of host `i` to exit; its exit code (None when
+    /// killed by a signal). An error when it is still running after `timeout`.
+    pub fn wait_agent_exit(&mut self, i: u8, timeout: Duration) -> Result<Option<i32>> {
+        let p = self.agent(i)?;
+        wait_exit(p, timeout).with_context(|| format!("the agent of host {i}"))
+    }
+
+    /// Waits (at most `timeout`) for the manager of host `i` to exit; its exit code.
+    pub fn wait_manager_exit(&mut self, i: u8, timeout: Duration) -> Result<Option<i32>> {
+        let p = self.manager(i)?;
+        wait_exit(p, timeout).with_context(|| format!("the manager of host {i}"))
     }
 
     fn wait_agent_socket(&mut self, i: u8) -> Result<()> {
@@ -565,6 +739,12 @@ impl ClusterLab {
     /// SIGKILL the agent of host `i` (its containers keep running under their shims).
     pub fn kill_agent(&mut self, i: u8) -> Result<()> {
         self.agent(i)?.kill();
+        Ok(())
+    }
+
+    /// SIGTERM the agent of host `i` and wait for it to exit.
+    pub fn stop_agent(&mut self, i: u8) -> Result<()> {
+        self.agent(i)?.stop();
         Ok(())
     }
 
@@ -648,18 +828,40 @@ impl ClusterLab {
         output_with_timeout(c, Duration::from_secs(60))
     }
 
-    /// `flotilla ARGS` on host 1.
+    /// `flotilla ARGS` on host 1 with the admin context, or through the manager chosen with
+    /// [`ClusterLab::use_manager`].
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        self.cli_on(1, args)
+        match self.via.get() {
+            0 => self.cli_on(1, args),
+            i => self.cli_ctx(i, &format!("mgr{i}"), args),
+        }
     }
 
-    /// `flotilla ARGS` on host 1, which must succeed; its stdout.
+    /// [`ClusterLab::cli`], which must succeed; its stdout.
     pub fn cli_ok(&self, args: &[&str]) -> Result<String> {
         let o = self.cli(args)?;
         if !o.status.success() {
             bail!("flotilla {} failed: {}", args.join(" "), text(&o));
         }
         Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
+
+    /// Runs a scenario on the lab: on an error or a failed assertion (a panic), prints the lab's
+    /// logs before passing it on (the lab is torn down when dropped, after that).
+    pub fn scenario(&mut self, f: impl FnOnce(&mut ClusterLab) -> Result<()>) -> Result<()> {
+        eprintln!("cluster lab {} in {}", self.lab, self.dir().display());
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                eprintln!("{e:#}\n{}", self.logs());
+                Err(e)
+            }
+            Err(panic) => {
+                eprintln!("{}", self.logs());
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     /// Retries `f` until it succeeds or `timeout` passes (then its last error).
@@ -707,21 +909,30 @@ impl ClusterLab {
 
     /// Container shims alive on host `i` (they outlive their agent).
     pub fn shims(&self, i: u8) -> usize {
+        self.shim_pids(i).len()
+    }
+
+    /// The pids of the container shims alive on host `i`, sorted: unchanged pids mean the
+    /// containers were never restarted.
+    pub fn shim_pids(&self, i: u8) -> Vec<i32> {
         let needle = self
             .host_dir(i, "agent-state")
             .to_string_lossy()
             .into_owned();
         let Ok(entries) = std::fs::read_dir("/proc") else {
-            return 0;
+            return Vec::new();
         };
-        entries
+        let mut pids: Vec<i32> = entries
             .flatten()
-            .filter(|e| {
+            .filter_map(|e| {
+                let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
                 let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
                 let cmd = String::from_utf8_lossy(&cmd);
-                cmd.contains("flotilla-shim") && cmd.contains(&needle)
+                (cmd.contains("flotilla-shim") && cmd.contains(&needle)).then_some(pid)
             })
-            .count()
+            .collect();
+        pids.sort_unstable();
+        pids
     }
 
     fn lab_processes(&self) -> Vec<i32> {
@@ -851,6 +1062,26 @@ impl ClusterLab {
 impl Drop for ClusterLab {
     fn drop(&mut self) {
         self.teardown();
+    }
+}
+
+fn wait_exit(p: &mut Proc, timeout: Duration) -> Result<Option<i32>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(c) = p.child.as_mut() else {
+            bail!("no process");
+        };
+        if let Some(status) = c.try_wait().context("wait for a lab process")? {
+            p.child = None;
+            return Ok(status.code());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "still running after {timeout:?}; its log:\n{}",
+                tail(&p.log(), 30)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

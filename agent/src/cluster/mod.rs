@@ -107,16 +107,41 @@ pub fn leader_redirect(status: &tonic::Status) -> Option<String> {
     (port_ok && host_ok).then(|| v.to_string())
 }
 
-/// The managers, dialled in turn.
+/// The managers, dialled in turn. Failures are counted per round: the session backs off only
+/// once every known manager failed since the last session, so dead managers in the list do not
+/// each cost a full back-off before a live one is tried (a new leader waits only so long for
+/// its nodes before declaring them down).
 #[derive(Debug, Default)]
 pub struct Managers {
     list: Vec<String>,
     next: usize,
+    failures: usize,
 }
 
 impl Managers {
     pub fn new(list: Vec<String>) -> Self {
-        Managers { list, next: 0 }
+        Managers {
+            list,
+            next: 0,
+            failures: 0,
+        }
+    }
+
+    /// Records a failed session; true when every manager failed since the last session (the
+    /// round is over: back off before the next one).
+    pub fn round_failed(&mut self) -> bool {
+        self.failures += 1;
+        if self.failures >= self.list.len() {
+            self.failures = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Records an established session.
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
     }
     /// The next address to dial, round-robin.
     pub fn next_addr(&mut self) -> Option<String> {
@@ -134,6 +159,7 @@ impl Managers {
         }
         self.list = list.to_vec();
         self.next %= self.list.len();
+        self.failures = 0;
     }
 }
 
@@ -188,6 +214,7 @@ pub async fn run_session<E: TaskRunner>(
         }
         if established {
             backoff.reset();
+            managers.succeeded();
             redirects_in_a_row = 0;
         }
         let delay = match end {
@@ -202,7 +229,12 @@ pub async fn run_session<E: TaskRunner>(
             End::Failed(e) => {
                 redirects_in_a_row = 0;
                 warn!(manager = %addr, error = %e, "dispatcher session ended");
-                Some(backoff.next_delay())
+                // The next manager right away (but never in a hot loop); back off per round.
+                Some(if managers.round_failed() {
+                    backoff.next_delay()
+                } else {
+                    backoff.initial
+                })
             }
         };
         if let Some(d) = delay {

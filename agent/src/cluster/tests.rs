@@ -354,3 +354,19 @@ fn managers_rotate_and_follow_the_session_info() {
     assert_eq!(m.next_addr().as_deref(), Some("c:1"));
     assert_eq!(Managers::new(Vec::new()).next_addr(), None);
 }
+
+#[test]
+fn managers_back_off_once_per_failed_round() {
+    let mut m = Managers::new(vec!["a:1".into(), "b:1".into(), "c:1".into()]);
+    assert_eq!(
+        (m.round_failed(), m.round_failed(), m.round_failed()),
+        (false, false, true),
+        "every manager tried before backing off"
+    );
+    assert!(!m.round_failed(), "a new round");
+    m.succeeded();
+    assert_eq!((m.round_failed(), m.round_failed()), (false, false));
+    m.update(&["d:1".into()]);
+    assert!(m.round_failed(), "one manager: each failure is a round");
+    assert!(Managers::new(Vec::new()).round_failed());
+}

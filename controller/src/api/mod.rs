@@ -37,7 +37,8 @@ pub struct RaftSummary {
     pub commit_index: u64,
     /// (raft id, address, node id)
     pub members: Vec<(u64, String, String)>,
-    /// Members this manager heard from recently (only meaningful on the leader).
+    /// Members considered reachable (the leader's view, also on a follower: see
+    /// `crate::raft::RaftStatus::reachable_ids`).
     pub reachable: Vec<u64>,
 }
 

@@ -56,7 +56,15 @@ impl NodeCa for NodeCaService {
         &self,
         _req: Request<pb::GetRootCaRequest>,
     ) -> Result<Response<pb::GetRootCaResponse>, Status> {
-        let c = self.cluster()?;
+        // A manager that just joined may not have applied the cluster object yet: catch up
+        // before answering "initializing" (only then: the call is anonymous).
+        let c = match self.cluster() {
+            Ok(c) => c,
+            Err(_) => {
+                self.ctx.barrier().await?;
+                self.cluster()?
+            }
+        };
         Ok(Response::new(pb::GetRootCaResponse {
             cert_pem: c.root_ca_cert,
         }))
@@ -224,5 +232,122 @@ impl NodeCa for NodeCaService {
             data_key: self.ctx.data_key.to_bytes().to_vec(),
             member_addrs: members,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::api::{Membership, RaftSummary};
+    use crate::dispatcher::Dispatcher;
+    use crate::manager::proposer::{BoxFuture, ProposeError, Proposer};
+    use crate::store::Store;
+
+    /// A manager that is behind: its read barrier applies what the leader had committed.
+    struct Behind {
+        store: Store,
+        committed: Mutex<Option<Vec<u8>>>,
+        barriers: AtomicUsize,
+    }
+
+    impl Proposer for Behind {
+        fn propose(&self, _: pb::StoreBatch) -> BoxFuture<'_, Result<u64, ProposeError>> {
+            Box::pin(async { Err(ProposeError::Unavailable("read-only test".into())) })
+        }
+        fn read_barrier(&self) -> BoxFuture<'_, Result<(), ProposeError>> {
+            Box::pin(async {
+                self.barriers.fetch_add(1, Ordering::SeqCst);
+                let pending = self.committed.lock().unwrap().take();
+                if let Some(cmd) = pending {
+                    self.store
+                        .apply_command(1, &cmd)
+                        .map_err(ProposeError::Refused)?;
+                }
+                Ok(())
+            })
+        }
+    }
+
+    struct NoMembers;
+
+    impl Membership for NoMembers {
+        fn summary(&self) -> RaftSummary {
+            RaftSummary::default()
+        }
+        fn add_member(
+            &self,
+            _: u64,
+            _: String,
+            _: String,
+        ) -> BoxFuture<'_, Result<Vec<String>, String>> {
+            Box::pin(async { Err("no".into()) })
+        }
+        fn remove_member(&self, _: u64) -> BoxFuture<'_, Result<(), String>> {
+            Box::pin(async { Err("no".into()) })
+        }
+    }
+
+    fn service(committed: Option<Vec<u8>>) -> (NodeCaService, Arc<Behind>) {
+        let store = Store::new();
+        let proposer = Arc::new(Behind {
+            store: store.clone(),
+            committed: Mutex::new(committed),
+            barriers: AtomicUsize::new(0),
+        });
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            proposer.clone(),
+            Arc::new(|_: &pb::Secret| Ok(Vec::new())),
+            Arc::new(Vec::new),
+        );
+        let ctx = Ctx {
+            store,
+            proposer: proposer.clone(),
+            membership: Arc::new(NoMembers),
+            dispatcher,
+            data_key: Arc::new(flotilla_pki::DataKey::generate().unwrap()),
+            node_id: "m2".into(),
+            dial: Arc::new(|_: &str| {
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+            }),
+        };
+        (NodeCaService { ctx: Arc::new(ctx) }, proposer)
+    }
+
+    #[tokio::test]
+    async fn root_ca_of_a_manager_that_is_behind_waits_for_the_log() {
+        let cluster = Cluster {
+            id: "c1".into(),
+            root_ca_cert: "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n".into(),
+            ..Default::default()
+        };
+        let mut b = Batch::new();
+        b.create(cluster.clone());
+        let cmd = prost::Message::encode_to_vec(&b.into_proto());
+
+        let (svc, p) = service(Some(cmd));
+        let r = svc
+            .get_root_ca_certificate(Request::new(pb::GetRootCaRequest {}))
+            .await
+            .expect("answered once caught up");
+        assert_eq!(r.into_inner().cert_pem, cluster.root_ca_cert);
+        assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+        // Known now: answered from the store, no barrier for an anonymous caller.
+        svc.get_root_ca_certificate(Request::new(pb::GetRootCaRequest {}))
+            .await
+            .expect("answered");
+        assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+
+        // Nothing committed yet anywhere: still initializing.
+        let (svc, _) = service(None);
+        let e = svc
+            .get_root_ca_certificate(Request::new(pb::GetRootCaRequest {}))
+            .await
+            .expect_err("no cluster yet");
+        assert_eq!(e.code(), tonic::Code::Unavailable);
+        assert!(e.message().contains("initializing"), "{e:?}");
     }
 }

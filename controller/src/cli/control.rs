@@ -86,7 +86,10 @@ pub fn unreachable_message(addr: &str, context: &str, cause: &str) -> String {
 /// See [`Cluster::err`].
 pub fn controller_error(addr: &str, context: &str, s: tonic::Status) -> anyhow::Error {
     use std::error::Error as _;
-    if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+    if matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    ) {
         if let Some(src) = s.source() {
             return anyhow::anyhow!(unreachable_message(addr, context, &root_cause(src)));
         }

@@ -9,8 +9,9 @@
 //!   ASSIGNED) and that are still to run or to be stopped: a task leaves the set once its desired
 //!   state is SHUTDOWN or REMOVE and it reached a terminal state. The agent runs exactly that set.
 //! - Heartbeats are kept in memory (not in raft); a node is written DOWN after
-//!   [`MISSED_HEARTBEATS`] periods without one, counted from when this manager became leader for
-//!   nodes that never reported to it.
+//!   [`MISSED_HEARTBEATS`] periods without one; a node that never reported to this leader gets
+//!   [`UNKNOWN_GRACE_FACTOR`] times longer, counted from when this manager became leader. A
+//!   session's registration counts as a heartbeat before the node is written READY.
 //! - Task status from agents only moves a task forward, and only for tasks assigned to the
 //!   reporting node.
 
@@ -32,6 +33,9 @@ use crate::store::{Batch, Event, Object, State, Store};
 
 /// Heartbeat periods without a heartbeat before a node is declared DOWN.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// How many times longer than [`MISSED_HEARTBEATS`] periods a new leader waits for a node that
+/// has not reported to it yet (agents back off up to 6 s while no leader answers).
+pub const UNKNOWN_GRACE_FACTOR: u32 = 3;
 
 /// Opens a secret's sealed data for a node that needs it.
 pub type SecretOpener =
@@ -300,6 +304,12 @@ impl Dispatcher {
                 "the first message of a session must be a Register",
             ));
         };
+        // Counts as a heartbeat before the node is written READY: else the heartbeat check could
+        // see it READY with no heartbeat yet and write it DOWN behind the live session's back.
+        self.heartbeats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id.clone(), Instant::now());
         // The node must exist (a removed node keeps a valid certificate until it expires).
         self.mark_ready(&node_id, register.description.clone(), &remote_addr)
             .await?;
@@ -559,6 +569,9 @@ impl Dispatcher {
     async fn check_heartbeats(&self, leader_since: Instant) {
         let period = self.heartbeat_period();
         let limit = period * MISSED_HEARTBEATS;
+        // A node that has not reported to this leader yet gets longer: its agent may be backing
+        // off after failing to reach any leader (swarmkit's grace for nodes of unknown state).
+        let unknown_limit = limit * UNKNOWN_GRACE_FACTOR;
         let now = Instant::now();
         let stale: Vec<Node> = {
             let state = self.store.read();
@@ -568,7 +581,10 @@ impl Dispatcher {
                 .values()
                 .filter(|n| {
                     n.status.as_ref().map(|s| s.state) == Some(NodeState::Ready as i32)
-                        && now.duration_since(*beats.get(&n.id).unwrap_or(&leader_since)) > limit
+                        && match beats.get(&n.id) {
+                            Some(t) => now.duration_since(*t) > limit,
+                            None => now.duration_since(leader_since) > unknown_limit,
+                        }
                 })
                 .cloned()
                 .collect()

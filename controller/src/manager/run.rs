@@ -173,13 +173,7 @@ impl Membership for RaftMembership {
                 .iter()
                 .map(|m| (m.raft_id, m.addr.clone(), m.node_id.clone()))
                 .collect(),
-            // The raft module counts reachable members; without per-member detail, a member is
-            // shown reachable when the count covers everyone.
-            reachable: if s.reachable >= s.members.len() {
-                s.members.iter().map(|m| m.raft_id).collect()
-            } else {
-                vec![s.raft_id]
-            },
+            reachable: s.reachable_ids,
         }
     }
     fn add_member(

@@ -9,6 +9,7 @@ use tonic::metadata::MetadataValue;
 
 const KIND_KEY: &str = "flotilla-raft-error";
 const TERM_KEY: &str = "flotilla-raft-term";
+const QUORUM_KEY: &str = "flotilla-raft-quorum";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RaftError {
@@ -24,6 +25,19 @@ pub enum RaftError {
          term {term}): it may or may not have been applied; check the state before retrying"
     )]
     LeadershipLost { raft_id: u64, term: u64 },
+
+    #[error(
+        "no raft leader: the cluster lost its quorum while the request was in flight (leader \
+         {raft_id} of term {term} heard from {reachable} of {members} managers and stepped down): \
+         it is not applied now and may or may not be once a majority is back; writes are refused \
+         until then, or recover with `flotilla-controller init --force-new-cluster`"
+    )]
+    QuorumLost {
+        raft_id: u64,
+        term: u64,
+        reachable: usize,
+        members: usize,
+    },
 
     #[error("refused: {0}")]
     Refused(String),
@@ -96,6 +110,7 @@ impl RaftError {
         match self {
             RaftError::NoLeader { .. } => "no-leader",
             RaftError::LeadershipLost { .. } => "leadership-lost",
+            RaftError::QuorumLost { .. } => "quorum-lost",
             RaftError::Refused(_) => "refused",
             RaftError::NotLeader { .. } => "not-leader",
             RaftError::Timeout { .. } => "timeout",
@@ -129,6 +144,27 @@ impl RaftError {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0),
             },
+            "quorum-lost" => {
+                let term = status
+                    .metadata()
+                    .get(TERM_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let (reachable, members) = status
+                    .metadata()
+                    .get(QUORUM_KEY)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.split_once('/'))
+                    .and_then(|(r, m)| Some((r.parse().ok()?, m.parse().ok()?)))
+                    .unwrap_or((0, 0));
+                RaftError::QuorumLost {
+                    raft_id: leader_id,
+                    term,
+                    reachable,
+                    members,
+                }
+            }
             "refused" => RaftError::Refused(msg.strip_prefix("refused: ").unwrap_or(&msg).into()),
             "not-leader" => RaftError::NotLeader {
                 raft_id: leader_id,
@@ -167,9 +203,10 @@ impl RaftError {
 impl From<RaftError> for tonic::Status {
     fn from(e: RaftError) -> Self {
         let code = match &e {
-            RaftError::NoLeader { .. } | RaftError::Stopped { .. } | RaftError::Forward { .. } => {
-                tonic::Code::Unavailable
-            }
+            RaftError::NoLeader { .. }
+            | RaftError::QuorumLost { .. }
+            | RaftError::Stopped { .. }
+            | RaftError::Forward { .. } => tonic::Code::Unavailable,
             RaftError::NotLeader { .. } => tonic::Code::FailedPrecondition,
             RaftError::LeadershipLost { .. } | RaftError::Dropped(_) => tonic::Code::Aborted,
             RaftError::Refused(_) => tonic::Code::FailedPrecondition,
@@ -181,10 +218,26 @@ impl From<RaftError> for tonic::Status {
         status
             .metadata_mut()
             .insert(KIND_KEY, MetadataValue::from_static(e.kind()));
-        if let RaftError::LeadershipLost { term, .. } = &e {
-            if let Ok(v) = MetadataValue::try_from(term.to_string()) {
-                status.metadata_mut().insert(TERM_KEY, v);
+        match &e {
+            RaftError::LeadershipLost { term, .. } => {
+                if let Ok(v) = MetadataValue::try_from(term.to_string()) {
+                    status.metadata_mut().insert(TERM_KEY, v);
+                }
             }
+            RaftError::QuorumLost {
+                term,
+                reachable,
+                members,
+                ..
+            } => {
+                if let Ok(v) = MetadataValue::try_from(term.to_string()) {
+                    status.metadata_mut().insert(TERM_KEY, v);
+                }
+                if let Ok(v) = MetadataValue::try_from(format!("{reachable}/{members}")) {
+                    status.metadata_mut().insert(QUORUM_KEY, v);
+                }
+            }
+            _ => {}
         }
         status
     }
@@ -219,6 +272,27 @@ mod tests {
             } => {}
             other => panic!("unexpected {other:?}"),
         }
+        let s: tonic::Status = RaftError::QuorumLost {
+            raft_id: 2,
+            term: 7,
+            reachable: 1,
+            members: 3,
+        }
+        .into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        let e = RaftError::from_status(&s, 2, "a:1");
+        match &e {
+            RaftError::QuorumLost {
+                raft_id: 2,
+                term: 7,
+                reachable: 1,
+                members: 3,
+            } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(!e.is_retryable());
+        let t = e.to_string();
+        assert!(t.contains("quorum") && t.contains("1 of 3"), "{t}");
         let s = tonic::Status::unavailable("tcp connect error");
         let e = RaftError::from_status(&s, 3, "a:1");
         assert!(!e.is_retryable());

@@ -14,7 +14,8 @@
 //!   replay of the committed entries after it. The applied index persists with each snapshot.
 //! - A proposal is matched to its caller by a unique id in the entry's context (a random per-start
 //!   nonce and a counter). Proposals, read requests and membership changes waiting on a leader
-//!   fail with [`RaftError::LeadershipLost`] when it stops being leader or its term changes: they
+//!   fail with [`RaftError::LeadershipLost`] ([`RaftError::QuorumLost`] when it stepped down for
+//!   want of a quorum) when it stops being leader or its term changes: they
 //!   never hang. Followers forward writes and read barriers to the leader over `Raft.Propose` /
 //!   `Raft.ReadIndex` and then wait until they applied the answer's index themselves.
 //! - Membership changes are `ConfChangeV2` entries whose context is a prost-encoded
@@ -134,6 +135,11 @@ pub struct RaftStatus {
     pub is_leader: bool,
     /// Members this node heard from within two election timeouts, itself included.
     pub reachable: usize,
+    /// Raft ids of the members considered reachable, sorted: on the leader, those it heard from
+    /// within two election timeouts (itself included); on a follower, the leader's view (asked
+    /// of the leader every half election timeout), or its own when that is older than two
+    /// election timeouts (it then only knows itself and whoever it heard from).
+    pub reachable_ids: Vec<u64>,
 }
 
 /// Configuration of one raft node.

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use flotilla_proto::raft::v1 as pb;
@@ -56,6 +56,55 @@ impl<S> Drop for Inner<S> {
     /// The last handle gone (the service holds one): stop the loop rather than leak its thread.
     fn drop(&mut self) {
         let _ = self.events.send(Event::Shutdown);
+    }
+}
+
+/// A follower's list of reachable members from its leader's `view`: the leader's view, with the
+/// follower itself (it can hear the leader, so the leader hears it or will shortly).
+fn leader_view_of(me: u64, view: &[u64]) -> Vec<u64> {
+    let mut ids = view.to_vec();
+    if !ids.contains(&me) {
+        ids.push(me);
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// On a follower, asks the leader every half election timeout which members it hears from
+/// (`Raft.Status`), for [`RaftNode::status`]: a follower hears only from the leader, so its own
+/// view would show every other follower unreachable. Ends with the node.
+async fn poll_leader_view<S: StateMachine>(inner: Weak<Inner<S>>) {
+    let Some(period) = inner.upgrade().map(|i| i.cfg.election_timeout() / 2) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.published.stopped.borrow().is_some() {
+            return;
+        }
+        let node = RaftNode { inner };
+        let (is_leader, leader_id) = {
+            let st = lock(&node.inner.published.status);
+            (st.is_leader, st.leader_id)
+        };
+        if is_leader || leader_id == 0 {
+            *lock(&node.inner.published.leader_view) = None;
+            continue;
+        }
+        let Some(addr) = node.leader_addr(leader_id) else {
+            continue;
+        };
+        let mut client = RaftClient::new(node.channel(&addr));
+        if let Ok(Ok(r)) = tokio::time::timeout(period, client.status(pb::StatusRequest {})).await {
+            let r = r.into_inner();
+            if r.leader_id == r.raft_id && r.raft_id == leader_id {
+                *lock(&node.inner.published.leader_view) =
+                    Some((leader_id, std::time::Instant::now(), r.reachable));
+            }
+        }
     }
 }
 
@@ -131,7 +180,7 @@ impl<S: StateMachine> RaftNode<S> {
             return Err(e);
         }
         tracing::info!(raft_id = cfg.raft_id, addr = %cfg.listen_addr, "raft node started");
-        Ok(RaftNode {
+        let node = RaftNode {
             inner: Arc::new(Inner {
                 cfg,
                 events: events_tx,
@@ -141,7 +190,9 @@ impl<S: StateMachine> RaftNode<S> {
                 channels: Mutex::new(HashMap::new()),
                 thread: Mutex::new(Some(thread)),
             }),
-        })
+        };
+        tokio::spawn(poll_leader_view(Arc::downgrade(&node.inner)));
+        Ok(node)
     }
 
     /// The gRPC service to mount on the manager's server.
@@ -155,9 +206,19 @@ impl<S: StateMachine> RaftNode<S> {
         self.inner.cfg.raft_id
     }
 
-    /// This node's view of the cluster.
+    /// This node's view of the cluster (on a follower, with the leader's view of who is
+    /// reachable when it is recent: see [`RaftStatus::reachable_ids`]).
     pub fn status(&self) -> RaftStatus {
-        lock(&self.inner.published.status).clone()
+        let mut st = lock(&self.inner.published.status).clone();
+        if !st.is_leader {
+            let fresh = 2 * self.inner.cfg.election_timeout();
+            if let Some((leader, at, view)) = lock(&self.inner.published.leader_view).as_ref() {
+                if *leader == st.leader_id && at.elapsed() < fresh {
+                    st.reachable_ids = leader_view_of(st.raft_id, view);
+                }
+            }
+        }
+        st
     }
 
     /// Who leads; changes are published as they happen (leader-only loops watch it).

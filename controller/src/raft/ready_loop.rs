@@ -9,7 +9,8 @@
 //! - Waiting callers are answered only from here, after what they wait for was applied (entries
 //!   are applied only once durable on this node and committed on a majority).
 //! - Every waiter is answered exactly once: applied, refused, failed with `LeadershipLost` when
-//!   this node stops being leader (or its term changes), or failed with `Stopped` when the loop
+//!   this node stops being leader (or its term changes; `QuorumLost` when it stepped down because
+//!   a majority stopped answering), or failed with `Stopped` when the loop
 //!   ends (shutdown, storage failure, or a panic of the state machine).
 //! - `members` and `conf_state` are exactly those at `applied`; snapshots carry them.
 //! - Blocking I/O (fsync) happens on this thread only, never on the async runtime.
@@ -92,6 +93,9 @@ pub(crate) struct Published {
     pub leadership: watch::Sender<LeaderState>,
     /// `None` while the loop runs; the reason once it stopped (empty for a shutdown).
     pub stopped: watch::Sender<Option<String>>,
+    /// On a follower: the leader's reachable members as it last told them (raft id of that
+    /// leader, when it answered, its view).
+    pub leader_view: Mutex<Option<(u64, Instant, Vec<u64>)>>,
 }
 
 impl Published {
@@ -104,6 +108,7 @@ impl Published {
             applied: watch::Sender::new(0),
             leadership: watch::Sender::new(LeaderState::default()),
             stopped: watch::Sender::new(None),
+            leader_view: Mutex::new(None),
         }
     }
 }
@@ -194,6 +199,7 @@ pub(crate) struct ReadyLoop<S: StateMachine> {
     leader: LeaderState,
     last_heard: HashMap<u64, Instant>,
     reachable: usize,
+    heard_ids: Vec<u64>,
 }
 
 impl<S: StateMachine> ReadyLoop<S> {
@@ -346,6 +352,7 @@ impl<S: StateMachine> ReadyLoop<S> {
             deferred_reads: Vec::new(),
             leader: LeaderState::default(),
             last_heard: HashMap::new(),
+            heard_ids: vec![id],
             reachable: 1,
             cfg,
         })
@@ -611,10 +618,14 @@ impl<S: StateMachine> ReadyLoop<S> {
         self.last_heard
             .retain(|_, t| now.duration_since(*t) < window);
         let voters = &self.conf_state.voters;
-        self.reachable = voters
+        let mut heard: Vec<u64> = voters
             .iter()
-            .filter(|v| **v == self.id || self.last_heard.contains_key(v))
-            .count();
+            .copied()
+            .filter(|v| *v == self.id || self.last_heard.contains_key(v))
+            .collect();
+        heard.sort_unstable();
+        self.reachable = heard.len();
+        self.heard_ids = heard;
     }
 
     fn on_ready(&mut self) -> Result<(), RaftError> {
@@ -848,7 +859,31 @@ impl<S: StateMachine> ReadyLoop<S> {
             return;
         }
         let prev = self.leader;
-        if prev.is_leader && (!now.is_leader || now.term != prev.term) {
+        if prev.is_leader && now.term == prev.term && !now.is_leader && now.leader_id == 0 {
+            // Stepped down in the same term with no successor: check_quorum found that a majority
+            // no longer answers. Said so, for the user who sees this error.
+            // check_quorum looks back one election timeout: count who answered within it.
+            let now = Instant::now();
+            let recent = self.cfg.election_timeout();
+            let voters = &self.conf_state.voters;
+            let reachable = voters
+                .iter()
+                .filter(|v| {
+                    **v == self.id
+                        || self
+                            .last_heard
+                            .get(v)
+                            .is_some_and(|t| now.duration_since(*t) < recent)
+                })
+                .count();
+            let members = voters.len();
+            self.fail_waiters(|| RaftError::QuorumLost {
+                raft_id: prev.leader_id,
+                term: prev.term,
+                reachable,
+                members,
+            });
+        } else if prev.is_leader && (!now.is_leader || now.term != prev.term) {
             self.fail_waiters(|| RaftError::LeadershipLost {
                 raft_id: prev.leader_id,
                 term: prev.term,
@@ -929,6 +964,9 @@ impl<S: StateMachine> ReadyLoop<S> {
             st.applied_index = self.applied;
             st.snapshot_index = self.snapshot_index;
             st.reachable = self.reachable;
+            if st.reachable_ids != self.heard_ids {
+                st.reachable_ids.clone_from(&self.heard_ids);
+            }
             if self.members_changed {
                 st.members = self.members.values().cloned().collect();
             }

@@ -121,6 +121,7 @@ impl<S: StateMachine> Raft for RaftService<S> {
             commit_index: st.commit_index,
             applied_index: st.applied_index,
             members: st.members.into_iter().map(Into::into).collect(),
+            reachable: st.reachable_ids,
         }))
     }
 }
