@@ -287,7 +287,8 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
     }
     // Whether TCP gets TLS is known only once the membership is loaded (below): a plain listener
     // must be loopback and explicitly insecure whatever the state dir holds.
-    let plain_tcp_allowed = |addr: std::net::SocketAddr| args.insecure_tcp && addr.ip().is_loopback();
+    let plain_tcp_allowed =
+        |addr: std::net::SocketAddr| args.insecure_tcp && addr.ip().is_loopback();
     let userns_remap = args.userns_remap.as_deref().map(parse_userns).transpose()?;
     let exe = std::env::current_exe().context("locate flotilla-agent")?;
     let dir = exe

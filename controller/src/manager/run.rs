@@ -203,16 +203,33 @@ impl Membership for RaftMembership {
 }
 
 /// The Raft service, only for manager certificates.
-struct GuardedRaft(RaftService<StoreMachine>);
+/// The Raft service, only for manager certificates whose node is a manager of this cluster's
+/// store (a removed node keeps a valid certificate until it expires).
+struct GuardedRaft(RaftService<StoreMachine>, Store);
 
-fn require_manager<T>(req: &tonic::Request<T>) -> Result<(), tonic::Status> {
-    let id = flotilla_pki::peer_identity(req)?;
-    if id.role != PeerRole::Manager {
-        return Err(tonic::Status::permission_denied(
-            "only managers speak raft on this port",
-        ));
+impl GuardedRaft {
+    fn require_manager<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let id = flotilla_pki::peer_identity(req)?;
+        if id.role != PeerRole::Manager {
+            return Err(tonic::Status::permission_denied(
+                "only managers speak raft on this port",
+            ));
+        }
+        let known = self
+            .1
+            .read()
+            .nodes
+            .get(&id.node_id)
+            .is_some_and(|n| n.role == NodeRole::Manager as i32);
+        // An empty store is a joining manager's, before its first snapshot arrives.
+        if !known && self.1.read().cluster.is_some() {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {} is not a manager of this cluster",
+                id.node_id
+            )));
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 #[tonic::async_trait]
@@ -221,35 +238,35 @@ impl rpb::raft_server::Raft for GuardedRaft {
         &self,
         req: tonic::Request<tonic::Streaming<rpb::RaftEnvelope>>,
     ) -> Result<tonic::Response<rpb::SendAck>, tonic::Status> {
-        require_manager(&req)?;
+        self.require_manager(&req)?;
         self.0.send(req).await
     }
     async fn propose(
         &self,
         req: tonic::Request<rpb::ProposeRequest>,
     ) -> Result<tonic::Response<rpb::ProposeResponse>, tonic::Status> {
-        require_manager(&req)?;
+        self.require_manager(&req)?;
         self.0.propose(req).await
     }
     async fn read_index(
         &self,
         req: tonic::Request<rpb::ReadIndexRequest>,
     ) -> Result<tonic::Response<rpb::ReadIndexResponse>, tonic::Status> {
-        require_manager(&req)?;
+        self.require_manager(&req)?;
         self.0.read_index(req).await
     }
     async fn change_membership(
         &self,
         req: tonic::Request<rpb::ChangeMembershipRequest>,
     ) -> Result<tonic::Response<rpb::ChangeMembershipResponse>, tonic::Status> {
-        require_manager(&req)?;
+        self.require_manager(&req)?;
         self.0.change_membership(req).await
     }
     async fn status(
         &self,
         req: tonic::Request<rpb::StatusRequest>,
     ) -> Result<tonic::Response<rpb::StatusResponse>, tonic::Status> {
-        require_manager(&req)?;
+        self.require_manager(&req)?;
         self.0.status(req).await
     }
 }
@@ -316,6 +333,11 @@ impl Manager {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("cannot create {}", cfg.state_dir.display()))?;
         let existing = load_identity(&cfg.state_dir)?;
+        // Listen first: a joining manager becomes a raft voter during `join`, and its peers must
+        // find the port open (and a port in use must fail the join before it changes anything).
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let tls_files = NodeTlsFiles::new(cfg.state_dir.join("tls"));
         let key_path = cfg.state_dir.join("data.key");
         let mut new_cluster: Option<(RootCa, DataKey)> = None;
@@ -334,6 +356,21 @@ impl Manager {
             (Start::Restart, Some(id)) => (id, Bootstrap::Restart),
             (Start::ForceNewCluster, Some(id)) => (id, Bootstrap::ForceNewCluster),
             (Start::Init, None) => {
+                // `manager.json` is written only once the cluster object (which holds the only
+                // copy of the sealed CA key) is committed: anything else here is an init that
+                // died half-way, started over from nothing.
+                for leftover in ["raft", "tls"] {
+                    let p = cfg.state_dir.join(leftover);
+                    if p.exists() {
+                        warn!(path = %p.display(), "removing the state of an unfinished init");
+                        std::fs::remove_dir_all(&p)
+                            .with_context(|| format!("cannot remove {}", p.display()))?;
+                    }
+                }
+                if key_path.exists() {
+                    std::fs::remove_file(&key_path)
+                        .with_context(|| format!("cannot remove {}", key_path.display()))?;
+                }
                 let cluster_id = super::random_id();
                 let node_id = super::random_id();
                 let ca = RootCa::generate(&cluster_id)?;
@@ -367,7 +404,9 @@ impl Manager {
             )
         })?;
         let data_key = Arc::new(DataKey::load(&key_path)?);
-        save_identity(&cfg.state_dir, &identity)?;
+        if new_cluster.is_none() {
+            save_identity(&cfg.state_dir, &identity)?;
+        }
 
         let store = Store::new();
         let client_cfg = tls.client_config()?;
@@ -380,10 +419,6 @@ impl Manager {
         rcfg.election_ticks =
             ((cfg.election_timeout.as_millis() as u64 / rcfg.tick_ms).max(3)) as usize;
         rcfg.snapshot_interval = cfg.snapshot_interval;
-        // Bind before raft starts so peers can reach us as soon as we are a member.
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", cfg.listen))?;
         let raft = RaftNode::start(
             rcfg,
             bootstrap,
@@ -441,9 +476,12 @@ impl Manager {
                 membership: membership.clone(),
             }))
             .add_service(
-                rpb::raft_server::RaftServer::new(GuardedRaft(RaftService::new(raft.clone())))
-                    .max_decoding_message_size(256 << 20)
-                    .max_encoding_message_size(256 << 20),
+                rpb::raft_server::RaftServer::new(GuardedRaft(
+                    RaftService::new(raft.clone()),
+                    store.clone(),
+                ))
+                .max_decoding_message_size(256 << 20)
+                .max_encoding_message_size(256 << 20),
             );
         let mut server_stop = stop_rx.clone();
         let server = tokio::spawn(async move {
@@ -478,6 +516,8 @@ impl Manager {
             if let Some(dir) = &cfg.config_dir {
                 write_admin_context(dir, &cfg.context_name, &ca, &identity.advertise)?;
             }
+            // From here on the state dir is a manager's: `serve` restarts it.
+            save_identity(&cfg.state_dir, &identity)?;
         }
 
         let loops = tokio::spawn(loops::leader_loops(
