@@ -986,7 +986,9 @@ mod tests {
         for (id, name) in [("abc123", "web"), ("abd456", "api")] {
             m.insert(id.to_string(), (id.to_string(), name.to_string()));
         }
-        let name = |x: &(String, String)| x.1.as_str();
+        fn name(x: &(String, String)) -> &str {
+            x.1.as_str()
+        }
         assert_eq!(
             resolve("service", &m, "web", name).expect("name").0,
             "abc123"

@@ -5,7 +5,7 @@
 //! most one older runnable task during a start-first update; the runnable tasks after the pass
 //! are reported in a [`SlotView`] for the rolling update.
 
-use flotilla_proto::control::v1::{NodeAvailability, Service, Task, TaskState};
+use flotilla_proto::control::v1::{Node, NodeAvailability, Service, Task, TaskState};
 
 use super::plan::Group;
 use super::restart::{self, Restart};
@@ -56,7 +56,8 @@ pub(super) enum Cond {
     Alive,
     /// Not ended, but its node is DOWN or gone (or the task was orphaned).
     Lost,
-    /// Not ended, on a drained node.
+    /// Not ended, on a drained node, or on a node that no longer meets the task's placement
+    /// (its labels changed): moved like a drained node's tasks.
     Drained,
     /// Observed terminal: the restart policy decides.
     Ended,
@@ -77,8 +78,22 @@ pub(super) fn condition(pass: &Pass, t: &Task) -> Cond {
         None => Cond::Lost,
         Some(n) if node_down(n) => Cond::Lost,
         Some(n) if availability(n) == NodeAvailability::Drain => Cond::Drained,
+        Some(n) if !placement_holds(pass, n, t) => Cond::Drained,
         Some(_) => Cond::Alive,
     }
+}
+
+/// Whether `node` still meets the task's constraints and platforms (checked only for tasks
+/// that have some: most have none, and the check builds a scheduler view).
+fn placement_holds(pass: &Pass, node: &Node, t: &Task) -> bool {
+    let Some(spec) = t.spec.as_ref() else {
+        return true;
+    };
+    let placed = spec
+        .placement
+        .as_ref()
+        .is_some_and(|p| !p.constraints.is_empty() || !p.platforms.is_empty());
+    !placed || pass.env.node_eligible(node, spec)
 }
 
 /// Whether the slot is done: nothing runnable and its newest task was left COMPLETE by the

@@ -883,6 +883,37 @@ fn drained_node_tasks_move() {
     assert_eq!(sim.pass(), (0, None));
 }
 
+#[test]
+fn tasks_move_off_a_node_that_no_longer_meets_their_constraints() {
+    let mut sim = cluster(2);
+    let mut sp = replicated("web", 2);
+    sp.task
+        .get_or_insert_with(Default::default)
+        .placement
+        .get_or_insert_with(Default::default)
+        .constraints = vec!["node.labels.zone==a".into()];
+    sim.add_service("s1", sp);
+    // A service without constraints is never checked.
+    sim.add_service("s2", replicated("api", 1));
+    sim.env.ineligible.insert("n2".into());
+    sim.settle();
+    assert_eq!(sim.nodes_of("s1"), ["n1", "n1"]);
+    assert_eq!(sim.nodes_of("s2"), ["n1"]);
+    let before = sim.runnable_ids("s1");
+    // The label moves from n1 to n2: both tasks of s1 move (2 shutdowns, 2 new tasks),
+    // attempt unchanged; s2 stays.
+    sim.env.ineligible.remove("n2");
+    sim.env.ineligible.insert("n1".into());
+    assert_eq!(sim.pass(), (4, None));
+    sim.settle();
+    assert_eq!(sim.nodes_of("s1"), ["n2", "n2"]);
+    assert_eq!(sim.nodes_of("s2"), ["n1"]);
+    for id in before {
+        assert_eq!(desired(&sim.state.tasks[&id]), TaskState::Shutdown);
+    }
+    assert!(sim.runnable("s1").iter().all(|t| t.attempt == 0));
+}
+
 // ----- global services ---------------------------------------------------------------------------
 
 #[test]
@@ -938,6 +969,21 @@ fn global_service_follows_the_nodes() {
     sim.node_availability("n1", NodeAvailability::Pause);
     assert_eq!(sim.pass(), (0, None));
     assert_eq!(sim.runnable("g").len(), 2);
+}
+
+#[test]
+fn global_service_skips_nodes_without_an_agent() {
+    let mut sim = cluster(2);
+    // A manager that runs no agent: its node stays UNKNOWN.
+    sim.add_node("m1");
+    sim.node_state("m1", NodeState::Unknown);
+    sim.add_service("g", global("agent"));
+    assert_eq!(sim.pass(), (2, None));
+    assert_eq!(sim.nodes_of("g"), ["n1", "n2"]);
+    // Its agent starts: it gets its task.
+    sim.node_state("m1", NodeState::Ready);
+    assert_eq!(sim.pass(), (1, None));
+    assert_eq!(sim.nodes_of("g"), ["m1", "n1", "n2"]);
 }
 
 #[test]
