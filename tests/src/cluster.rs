@@ -890,6 +890,8 @@ pub struct TaskRow {
     pub name: String,
     /// An older task of its slot (shown as ` \_ web.1`).
     pub history: bool,
+    /// Image, without a digest.
+    pub image: String,
     /// Hostname of its node ("" while unplaced).
     pub node: String,
     /// Desired state, lower case ("running", "shutdown", ...).
@@ -1117,6 +1119,11 @@ impl ClusterLab {
                         .trim()
                         .to_string(),
                     history,
+                    image: field(v, "Image")
+                        .split('@')
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
                     node: field(v, "Node"),
                     desired: field(v, "DesiredState").to_lowercase(),
                     current: current
