@@ -960,8 +960,8 @@ fn collect(
     buf
 }
 
-/// Regular files under `dir` (symlinks not followed, other lab hosts' dirs not entered) whose
-/// contents hold `needle`.
+/// Regular files under `dir` (symlinks not followed) whose contents hold `needle` (every
+/// regular file when `needle` is empty).
 pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -975,7 +975,7 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
                 stack.push(e.path());
             } else if ft.is_file() {
                 if let Ok(data) = std::fs::read(e.path()) {
-                    if data.windows(needle.len()).any(|w| w == needle) {
+                    if needle.is_empty() || data.windows(needle.len()).any(|w| w == needle) {
                         found.push(e.path());
                     }
                 }
