@@ -357,5 +357,37 @@ fn logs(lab: &mut ClusterLab) -> Result<()> {
                 && l.ends_with("its session ended while reading logs")),
         "the follower says what it lost: {ferr}"
     );
+    drop(f);
+
+    // Worker 3 comes back, then its link is cut (its agent lives on, its connection hangs):
+    // `service logs` must not wait for the connection; once the node is declared down its
+    // session ends and the command completes with warnings.
+    lab.restart_agent(3)?;
+    lab.eventually(CONVERGE, || {
+        let n = lab.node_state(&lab.node_of_host(3)?)?;
+        ensure!(n == "ready", "node 3 is {n}");
+        let running: usize = lab.running_by_host("chat")?.values().sum();
+        ensure!(running == 4, "{running} running");
+        Ok(())
+    })?;
+    lab.set_connected(3, false)?;
+    let t0 = Instant::now();
+    let o = lab.cli(&["service", "logs", "chat"])?;
+    let took = t0.elapsed();
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    ensure!(o.status.success(), "service logs fails: {err}");
+    let m = by_prefix(&String::from_utf8_lossy(&o.stdout))?;
+    ensure!(
+        m.keys().all(|p| !p.ends_with(&host3)) && !m.is_empty(),
+        "lines of worker 2 only: {:?}",
+        m.keys()
+    );
+    ensure!(
+        err.lines().all(|l| l.starts_with("WARNING: ")) && err.contains(&host3),
+        "{err}"
+    );
+    ensure!(took < Duration::from_secs(15), "took {took:?}");
+    eprintln!("service logs with worker 3 cut off: {took:?}");
+    lab.set_connected(3, true)?;
     Ok(())
 }

@@ -216,6 +216,13 @@ struct SessionEntry {
     tx: mpsc::Sender<DispatcherMessage>,
 }
 
+/// Where the chunks of one log request go, and which session serves it.
+struct LogRoute {
+    node_id: String,
+    session_id: String,
+    tx: mpsc::Sender<LogChunk>,
+}
+
 /// The dispatcher of one manager. Serves sessions only while `leader` says this manager leads.
 pub struct Dispatcher {
     store: Store,
@@ -225,7 +232,9 @@ pub struct Dispatcher {
     heartbeats: Mutex<HashMap<String, Instant>>,
     status_tx: mpsc::Sender<NodeReports>,
     status_rx: Mutex<Option<mpsc::Receiver<NodeReports>>>,
-    log_routes: Mutex<HashMap<u64, mpsc::Sender<LogChunk>>>,
+    /// Open log requests: request id -> the session that serves it and where its chunks go.
+    /// A session that ends drops its routes, so readers see the end instead of waiting forever.
+    log_routes: Mutex<HashMap<u64, LogRoute>>,
     next_request: std::sync::atomic::AtomicU64,
     /// Addresses of the managers (sent to agents so they can fail over).
     manager_addrs: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
@@ -282,6 +291,31 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.log_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Ends the session of `node_id` (if any) and drops its log routes.
+    fn close_session(&self, node_id: &str) {
+        let old = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node_id);
+        if let Some(s) = old {
+            let _ = s.cancel.send(true);
+            self.drop_log_routes(node_id, &s.session_id);
+        }
+    }
+
+    /// Drops the log routes of a session that ended: their readers see the end of the stream.
+    fn drop_log_routes(&self, node_id: &str, session_id: &str) {
+        self.log_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, r| r.node_id != node_id || r.session_id != session_id);
     }
 
     /// Serves one agent session. `node_id` comes from the peer's certificate.
@@ -313,18 +347,21 @@ impl Dispatcher {
         let session_id = crate::manager::random_id();
         let (cancel_tx, mut cancel_rx) = watch::channel(false);
         let (msg_tx, mut msg_rx) = mpsc::channel::<DispatcherMessage>(256);
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = sessions.insert(
+        let replaced = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
                 node_id.clone(),
                 SessionEntry {
                     session_id: session_id.clone(),
                     cancel: cancel_tx,
                     tx: msg_tx.clone(),
                 },
-            ) {
-                let _ = old.cancel.send(true);
-            }
+            );
+        if let Some(old) = replaced {
+            let _ = old.cancel.send(true);
+            self.drop_log_routes(&node_id, &old.session_id);
         }
         self.heartbeats
             .lock()
@@ -367,7 +404,7 @@ impl Dispatcher {
             loop {
                 tokio::select! {
                     _ = cancel_rx.changed() => {
-                        let _ = out_tx.send(Err(Status::failed_precondition("session ended: replaced by a newer session or this manager stopped leading"))).await;
+                        let _ = out_tx.send(Err(Status::failed_precondition("session ended: replaced by a newer session, the node missed its heartbeats, or this manager stopped leading"))).await;
                         return;
                     }
                     m = msg_rx.recv() => {
@@ -438,7 +475,7 @@ impl Dispatcher {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .get(&chunk.request_id)
-                            .cloned();
+                            .map(|r| r.tx.clone());
                         if let Some(tx) = route {
                             let _ = tx.send(chunk).await;
                         }
@@ -446,13 +483,16 @@ impl Dispatcher {
                     Some(agent_message::Msg::Register(_)) | None => {}
                 }
             }
-            let mut sessions = me.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if sessions
-                .get(&node_id)
-                .is_some_and(|s| s.session_id == session_id)
             {
-                sessions.remove(&node_id);
+                let mut sessions = me.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                if sessions
+                    .get(&node_id)
+                    .is_some_and(|s| s.session_id == session_id)
+                {
+                    sessions.remove(&node_id);
+                }
             }
+            me.drop_log_routes(&node_id, &session_id);
             debug!(node = %node_id, "agent session closed");
         });
         Ok(out_rx)
@@ -579,6 +619,9 @@ impl Dispatcher {
         let mut b = Batch::new();
         for mut n in stale {
             info!(node = %n.id, "node missed {MISSED_HEARTBEATS} heartbeats: down");
+            // Its session is dead even if its connection is not closed yet (a cut link): end
+            // it, so that log readers stop waiting; a live agent opens a new one.
+            self.close_session(&n.id);
             let status = n.status.get_or_insert_with(Default::default);
             status.state = NodeState::Down as i32;
             status.message = "heartbeat failure".into();
@@ -601,12 +644,12 @@ impl Dispatcher {
         node_id: &str,
         mut req: LogRequest,
     ) -> Option<(u64, mpsc::Receiver<LogChunk>)> {
-        let tx = self
+        let (tx, session_id) = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node_id)
-            .map(|s| s.tx.clone())?;
+            .map(|s| (s.tx.clone(), s.session_id.clone()))?;
         let id = self
             .next_request
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -615,7 +658,14 @@ impl Dispatcher {
         self.log_routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, ctx);
+            .insert(
+                id,
+                LogRoute {
+                    node_id: node_id.to_string(),
+                    session_id,
+                    tx: ctx,
+                },
+            );
         let msg = DispatcherMessage {
             msg: Some(dispatcher_message::Msg::Logs(req)),
         };
