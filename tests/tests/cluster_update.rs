@@ -201,9 +201,22 @@ fn updates(lab: &mut ClusterLab) -> Result<()> {
         "web",
     ])?;
     let mut min_running = usize::MAX;
+    let mut overlap = Vec::new();
     lab.eventually(Duration::from_secs(60), || {
-        let running: usize = running_images(lab, "web")?.values().sum();
+        let rows = lab.task_rows("web")?;
+        let running = rows.iter().filter(|t| t.running()).count();
         min_running = min_running.min(running);
+        // Stop-first: a slot's new task never runs beside its old one.
+        let mut per_slot: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in rows.iter().filter(|t| t.current == "running") {
+            *per_slot.entry(t.name.as_str()).or_default() += 1;
+        }
+        overlap.extend(
+            per_slot
+                .into_iter()
+                .filter(|(_, n)| *n > 1)
+                .map(|(s, _)| s.to_string()),
+        );
         let (state, msg) = lab.update_status("web")?;
         ensure!(state == "completed", "update {state}: {msg}");
         Ok(())
@@ -213,6 +226,10 @@ fn updates(lab: &mut ClusterLab) -> Result<()> {
     ensure!(
         min_running >= 2,
         "at most 2 slots down: {min_running} running at one time"
+    );
+    ensure!(
+        overlap.is_empty(),
+        "old and new tasks ran together in {overlap:?}"
     );
     ensure!(
         took >= Duration::from_secs(1),

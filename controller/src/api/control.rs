@@ -579,7 +579,7 @@ impl Control for ControlService {
                         .tasks
                         .values()
                         .filter(|t| {
-                            t.service_id == s.id && t.desired_state == TaskState::Running as i32
+                            t.service_id == s.id && t.desired_state <= TaskState::Running as i32
                         })
                         .count()
                         .max(eligible_nodes.min(1) as usize)

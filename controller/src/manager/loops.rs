@@ -185,7 +185,7 @@ pub fn schedule_pass(state: &State) -> Batch {
     let mut b = Batch::new();
     let pending_state = TaskState::Pending as i32;
     let runnable = |t: &&Task| {
-        t.desired_state == TaskState::Running as i32
+        t.desired_state <= TaskState::Running as i32
             && t.status.as_ref().map_or(0, |s| s.state) <= pending_state
     };
     let now = now_ms();

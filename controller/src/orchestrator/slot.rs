@@ -96,6 +96,18 @@ fn placement_holds(pass: &Pass, node: &Node, t: &Task) -> bool {
     !placed || pass.env.node_eligible(node, spec)
 }
 
+/// Whether the task may still run on its node: not observed terminal, and its node is there
+/// and not DOWN (a lost node's tasks are not waited for).
+pub(super) fn holds_node(pass: &Pass, t: &Task) -> bool {
+    !is_terminal(observed(t))
+        && !t.node_id.is_empty()
+        && pass
+            .state
+            .nodes
+            .get(&t.node_id)
+            .is_some_and(|n| !node_down(n))
+}
+
 /// Whether the slot is done: nothing runnable and its newest task was left COMPLETE by the
 /// restart policy, for the current spec (a spec change runs the slot again).
 pub(super) fn done(tasks: &[&Task], svc: &Service) -> bool {
@@ -165,6 +177,21 @@ pub(super) fn lifecycle(
         }
     };
     match cond {
+        Cond::Alive if newest.desired_state < TaskState::Running as i32 => {
+            // A stop-first replacement: it starts once no other task of the slot still runs.
+            let waiting = tasks
+                .iter()
+                .any(|t| t.id != newest.id && !is_runnable(t) && holds_node(pass, t));
+            if waiting {
+                kept.push(newest.clone());
+            } else {
+                let mut c = pass.plan.working(newest).clone();
+                c.desired_state = TaskState::Running as i32;
+                super::touch(&mut c, pass.now);
+                kept.push(c.clone());
+                g.update(c);
+            }
+        }
         Cond::Alive => kept.push(newest.clone()),
         Cond::Lost | Cond::Drained => {
             replace(pass, &mut g, &mut kept, next_attempt(newest, svc, false));
