@@ -5,8 +5,9 @@
 //! that uses it (mode 0444 by default, or as asked; a read-only tmpfs bind), the other worker
 //! never gets it (not in its secrets tmpfs, nowhere in its state or run dirs), the manager's
 //! disk (raft log, snapshots) and every log file hold no plaintext; a secret in use cannot be
-//! removed (the refusal names the service), and it leaves the worker's tmpfs with the service.
-//! A config is mounted read-only at its target.
+//! removed (the refusal names the service); when the service stops using it, it leaves the
+//! worker's tmpfs although the old task stays as history. A config is mounted read-only at its
+//! target.
 //!
 //! Service logs: `service logs` merges every task's lines with `web.N.<task>@host` prefixes;
 //! `-f` streams new lines, of tasks that start later too; with a worker's agent dead, it still
@@ -193,15 +194,41 @@ fn secrets(lab: &mut ClusterLab) -> Result<()> {
     let err = lab.cli_fails(&["config", "rm", "app_cfg"])?;
     ensure!(err.contains("in use") && err.contains("db"), "{err}");
 
-    // The service goes: the secret leaves worker A's tmpfs, and can be removed.
-    lab.cli_ok(&["service", "rm", "db"])?;
+    // The service stops using them: its new task runs without them, the old one stays as
+    // history (its stopped container), and the secrets leave worker A's tmpfs.
+    lab.cli_ok(&[
+        "service",
+        "update",
+        "-q",
+        "--secret-rm",
+        "db_pw",
+        "--secret-rm",
+        "api_token",
+        "--config-rm",
+        "app_cfg",
+        "db",
+    ])?;
     lab.eventually(CONVERGE, || {
         let left = files_containing(&lab.agent_run_dir(2), secret.as_bytes());
         ensure!(left.is_empty(), "still on worker A: {left:?}");
+        let left = files_containing(&lab.agent_run_dir(2), token.as_bytes());
+        ensure!(left.is_empty(), "still on worker A: {left:?}");
         Ok(())
     })?;
+    ensure!(
+        lab.container_of_task(2, &task.id).is_ok(),
+        "the old task's container stays as history"
+    );
     lab.cli_ok(&["secret", "rm", "db_pw", "api_token"])?;
     lab.cli_ok(&["config", "rm", "app_cfg"])?;
+    // The service goes: its containers go.
+    lab.cli_ok(&["service", "rm", "db"])?;
+    lab.eventually(CONVERGE, || {
+        let o = lab.agent_cli(2, &["ps", "-aq"])?;
+        let left = String::from_utf8_lossy(&o.stdout).trim().to_string();
+        ensure!(left.is_empty(), "containers left on worker A: {left}");
+        Ok(())
+    })?;
     let ls = lab.cli_ok(&["secret", "ls", "-q"])?;
     ensure!(ls.trim().is_empty(), "{ls}");
     Ok(())

@@ -7,8 +7,8 @@
 //! `service scale` up and back down.
 //!
 //! Restart policies: on-failure with max attempts gives exactly 1 + max attempts tasks, then
-//! the slot stays failed with its history in `service ps`; condition none never restarts;
-//! on-failure leaves a task that exited 0 complete.
+//! the slot stays failed with its history in `service ps` (their containers and logs stay, as
+//! in Swarm); condition none never restarts; on-failure leaves a task that exited 0 complete.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -340,7 +340,30 @@ fn restarts(lab: &mut ClusterLab) -> Result<()> {
             })
             .count();
     }
-    ensure!(containers <= 3, "{containers} containers of flaky");
+    ensure!(
+        containers == 3,
+        "three containers of flaky, kept as history: {containers}"
+    );
+    // Their logs too: every attempt said it started.
+    let logs = lab.cli_ok(&["service", "logs", "flaky"])?;
+    let mut attempts: Vec<&str> = logs
+        .lines()
+        .filter_map(|l| l.strip_suffix("    | started"))
+        .collect();
+    attempts.sort();
+    let mut ids: Vec<String> = after
+        .iter()
+        .map(|t| format!("flaky.1.{}@", &t.id[..12]))
+        .collect();
+    ids.sort();
+    ensure!(
+        attempts.len() == 3
+            && attempts
+                .iter()
+                .zip(&ids)
+                .all(|(a, id)| a.starts_with(id.as_str())),
+        "the log of each attempt: {logs}"
+    );
 
     let once = lab.task_rows("once")?;
     ensure!(

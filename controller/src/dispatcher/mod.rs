@@ -6,8 +6,11 @@
 //!   FAILED_PRECONDITION and the leader's address in the `flotilla-leader` metadata.
 //! - One session per node: a new one replaces the old (which is ended).
 //! - A node's assignment set is the tasks on it that a scheduler assigned (observed state ≥
-//!   ASSIGNED) and that are still to run or to be stopped: a task leaves the set once its desired
-//!   state is SHUTDOWN or REMOVE and it reached a terminal state. The agent runs exactly that set.
+//!   ASSIGNED), ended ones included: a task leaves the set when it is deleted (the reaper keeps
+//!   a few per slot as history) or its service is removed (desired REMOVE), so the agent keeps
+//!   the stopped containers of history tasks, and their logs, as Swarm does. The agent runs
+//!   exactly that set. Secrets and configs are sent only for the tasks of the set that have not
+//!   ended (the agent deletes an ended task's files).
 //! - Heartbeats are kept in memory (not in raft); a node is written DOWN after
 //!   [`MISSED_HEARTBEATS`] periods without one, counted from when this manager became leader for
 //!   nodes that never reported to it.
@@ -51,11 +54,12 @@ pub fn assigned(t: &Task, node_id: &str) -> bool {
         return false;
     }
     let observed = t.status.as_ref().map_or(0, |s| s.state);
-    if observed < TaskState::Assigned as i32 {
-        return false;
-    }
-    let done = t.desired_state > TaskState::Running as i32 && is_terminal(observed);
-    !done
+    observed >= TaskState::Assigned as i32
+}
+
+/// Whether a task of the set may still run, so its node needs its secrets and configs.
+fn needs_data(t: &Task) -> bool {
+    !is_terminal(t.status.as_ref().map_or(0, |s| s.state))
 }
 
 /// Terminal observed states.
@@ -90,7 +94,7 @@ fn referenced(
 ) -> (Vec<SecretData>, Vec<ConfigData>) {
     let mut secret_ids = BTreeSet::new();
     let mut config_ids = BTreeSet::new();
-    for t in tasks {
+    for t in tasks.iter().filter(|t| needs_data(t)) {
         if let Some(c) = t.spec.as_ref().and_then(|s| s.container.as_ref()) {
             secret_ids.extend(c.secrets.iter().map(|r| r.secret_id.clone()));
             config_ids.extend(c.configs.iter().map(|r| r.config_id.clone()));
@@ -735,14 +739,60 @@ mod tests {
             "to be stopped"
         );
         assert!(
-            !assigned(&task("a", "n1", Shutdown, Shutdown), "n1"),
-            "stopped"
+            assigned(&task("a", "n1", Shutdown, Shutdown), "n1"),
+            "stopped: kept as history (its container and log stay)"
         );
-        assert!(!assigned(&task("a", "n1", Remove, Failed), "n1"));
-        assert!(
-            assigned(&task("a", "n1", Running, Failed), "n1"),
-            "until the orchestrator acts"
-        );
+        assert!(assigned(&task("a", "n1", Remove, Failed), "n1"));
+        assert!(assigned(&task("a", "n1", Running, Failed), "n1"));
+    }
+
+    #[test]
+    fn secrets_go_only_with_tasks_that_may_still_run() {
+        use flotilla_proto::control::v1::{
+            ContainerSpec, Secret, SecretReference, SecretSpec, TaskSpec,
+        };
+        use TaskState::*;
+        let mut state = State::default();
+        for id in ["s1", "s2"] {
+            state.secrets.insert(
+                id.into(),
+                Secret {
+                    id: id.into(),
+                    spec: Some(SecretSpec {
+                        name: id.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        let using = |id: &str, secret: &str, desired, observed| {
+            let mut t = task(id, "n1", desired, observed);
+            t.spec = Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    secrets: vec![SecretReference {
+                        secret_id: secret.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            t
+        };
+        for t in [
+            using("run", "s1", Running, Running),
+            using("old", "s2", Shutdown, Shutdown),
+        ] {
+            state.tasks.insert(t.id.clone(), t);
+        }
+        let open: SecretOpener = Arc::new(|_: &Secret| Ok(b"data".to_vec()));
+        let a = full_assignments(&state, "n1", &open);
+        let mut ids: Vec<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["old", "run"], "history stays in the set");
+        let secrets: Vec<&str> = a.secrets.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(secrets, ["s1"], "not the secret of the ended task");
     }
 
     #[test]
@@ -775,7 +825,11 @@ mod tests {
         let (send, removed) = task_delta(&events, "n1");
         let ids: Vec<&str> = send.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["new", "stop", "sched"]);
-        assert_eq!(removed, ["done"]);
+        assert!(removed.is_empty(), "an ended task stays: {removed:?}");
+        let gone = [Event::Removed(Object::Task(task(
+            "done", "n1", Shutdown, Shutdown,
+        )))];
+        assert_eq!(task_delta(&gone, "n1").1, ["done"]);
     }
 
     #[test]
