@@ -2,7 +2,7 @@
 //! a global service runs one task on every worker and none on the manager node, and on a
 //! worker that joins later; a paused node keeps its tasks but takes no new one; draining a
 //! node moves its replicated tasks away and ends its global task, and making it active again
-//! brings the global task back; node labels steer constraints, for replicated and global
+//! brings the global task back; a global rolling update completes; node labels steer constraints, for replicated and global
 //! services, and a global service follows a label as it moves between nodes.
 
 use std::time::{Duration, Instant};
@@ -99,6 +99,32 @@ fn scenario(lab: &mut ClusterLab) -> Result<()> {
     lab.node_update(3, &["--availability", "active"])?;
     lab.wait_running("g", &[(2, 1), (3, 1), (4, 1)], CONVERGE)?;
     lab.wait_running("web", &[(2, 3), (4, 3)], Duration::ZERO)?;
+
+    // A rolling update of the global service (stop-first on each node, all at once).
+    let t0 = Instant::now();
+    lab.cli_ok(&[
+        "service",
+        "update",
+        "-q",
+        "--env-add",
+        "X=1",
+        "--update-parallelism",
+        "0",
+        "--update-monitor",
+        "500ms",
+        "g",
+    ])?;
+    lab.wait_running("g", &[(2, 1), (3, 1), (4, 1)], CONVERGE)?;
+    let (state, msg) = lab.update_status("g")?;
+    ensure!(state == "completed", "{state}: {msg}");
+    eprintln!("global update on 3 nodes: {:?}", t0.elapsed());
+    let ls =
+        flotilla_tests::cluster::json_items(&lab.cli_ok(&["service", "ls", "--format", "json"])?)?;
+    let g = ls.iter().find(|s| s["Name"] == "g");
+    ensure!(
+        g.is_some_and(|g| g["Replicas"] == "3/3"),
+        "service ls: {ls:?}"
+    );
 
     // Labels and constraints.
     lab.node_update(4, &["--label-add", "zone=a"])?;

@@ -575,13 +575,17 @@ impl Control for ControlService {
             .map(|s| {
                 let desired = match s.spec.as_ref().and_then(|x| x.mode.as_ref()) {
                     Some(Mode::Replicated(r)) => r.replicas,
+                    // One per node that has a task meant to run (two during a start-first
+                    // update count once).
                     Some(Mode::Global(_)) => state
                         .tasks
                         .values()
                         .filter(|t| {
                             t.service_id == s.id && t.desired_state <= TaskState::Running as i32
                         })
-                        .count()
+                        .map(|t| t.node_id.as_str())
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
                         .max(eligible_nodes.min(1) as usize)
                         as u64,
                     None => 0,
