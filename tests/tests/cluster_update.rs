@@ -4,7 +4,8 @@
 //! (the slots not yet updated keep their old tasks running) or rolls back by itself, as
 //! configured; `service rollback` returns to the previous spec; an update with a passing
 //! check, two tasks at a time with a delay, completes without taking more than two slots down;
-//! `service scale` up and back down.
+//! `service scale` up and back down. A stop-first update of a service publishing a host port
+//! on every node completes: each new task waits for its old one to free the port.
 //!
 //! Restart policies: on-failure with max attempts gives exactly 1 + max attempts tasks, then
 //! the slot stays failed with its history in `service ps` (their containers and logs stay, as
@@ -256,6 +257,84 @@ fn updates(lab: &mut ClusterLab) -> Result<()> {
     ensure!(
         slots == ["web.1", "web.2", "web.3", "web.4"],
         "slots 5 and 6 went: {slots:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn stop_first_update_of_a_service_with_a_host_port() -> Result<()> {
+    let mut lab = ClusterLab::new(3)?;
+    run(&mut lab, host_port)
+}
+
+fn host_port(lab: &mut ClusterLab) -> Result<()> {
+    lab.cli_ok(&[
+        "service",
+        "create",
+        "-q",
+        "--wait-timeout",
+        "30s",
+        "--name",
+        "api",
+        "--replicas",
+        "2",
+        "--stop-grace-period",
+        "1s",
+        "-p",
+        "published=18080,target=8080,mode=host",
+        "--update-monitor",
+        "500ms",
+        OLD,
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    ])?;
+    lab.wait_running("api", &[(2, 1), (3, 1)], Duration::ZERO)?;
+    // A third copy has no node with the port free.
+    lab.cli_ok(&["service", "scale", "-d", "api=3"])?;
+    let pending = lab.eventually(CONVERGE, || {
+        let rows = lab.task_rows("api")?;
+        let p: Vec<_> = rows
+            .into_iter()
+            .filter(|t| t.current == "pending")
+            .collect();
+        ensure!(p.len() == 1 && !p[0].error.is_empty(), "{p:?}");
+        Ok(p)
+    })?;
+    ensure!(
+        pending[0].error
+            == "no suitable node (1 node not available, 2 nodes have host port 18080/tcp in use)",
+        "{pending:?}"
+    );
+    lab.cli_ok(&["service", "scale", "-d", "api=2"])?;
+    // Stop-first, one at a time: each new task takes the port its old one frees.
+    let t0 = Instant::now();
+    lab.cli_ok(&[
+        "service",
+        "update",
+        "-q",
+        "--wait-timeout",
+        "30s",
+        "--env-add",
+        "V=2",
+        "api",
+    ])?;
+    eprintln!(
+        "stop-first update of 2 tasks with a host port: {:?}",
+        t0.elapsed()
+    );
+    let (state, msg) = lab.update_status("api")?;
+    ensure!(state == "completed", "{state}: {msg}");
+    lab.wait_running("api", &[(2, 1), (3, 1)], CONVERGE)?;
+    let failed: Vec<_> = lab
+        .task_rows("api")?
+        .into_iter()
+        .filter(|t| t.current == "failed" || t.current == "rejected")
+        .collect();
+    ensure!(
+        failed.is_empty(),
+        "no task failed on a port in use: {failed:?}"
     );
     Ok(())
 }
