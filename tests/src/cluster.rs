@@ -774,7 +774,7 @@ impl ClusterLab {
         // Containers through their agents while they run (clean stop).
         for i in 1..=self.hosts {
             if self.agents.iter_mut().any(|(h, p)| *h == i && p.running()) {
-                if let Ok(list) = self.containers(i) {
+                if let Ok(list) = self.all_containers(i) {
                     let ids: Vec<String> = list
                         .iter()
                         .filter_map(|c| {
@@ -804,6 +804,9 @@ impl ClusterLab {
         }
         std::thread::sleep(Duration::from_millis(100));
         let ids = self.container_ids();
+        // Containers the agents did not remove (created while the lab was being torn down)
+        // outlive their killed shims: kill what is left in their cgroups.
+        kill_cgroup_processes(&ids);
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             let controllers: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
             for id in &ids {
@@ -985,7 +988,52 @@ pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// SIGKILLs every process left in the cgroups of containers `ids` (all hierarchies), until they
+/// are empty or a second has passed.
+fn kill_cgroup_processes(ids: &[String]) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = controllers
+        .flatten()
+        .flat_map(|c| ids.iter().map(move |id| c.path().join("flotilla").join(id)))
+        .filter(|d| d.is_dir())
+        .collect();
+    for _ in 0..20 {
+        let mut pids = Vec::new();
+        let mut stack = dirs.clone();
+        while let Some(d) = stack.pop() {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 impl ClusterLab {
+    /// Every container of host `i`'s agent, stopped and created ones too (`ps -a`).
+    pub fn all_containers(&self, i: u8) -> Result<Vec<serde_json::Value>> {
+        let o = self.agent_cli(i, &["ps", "-a", "--no-trunc", "--format", "json"])?;
+        if !o.status.success() {
+            bail!("ps -a on host {i}: {}", text(&o));
+        }
+        json_items(&String::from_utf8_lossy(&o.stdout))
+    }
+
     /// Like [`ClusterLab::add_worker`], but busybox is in the worker's image store before its
     /// node joins (the agent runs alone for the import, then again with `--join`), so the
     /// first tasks placed there never find the image missing.
