@@ -17,6 +17,7 @@
 //! agents, shims), removes the containers' cgroups, unmounts everything under the lab dir, deletes
 //! the namespaces (which takes their bridges, veths and nft tables along) and the lab dir.
 
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -984,7 +985,7 @@ impl ClusterLab {
         // Containers through their agents while they run (clean stop).
         for i in 1..=self.hosts {
             if self.agents.iter_mut().any(|(h, p)| *h == i && p.running()) {
-                if let Ok(list) = self.containers(i) {
+                if let Ok(list) = self.all_containers(i) {
                     let ids: Vec<String> = list
                         .iter()
                         .filter_map(|c| {
@@ -1014,6 +1015,9 @@ impl ClusterLab {
         }
         std::thread::sleep(Duration::from_millis(100));
         let ids = self.container_ids();
+        // Containers the agents did not remove (created while the lab was being torn down)
+        // outlive their killed shims: kill what is left in their cgroups.
+        kill_cgroup_processes(&ids);
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             let controllers: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
             for id in &ids {
@@ -1106,4 +1110,411 @@ pub fn json_items(out: &str) -> Result<Vec<serde_json::Value>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).with_context(|| format!("not JSON: {l}")))
         .collect()
+}
+
+// ==== Services on a cluster: helpers of cluster_global, cluster_placement, cluster_update and
+// cluster_secrets (one block, kept apart to ease merges). ====
+
+/// One row of `service ps --no-trunc --format json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskRow {
+    /// Full task id.
+    pub id: String,
+    /// `web.1` (replicated) or `g.<node id>` (global), without the history marker.
+    pub name: String,
+    /// An older task of its slot (shown as ` \_ web.1`).
+    pub history: bool,
+    /// Image, without a digest.
+    pub image: String,
+    /// Hostname of its node ("" while unplaced).
+    pub node: String,
+    /// Desired state, lower case ("running", "shutdown", ...).
+    pub desired: String,
+    /// Observed state, lower case, without the "5 seconds ago".
+    pub current: String,
+    /// Its error or pending reason (untruncated).
+    pub error: String,
+}
+
+impl TaskRow {
+    /// Desired and observed RUNNING.
+    pub fn running(&self) -> bool {
+        self.desired == "running" && self.current == "running"
+    }
+}
+
+/// A `flotilla` command running in the background (e.g. `service logs -f`), its stdout and
+/// stderr collected as they come. Killed when dropped.
+pub struct Background {
+    child: Child,
+    out: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    err: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Background {
+    /// What it printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().map(|b| b.clone()).unwrap_or_default()).into()
+    }
+
+    /// What it printed on stderr so far.
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.err.lock().map(|b| b.clone()).unwrap_or_default()).into()
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(
+    mut r: impl std::io::Read + Send + 'static,
+) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let b = std::sync::Arc::clone(&buf);
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut v) = b.lock() {
+                v.extend_from_slice(&chunk[..n]);
+            }
+        }
+    });
+    buf
+}
+
+/// Regular files under `dir` (symlinks not followed) whose contents hold `needle` (every
+/// regular file when `needle` is empty).
+pub fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                if let Ok(data) = std::fs::read(e.path()) {
+                    if needle.is_empty() || data.windows(needle.len()).any(|w| w == needle) {
+                        found.push(e.path());
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+/// SIGKILLs every process left in the cgroups of containers `ids` (all hierarchies), until they
+/// are empty or a second has passed.
+fn kill_cgroup_processes(ids: &[String]) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = controllers
+        .flatten()
+        .flat_map(|c| ids.iter().map(move |id| c.path().join("flotilla").join(id)))
+        .filter(|d| d.is_dir())
+        .collect();
+    for _ in 0..20 {
+        let mut pids = Vec::new();
+        let mut stack = dirs.clone();
+        while let Some(d) = stack.pop() {
+            let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+            if let Ok(entries) = std::fs::read_dir(&d) {
+                stack.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+            }
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.is_empty() {
+            return;
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl ClusterLab {
+    /// Every container of host `i`'s agent, stopped and created ones too (`ps -a`).
+    pub fn all_containers(&self, i: u8) -> Result<Vec<serde_json::Value>> {
+        let o = self.agent_cli(i, &["ps", "-a", "--no-trunc", "--format", "json"])?;
+        if !o.status.success() {
+            bail!("ps -a on host {i}: {}", text(&o));
+        }
+        json_items(&String::from_utf8_lossy(&o.stdout))
+    }
+
+    /// Like [`ClusterLab::add_worker`], but busybox is in the worker's image store before its
+    /// node joins (the agent runs alone for the import, then again with `--join`), so the
+    /// first tasks placed there never find the image missing.
+    pub fn add_worker_with_image(&mut self, i: u8, via: u8) -> Result<()> {
+        let log = self.host_dir(i, "agent.log");
+        let child = self.spawn(self.agent_command(i, None), &log)?;
+        self.agents.push((
+            i,
+            Proc {
+                child: Some(child),
+                log: log.clone(),
+            },
+        ));
+        self.wait_agent_socket(i)?;
+        self.import_busybox(i)?;
+        self.agent(i)?.stop();
+        let _ = std::fs::remove_file(self.agent_socket(i));
+        let child = self.spawn(self.agent_command(i, Some(via)), &log)?;
+        self.agent(i)?.child = Some(child);
+        self.wait_agent_socket(i)?;
+        self.wait_node_ready(i)
+    }
+
+    /// State dir of host `i`'s agent.
+    pub fn agent_state_dir(&self, i: u8) -> PathBuf {
+        self.host_dir(i, "agent-state")
+    }
+
+    /// Run dir of host `i`'s agent (socket, runtime state, the secrets tmpfs).
+    pub fn agent_run_dir(&self, i: u8) -> PathBuf {
+        self.host_dir(i, "agent-run")
+    }
+
+    /// State dir of host `i`'s manager (raft log, snapshots, keys).
+    pub fn controller_dir(&self, i: u8) -> PathBuf {
+        self.host_dir(i, "controller")
+    }
+
+    /// `flotilla ARGS` on host 1, which must fail; its stderr.
+    pub fn cli_fails(&self, args: &[&str]) -> Result<String> {
+        let o = self.cli(args)?;
+        if o.status.success() {
+            bail!(
+                "flotilla {} succeeded, expected a failure: {}",
+                args.join(" "),
+                text(&o)
+            );
+        }
+        Ok(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+
+    /// `flotilla ARGS` on host 1 with `input` on its stdin, which must succeed; its stdout.
+    pub fn cli_stdin(&self, args: &[&str], input: &[u8]) -> Result<String> {
+        use std::io::Write;
+        let mut c = self.in_host(1, &self.cli_bin.clone());
+        c.env("FLOTILLA_CONFIG", self.config_dir())
+            .env("NO_COLOR", "1")
+            .env_remove("FLOTILLA_CONTEXT")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().context("spawn flotilla")?;
+        if let Some(mut s) = child.stdin.take() {
+            s.write_all(input).context("write flotilla's stdin")?;
+        }
+        let out = child.stdout.take().map(collect);
+        let err = child.stderr.take().map(collect);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait()? {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("flotilla {} did not finish within 60 s", args.join(" "));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        std::thread::sleep(Duration::from_millis(20));
+        let get = |b: Option<std::sync::Arc<std::sync::Mutex<Vec<u8>>>>| {
+            b.and_then(|b| {
+                b.lock()
+                    .ok()
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+            })
+            .unwrap_or_default()
+        };
+        let (out, err) = (get(out), get(err));
+        if !status.success() {
+            bail!("flotilla {} failed: [{status}] {out} {err}", args.join(" "));
+        }
+        Ok(out)
+    }
+
+    /// Starts `flotilla ARGS` on host 1 in the background.
+    pub fn cli_background(&self, args: &[&str]) -> Result<Background> {
+        let mut c = self.in_host(1, &self.cli_bin.clone());
+        c.env("FLOTILLA_CONFIG", self.config_dir())
+            .env("NO_COLOR", "1")
+            .env_remove("FLOTILLA_CONTEXT")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().context("spawn flotilla")?;
+        let out = collect(child.stdout.take().context("stdout pipe")?);
+        let err = collect(child.stderr.take().context("stderr pipe")?);
+        Ok(Background { child, out, err })
+    }
+
+    /// Every task of `service`, history included (`service ps --no-trunc --format json`).
+    pub fn task_rows(&self, service: &str) -> Result<Vec<TaskRow>> {
+        let out = self.cli_ok(&["service", "ps", "--no-trunc", "--format", "json", service])?;
+        let field = |v: &serde_json::Value, k: &str| {
+            v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string()
+        };
+        Ok(json_items(&out)?
+            .iter()
+            .map(|v| {
+                let name = field(v, "Name");
+                let history = name.trim_start().starts_with("\\_");
+                let current = field(v, "CurrentState");
+                let error = field(v, "Error");
+                TaskRow {
+                    id: field(v, "ID"),
+                    name: name
+                        .trim_start()
+                        .trim_start_matches("\\_")
+                        .trim()
+                        .to_string(),
+                    history,
+                    image: field(v, "Image")
+                        .split('@')
+                        .next()
+                        .unwrap_or("")
+                        .to_string(),
+                    node: field(v, "Node"),
+                    desired: field(v, "DesiredState").to_lowercase(),
+                    current: current
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_lowercase(),
+                    error: error.trim_matches('"').to_string(),
+                }
+            })
+            .collect())
+    }
+
+    /// Running tasks of `service` per hostname.
+    pub fn running_by_host(&self, service: &str) -> Result<BTreeMap<String, usize>> {
+        let mut m = BTreeMap::new();
+        for t in self.task_rows(service)?.iter().filter(|t| t.running()) {
+            *m.entry(t.node.clone()).or_default() += 1;
+        }
+        Ok(m)
+    }
+
+    /// Waits until the running tasks of `service` are exactly `want` (host index, count), and
+    /// no other task of it is meant to run (desired RUNNING but not running yet).
+    pub fn wait_running(
+        &self,
+        service: &str,
+        want: &[(u8, usize)],
+        timeout: Duration,
+    ) -> Result<()> {
+        let want: BTreeMap<String, usize> = want
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(h, n)| (self.hostname(*h), *n))
+            .collect();
+        self.eventually(timeout, || {
+            let rows = self.task_rows(service)?;
+            let mut got: BTreeMap<String, usize> = BTreeMap::new();
+            for t in rows.iter().filter(|t| t.running()) {
+                *got.entry(t.node.clone()).or_default() += 1;
+            }
+            let starting = rows
+                .iter()
+                .filter(|t| t.desired == "running" && !t.running())
+                .count();
+            if got == want && starting == 0 {
+                Ok(())
+            } else {
+                bail!("{service}: running {got:?} (+{starting} starting), want {want:?}")
+            }
+        })
+    }
+
+    /// `service inspect SERVICE` as one JSON object.
+    pub fn service_json(&self, service: &str) -> Result<serde_json::Value> {
+        json_items(&self.cli_ok(&["service", "inspect", service])?)?
+            .into_iter()
+            .next()
+            .with_context(|| format!("service inspect {service}: nothing"))
+    }
+
+    /// The service's UpdateStatus: (State, Message), empty strings when it has none.
+    pub fn update_status(&self, service: &str) -> Result<(String, String)> {
+        let v = self.service_json(service)?;
+        let s = v.get("UpdateStatus");
+        let f = |k: &str| {
+            s.and_then(|s| s.get(k))
+                .and_then(|x| x.as_str())
+                .unwrap_or("")
+                .to_string()
+        };
+        Ok((f("State"), f("Message")))
+    }
+
+    /// `flotilla node update ARGS <node of host i>`.
+    pub fn node_update(&self, i: u8, args: &[&str]) -> Result<()> {
+        let node = self.node_of_host(i)?;
+        let mut all = vec!["node", "update"];
+        all.extend_from_slice(args);
+        all.push(&node);
+        self.cli_ok(&all).map(|_| ())
+    }
+
+    /// The container id of task `task_id` on host `i` (from its agent's `ps -a`).
+    pub fn container_of_task(&self, i: u8, task_id: &str) -> Result<String> {
+        let o = self.agent_cli(i, &["ps", "-a", "--no-trunc", "--format", "json"])?;
+        if !o.status.success() {
+            bail!("ps on host {i}: {}", text(&o));
+        }
+        for c in json_items(&String::from_utf8_lossy(&o.stdout))? {
+            let labels = c.get("Labels");
+            if labels
+                .and_then(|l| l.get("com.flotilla.task.id"))
+                .and_then(|v| v.as_str())
+                == Some(task_id)
+            {
+                if let Some(id) = c.get("ID").and_then(|v| v.as_str()) {
+                    return Ok(id.to_string());
+                }
+            }
+        }
+        bail!("no container of task {task_id} on host {i}")
+    }
+
+    /// `exec CONTAINER CMD...` through host `i`'s agent, which must succeed; its stdout.
+    pub fn exec(&self, i: u8, container: &str, cmd: &[&str]) -> Result<String> {
+        let mut args = vec!["exec", container];
+        args.extend_from_slice(cmd);
+        let o = self.agent_cli(i, &args)?;
+        if !o.status.success() {
+            bail!("exec {} on host {i}: {}", cmd.join(" "), text(&o));
+        }
+        Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+    }
 }

@@ -222,6 +222,22 @@ impl TaskFiles {
         serde_json::from_slice(&d).ok()
     }
 
+    /// Deletes a task's secret and config files, keeping its status: once the task has ended
+    /// its container never runs again, and the node keeps no secret it does not need.
+    pub fn remove_data(&self, task_id: &str) {
+        if !valid_task_id(task_id) {
+            return;
+        }
+        for what in ["secrets", "configs"] {
+            let dir = self.task_dir(task_id).join(what);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!(dir = %dir.display(), error = %e, "cannot remove the task's files"),
+            }
+        }
+    }
+
     /// Deletes a task's files.
     pub fn remove(&self, task_id: &str) {
         if !valid_task_id(task_id) {
@@ -295,6 +311,10 @@ mod tests {
         f.save_status("t1", &st);
         assert_eq!(f.load_status("t1").unwrap().state, st.state);
         assert_eq!(f.task_ids(), ["t1"]);
+        f.remove_data("t1");
+        assert!(!f.task_dir("t1").join("secrets").exists());
+        assert!(!f.task_dir("t1").join("configs").exists());
+        assert!(f.load_status("t1").is_some(), "the status stays");
         f.remove("t1");
         assert!(!f.task_dir("t1").exists());
         assert!(f.write("../x", &[], &[]).is_err());

@@ -221,7 +221,12 @@ impl Worker {
         if self.drive().await.is_err() {
             return;
         }
-        // Terminal: wait for the removal, then clean up.
+        // Terminal: its secrets and configs go now; the stopped container (and its log) stays
+        // until the task is removed, as history.
+        if let Ok(files) = &self.inner.files {
+            files.remove_data(&self.id);
+        }
+        // Wait for the removal, then clean up.
         loop {
             if self.desired().removed {
                 break;

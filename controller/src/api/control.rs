@@ -18,6 +18,85 @@ use crate::dispatcher::now_ms;
 use crate::manager::random_id;
 use crate::store::{Batch, State};
 
+/// Whether a task has (or had) a container whose log can be read: observed RUNNING or later.
+fn log_ready(t: &Task) -> bool {
+    t.status.as_ref().map_or(0, |s| s.state) >= TaskState::Running as i32
+}
+
+fn node_names(state: &State) -> HashMap<String, String> {
+    state
+        .nodes
+        .values()
+        .map(|n| (n.id.clone(), node_name(n).to_string()))
+        .collect()
+}
+
+fn by_node(tasks: Vec<Task>) -> BTreeMap<String, Vec<Task>> {
+    let mut m: BTreeMap<String, Vec<Task>> = BTreeMap::new();
+    for t in tasks {
+        m.entry(t.node_id.clone()).or_default().push(t);
+    }
+    m
+}
+
+/// Streams the lines of `req`'s tasks on `node` (hostname `host`) into `tx`, and what cannot be
+/// read as `Unavailable` items (one per task when the node is not connected).
+async fn read_node_logs(
+    dispatcher: Arc<crate::dispatcher::Dispatcher>,
+    node: String,
+    host: String,
+    req: LogRequest,
+    tx: mpsc::Sender<Result<pb::ServiceLogsMessage, Status>>,
+) {
+    let shown = if host.is_empty() {
+        node.clone()
+    } else {
+        format!("{host} ({node})")
+    };
+    let unavailable = |text: String| pb::ServiceLogsMessage {
+        item: Some(service_logs_message::Item::Unavailable(text)),
+    };
+    let task_ids = req.task_ids.clone();
+    let Some((id, mut chunks)) = dispatcher.request_logs(&node, req).await else {
+        for t in task_ids {
+            let msg = unavailable(format!(
+                "task {t} on node {shown}: the node is not connected, its logs cannot be read now"
+            ));
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+        }
+        return;
+    };
+    'read: loop {
+        tokio::select! {
+            _ = tx.closed() => break,
+            chunk = chunks.recv() => {
+                let Some(chunk) = chunk else {
+                    let msg = unavailable(format!("node {shown}: its session ended while reading logs"));
+                    let _ = tx.send(Ok(msg)).await;
+                    break;
+                };
+                for line in chunk.lines {
+                    let msg = pb::ServiceLogsMessage {
+                        item: Some(service_logs_message::Item::Line(line)),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        break 'read;
+                    }
+                }
+                if !chunk.error.is_empty() {
+                    let _ = tx.send(Ok(unavailable(format!("node {shown}: {}", chunk.error)))).await;
+                }
+                if chunk.end {
+                    break;
+                }
+            }
+        }
+    }
+    dispatcher.end_logs(&node, id).await;
+}
+
 pub struct ControlService {
     pub ctx: Arc<Ctx>,
 }
@@ -496,13 +575,17 @@ impl Control for ControlService {
             .map(|s| {
                 let desired = match s.spec.as_ref().and_then(|x| x.mode.as_ref()) {
                     Some(Mode::Replicated(r)) => r.replicas,
+                    // One per node that has a task meant to run (two during a start-first
+                    // update count once).
                     Some(Mode::Global(_)) => state
                         .tasks
                         .values()
                         .filter(|t| {
-                            t.service_id == s.id && t.desired_state == TaskState::Running as i32
+                            t.service_id == s.id && t.desired_state <= TaskState::Running as i32
                         })
-                        .count()
+                        .map(|t| t.node_id.as_str())
+                        .collect::<std::collections::HashSet<_>>()
+                        .len()
                         .max(eligible_nodes.min(1) as usize)
                         as u64,
                     None => 0,
@@ -687,68 +770,78 @@ impl Control for ControlService {
             return Ok(Response::new(ReceiverStream::new(rx)));
         }
         self.ctx.barrier().await?;
-        let (service_id, tasks) = {
+        // Subscribed before the read: a task that starts after it is seen by the follower.
+        let mut changes = self.ctx.store.watch();
+        let (service_id, tasks, hosts) = {
             let state = self.ctx.store.read();
             let s = resolve("service", &state.services, &r.service, service_name)?;
             let tasks: Vec<Task> = state
                 .tasks_of_service(&s.id)
                 .filter(|t| !t.node_id.is_empty())
+                .filter(|t| !r.follow || log_ready(t))
                 .cloned()
                 .collect();
-            (s.id.clone(), tasks)
+            (s.id.clone(), tasks, node_names(&state))
         };
-        let _ = service_id;
-        let mut by_node: BTreeMap<String, Vec<Task>> = BTreeMap::new();
-        for t in tasks {
-            by_node.entry(t.node_id.clone()).or_default().push(t);
-        }
         let (tx, rx) = mpsc::channel(256);
-        for (node, tasks) in by_node {
-            let request = LogRequest {
-                request_id: 0,
+        let mut requested: std::collections::HashSet<String> =
+            tasks.iter().map(|t| t.id.clone()).collect();
+        let request = LogRequest {
+            request_id: 0,
+            task_ids: Vec::new(),
+            follow: r.follow,
+            tail: r.tail,
+            since: r.since,
+        };
+        for (node, tasks) in by_node(tasks) {
+            let host = hosts.get(&node).cloned().unwrap_or_default();
+            let req = LogRequest {
                 task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
-                follow: r.follow,
-                tail: r.tail,
-                since: r.since,
+                ..request.clone()
             };
-            let tx = tx.clone();
+            let dispatcher = Arc::clone(&self.ctx.dispatcher);
+            tokio::spawn(read_node_logs(dispatcher, node, host, req, tx.clone()));
+        }
+        if r.follow {
+            // Tasks that start later (scale up, replacements, updates) join the stream with
+            // all their lines, until the client goes or the service is removed.
+            let store = self.ctx.store.clone();
             let dispatcher = Arc::clone(&self.ctx.dispatcher);
             tokio::spawn(async move {
-                let Some((id, mut chunks)) = dispatcher.request_logs(&node, request).await else {
-                    for t in tasks {
-                        let msg = pb::ServiceLogsMessage {
-                            item: Some(service_logs_message::Item::Unavailable(format!(
-                                "task {} on node {}: the node is not connected, its logs cannot be read now",
-                                t.id, node
-                            ))),
-                        };
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
-                    }
-                    return;
-                };
                 loop {
                     tokio::select! {
-                        _ = tx.closed() => break,
-                        chunk = chunks.recv() => {
-                            let Some(chunk) = chunk else {
-                                let _ = tx.send(Ok(pb::ServiceLogsMessage { item: Some(service_logs_message::Item::Unavailable(format!("node {node}: its session ended while reading logs"))) })).await;
-                                break;
-                            };
-                            for line in chunk.lines {
-                                if tx.send(Ok(pb::ServiceLogsMessage { item: Some(service_logs_message::Item::Line(line)) })).await.is_err() {
-                                    break;
-                                }
+                        _ = tx.closed() => return,
+                        ev = changes.recv() => {
+                            if matches!(ev, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                                return;
                             }
-                            if !chunk.error.is_empty() {
-                                let _ = tx.send(Ok(pb::ServiceLogsMessage { item: Some(service_logs_message::Item::Unavailable(format!("node {node}: {}", chunk.error))) })).await;
-                            }
-                            if chunk.end { break; }
                         }
                     }
+                    let (fresh, hosts) = {
+                        let state = store.read();
+                        if !state.services.contains_key(&service_id) {
+                            return;
+                        }
+                        let fresh: Vec<Task> = state
+                            .tasks_of_service(&service_id)
+                            .filter(|t| !t.node_id.is_empty() && log_ready(t))
+                            .filter(|t| !requested.contains(&t.id))
+                            .cloned()
+                            .collect();
+                        (fresh, node_names(&state))
+                    };
+                    for (node, tasks) in by_node(fresh) {
+                        requested.extend(tasks.iter().map(|t| t.id.clone()));
+                        let host = hosts.get(&node).cloned().unwrap_or_default();
+                        let req = LogRequest {
+                            task_ids: tasks.iter().map(|t| t.id.clone()).collect(),
+                            tail: 0,
+                            ..request.clone()
+                        };
+                        let d = Arc::clone(&dispatcher);
+                        tokio::spawn(read_node_logs(d, node, host, req, tx.clone()));
+                    }
                 }
-                dispatcher.end_logs(&node, id).await;
             });
         }
         Ok(Response::new(ReceiverStream::new(rx)))

@@ -1080,27 +1080,22 @@ async fn wait_converged(
             .filter(|u| tracked.is_some_and(|since| u.started_at >= since))
             .unwrap_or_default();
         let state = UpdateState::try_from(status.state).unwrap_or(UpdateState::Unknown);
-        let why = if status.message.is_empty() {
-            String::new()
-        } else {
-            format!(": {}", status.message)
-        };
         match state {
             UpdateState::Paused => {
                 progress.finish("");
-                eprintln!("update paused{why}");
+                eprintln!("{}", state_line("update paused", &status.message));
                 print_errors(&conv);
                 return Ok(false);
             }
             UpdateState::RollbackPaused => {
                 progress.finish("");
-                eprintln!("rollback paused{why}");
+                eprintln!("{}", state_line("rollback paused", &status.message));
                 print_errors(&conv);
                 return Ok(false);
             }
             UpdateState::RollbackCompleted if !rolling_back && conv.done => {
                 progress.finish("");
-                eprintln!("update rolled back{why}");
+                eprintln!("{}", state_line("update rolled back", &status.message));
                 return Ok(false);
             }
             _ => {}
@@ -1142,6 +1137,17 @@ async fn wait_converged(
             return Ok(false);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// "update paused: <message>", or the message alone when it says that already.
+fn state_line(what: &str, message: &str) -> String {
+    if message.is_empty() {
+        what.to_string()
+    } else if message.starts_with(what) {
+        message.to_string()
+    } else {
+        format!("{what}: {message}")
     }
 }
 
@@ -1905,6 +1911,17 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(tracked_update(&s), Some(7));
+    }
+
+    #[test]
+    fn update_state_lines_say_it_once() {
+        let m = "update paused due to failure or early termination of task t1";
+        assert_eq!(state_line("update paused", m), m);
+        assert_eq!(state_line("update paused", ""), "update paused");
+        assert_eq!(
+            state_line("update rolled back", "rollback completed"),
+            "update rolled back: rollback completed"
+        );
     }
 
     #[test]

@@ -6,8 +6,11 @@
 //!   FAILED_PRECONDITION and the leader's address in the `flotilla-leader` metadata.
 //! - One session per node: a new one replaces the old (which is ended).
 //! - A node's assignment set is the tasks on it that a scheduler assigned (observed state ≥
-//!   ASSIGNED) and that are still to run or to be stopped: a task leaves the set once its desired
-//!   state is SHUTDOWN or REMOVE and it reached a terminal state. The agent runs exactly that set.
+//!   ASSIGNED), ended ones included: a task leaves the set when it is deleted (the reaper keeps
+//!   a few per slot as history) or its service is removed (desired REMOVE), so the agent keeps
+//!   the stopped containers of history tasks, and their logs, as Swarm does. The agent runs
+//!   exactly that set. Secrets and configs are sent only for the tasks of the set that have not
+//!   ended (the agent deletes an ended task's files).
 //! - Heartbeats are kept in memory (not in raft); a node is written DOWN after
 //!   [`MISSED_HEARTBEATS`] periods without one; a node that never reported to this leader gets
 //!   [`UNKNOWN_GRACE_FACTOR`] times longer, counted from when this manager became leader. A
@@ -55,11 +58,12 @@ pub fn assigned(t: &Task, node_id: &str) -> bool {
         return false;
     }
     let observed = t.status.as_ref().map_or(0, |s| s.state);
-    if observed < TaskState::Assigned as i32 {
-        return false;
-    }
-    let done = t.desired_state > TaskState::Running as i32 && is_terminal(observed);
-    !done
+    observed >= TaskState::Assigned as i32
+}
+
+/// Whether a task of the set may still run, so its node needs its secrets and configs.
+fn needs_data(t: &Task) -> bool {
+    !is_terminal(t.status.as_ref().map_or(0, |s| s.state))
 }
 
 /// Terminal observed states.
@@ -94,7 +98,7 @@ fn referenced(
 ) -> (Vec<SecretData>, Vec<ConfigData>) {
     let mut secret_ids = BTreeSet::new();
     let mut config_ids = BTreeSet::new();
-    for t in tasks {
+    for t in tasks.iter().filter(|t| needs_data(t)) {
         if let Some(c) = t.spec.as_ref().and_then(|s| s.container.as_ref()) {
             secret_ids.extend(c.secrets.iter().map(|r| r.secret_id.clone()));
             config_ids.extend(c.configs.iter().map(|r| r.config_id.clone()));
@@ -220,6 +224,13 @@ struct SessionEntry {
     tx: mpsc::Sender<DispatcherMessage>,
 }
 
+/// Where the chunks of one log request go, and which session serves it.
+struct LogRoute {
+    node_id: String,
+    session_id: String,
+    tx: mpsc::Sender<LogChunk>,
+}
+
 /// The dispatcher of one manager. Serves sessions only while `leader` says this manager leads.
 pub struct Dispatcher {
     store: Store,
@@ -229,7 +240,9 @@ pub struct Dispatcher {
     heartbeats: Mutex<HashMap<String, Instant>>,
     status_tx: mpsc::Sender<NodeReports>,
     status_rx: Mutex<Option<mpsc::Receiver<NodeReports>>>,
-    log_routes: Mutex<HashMap<u64, mpsc::Sender<LogChunk>>>,
+    /// Open log requests: request id -> the session that serves it and where its chunks go.
+    /// A session that ends drops its routes, so readers see the end instead of waiting forever.
+    log_routes: Mutex<HashMap<u64, LogRoute>>,
     next_request: std::sync::atomic::AtomicU64,
     /// Addresses of the managers (sent to agents so they can fail over).
     manager_addrs: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
@@ -286,6 +299,31 @@ impl Dispatcher {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.log_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    /// Ends the session of `node_id` (if any) and drops its log routes.
+    fn close_session(&self, node_id: &str) {
+        let old = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node_id);
+        if let Some(s) = old {
+            let _ = s.cancel.send(true);
+            self.drop_log_routes(node_id, &s.session_id);
+        }
+    }
+
+    /// Drops the log routes of a session that ended: their readers see the end of the stream.
+    fn drop_log_routes(&self, node_id: &str, session_id: &str) {
+        self.log_routes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, r| r.node_id != node_id || r.session_id != session_id);
     }
 
     /// Serves one agent session. `node_id` comes from the peer's certificate.
@@ -323,18 +361,21 @@ impl Dispatcher {
         let session_id = crate::manager::random_id();
         let (cancel_tx, mut cancel_rx) = watch::channel(false);
         let (msg_tx, mut msg_rx) = mpsc::channel::<DispatcherMessage>(256);
-        {
-            let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(old) = sessions.insert(
+        let replaced = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
                 node_id.clone(),
                 SessionEntry {
                     session_id: session_id.clone(),
                     cancel: cancel_tx,
                     tx: msg_tx.clone(),
                 },
-            ) {
-                let _ = old.cancel.send(true);
-            }
+            );
+        if let Some(old) = replaced {
+            let _ = old.cancel.send(true);
+            self.drop_log_routes(&node_id, &old.session_id);
         }
         self.heartbeats
             .lock()
@@ -377,7 +418,7 @@ impl Dispatcher {
             loop {
                 tokio::select! {
                     _ = cancel_rx.changed() => {
-                        let _ = out_tx.send(Err(Status::failed_precondition("session ended: replaced by a newer session or this manager stopped leading"))).await;
+                        let _ = out_tx.send(Err(Status::failed_precondition("session ended: replaced by a newer session, the node missed its heartbeats, or this manager stopped leading"))).await;
                         return;
                     }
                     m = msg_rx.recv() => {
@@ -448,7 +489,7 @@ impl Dispatcher {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .get(&chunk.request_id)
-                            .cloned();
+                            .map(|r| r.tx.clone());
                         if let Some(tx) = route {
                             let _ = tx.send(chunk).await;
                         }
@@ -456,13 +497,16 @@ impl Dispatcher {
                     Some(agent_message::Msg::Register(_)) | None => {}
                 }
             }
-            let mut sessions = me.sessions.lock().unwrap_or_else(|p| p.into_inner());
-            if sessions
-                .get(&node_id)
-                .is_some_and(|s| s.session_id == session_id)
             {
-                sessions.remove(&node_id);
+                let mut sessions = me.sessions.lock().unwrap_or_else(|p| p.into_inner());
+                if sessions
+                    .get(&node_id)
+                    .is_some_and(|s| s.session_id == session_id)
+                {
+                    sessions.remove(&node_id);
+                }
             }
+            me.drop_log_routes(&node_id, &session_id);
             debug!(node = %node_id, "agent session closed");
         });
         Ok(out_rx)
@@ -595,6 +639,9 @@ impl Dispatcher {
         let mut b = Batch::new();
         for mut n in stale {
             info!(node = %n.id, "node missed {MISSED_HEARTBEATS} heartbeats: down");
+            // Its session is dead even if its connection is not closed yet (a cut link): end
+            // it, so that log readers stop waiting; a live agent opens a new one.
+            self.close_session(&n.id);
             let status = n.status.get_or_insert_with(Default::default);
             status.state = NodeState::Down as i32;
             status.message = "heartbeat failure".into();
@@ -617,12 +664,12 @@ impl Dispatcher {
         node_id: &str,
         mut req: LogRequest,
     ) -> Option<(u64, mpsc::Receiver<LogChunk>)> {
-        let tx = self
+        let (tx, session_id) = self
             .sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(node_id)
-            .map(|s| s.tx.clone())?;
+            .map(|s| (s.tx.clone(), s.session_id.clone()))?;
         let id = self
             .next_request
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -631,7 +678,14 @@ impl Dispatcher {
         self.log_routes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, ctx);
+            .insert(
+                id,
+                LogRoute {
+                    node_id: node_id.to_string(),
+                    session_id,
+                    tx: ctx,
+                },
+            );
         let msg = DispatcherMessage {
             msg: Some(dispatcher_message::Msg::Logs(req)),
         };
@@ -701,14 +755,60 @@ mod tests {
             "to be stopped"
         );
         assert!(
-            !assigned(&task("a", "n1", Shutdown, Shutdown), "n1"),
-            "stopped"
+            assigned(&task("a", "n1", Shutdown, Shutdown), "n1"),
+            "stopped: kept as history (its container and log stay)"
         );
-        assert!(!assigned(&task("a", "n1", Remove, Failed), "n1"));
-        assert!(
-            assigned(&task("a", "n1", Running, Failed), "n1"),
-            "until the orchestrator acts"
-        );
+        assert!(assigned(&task("a", "n1", Remove, Failed), "n1"));
+        assert!(assigned(&task("a", "n1", Running, Failed), "n1"));
+    }
+
+    #[test]
+    fn secrets_go_only_with_tasks_that_may_still_run() {
+        use flotilla_proto::control::v1::{
+            ContainerSpec, Secret, SecretReference, SecretSpec, TaskSpec,
+        };
+        use TaskState::*;
+        let mut state = State::default();
+        for id in ["s1", "s2"] {
+            state.secrets.insert(
+                id.into(),
+                Secret {
+                    id: id.into(),
+                    spec: Some(SecretSpec {
+                        name: id.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            );
+        }
+        let using = |id: &str, secret: &str, desired, observed| {
+            let mut t = task(id, "n1", desired, observed);
+            t.spec = Some(TaskSpec {
+                container: Some(ContainerSpec {
+                    secrets: vec![SecretReference {
+                        secret_id: secret.into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            t
+        };
+        for t in [
+            using("run", "s1", Running, Running),
+            using("old", "s2", Shutdown, Shutdown),
+        ] {
+            state.tasks.insert(t.id.clone(), t);
+        }
+        let open: SecretOpener = Arc::new(|_: &Secret| Ok(b"data".to_vec()));
+        let a = full_assignments(&state, "n1", &open);
+        let mut ids: Vec<&str> = a.tasks.iter().map(|t| t.id.as_str()).collect();
+        ids.sort();
+        assert_eq!(ids, ["old", "run"], "history stays in the set");
+        let secrets: Vec<&str> = a.secrets.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(secrets, ["s1"], "not the secret of the ended task");
     }
 
     #[test]
@@ -741,7 +841,11 @@ mod tests {
         let (send, removed) = task_delta(&events, "n1");
         let ids: Vec<&str> = send.iter().map(|t| t.id.as_str()).collect();
         assert_eq!(ids, ["new", "stop", "sched"]);
-        assert_eq!(removed, ["done"]);
+        assert!(removed.is_empty(), "an ended task stays: {removed:?}");
+        let gone = [Event::Removed(Object::Task(task(
+            "done", "n1", Shutdown, Shutdown,
+        )))];
+        assert_eq!(task_delta(&gone, "n1").1, ["done"]);
     }
 
     #[test]

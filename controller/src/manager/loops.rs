@@ -8,7 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_proto::control::v1::{Node, Task, TaskSpec, TaskState, TaskStatus};
+use flotilla_proto::control::v1::{
+    Node, NodeAvailability, NodeState, Task, TaskSpec, TaskState, TaskStatus,
+};
 use tokio::sync::{broadcast, watch};
 use tracing::{debug, info, warn};
 
@@ -109,13 +111,24 @@ impl orchestrator::Env for Env {
     }
 }
 
-/// Whether the scheduler would place a task of `spec` on `node` (used for global services,
-/// whose tasks are bound to their node from the start).
+/// Whether `node` passes the scheduler's static filters for a task of `spec`: constraints and
+/// platform (used for global services, whose tasks are bound to their node from the start, and
+/// by the rebalancer). Readiness, availability and free resources are left out on purpose: a
+/// paused node keeps its global tasks, and a global task on a node short of resources stays
+/// pending there with the scheduler's reason instead of silently not existing.
 pub fn node_eligible(node: &Node, spec: &TaskSpec) -> bool {
+    let mut node = node.clone();
+    node.status.get_or_insert_with(Default::default).state = NodeState::Ready as i32;
+    node.spec.get_or_insert_with(Default::default).availability = NodeAvailability::Active as i32;
+    let mut spec = spec.clone();
+    if let Some(r) = spec.resources.as_mut() {
+        r.reservations = None;
+    }
+    let node = &node;
     let probe = Task {
         id: "probe".into(),
         service_id: "probe".into(),
-        spec: Some(spec.clone()),
+        spec: Some(spec),
         desired_state: TaskState::Running as i32,
         status: Some(TaskStatus {
             state: TaskState::Pending as i32,
@@ -166,12 +179,13 @@ async fn reconcile_loop(
     }
 }
 
-/// Decisions of one scheduling pass as a batch: assignments, and pending reasons that changed.
+/// Decisions of one scheduling pass as a batch: assignments, and pending reasons that changed
+/// (in the task's status `err`, the message staying "pending task scheduling").
 pub fn schedule_pass(state: &State) -> Batch {
     let mut b = Batch::new();
     let pending_state = TaskState::Pending as i32;
     let runnable = |t: &&Task| {
-        t.desired_state == TaskState::Running as i32
+        t.desired_state <= TaskState::Running as i32
             && t.status.as_ref().map_or(0, |s| s.state) <= pending_state
     };
     let now = now_ms();
@@ -232,11 +246,13 @@ pub fn schedule_pass(state: &State) -> Batch {
                     continue;
                 };
                 let status = t.status.get_or_insert_with(Default::default);
-                if status.message == reason && status.state == pending_state {
+                if status.err == reason && status.state == pending_state {
                     continue;
                 }
+                // As Swarm does: the reason is the task's error (what `service ps` shows).
                 status.state = pending_state;
-                status.message = reason;
+                status.message = orchestrator::MSG_PENDING.to_string();
+                status.err = reason;
                 b.update(t);
             }
         }
@@ -270,5 +286,116 @@ async fn schedule_loop(store: Store, proposer: Arc<dyn Proposer>, mut stop: watc
             return;
         }
         settle(&mut rx, Duration::from_millis(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_proto::control::v1::{
+        ContainerSpec, NodeDescription, NodeSpec, NodeStatus, Placement, ResourceRequirements,
+        Resources, Service, ServiceSpec,
+    };
+
+    fn node(id: &str, availability: NodeAvailability, zone: &str) -> Node {
+        Node {
+            id: id.into(),
+            spec: Some(NodeSpec {
+                availability: availability as i32,
+                labels: [("zone".to_string(), zone.to_string())].into(),
+                ..Default::default()
+            }),
+            status: Some(NodeStatus {
+                state: NodeState::Ready as i32,
+                ..Default::default()
+            }),
+            description: Some(NodeDescription {
+                hostname: id.into(),
+                resources: Some(Resources {
+                    nano_cpus: 2_000_000_000,
+                    memory_bytes: 1 << 30,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn spec(constraint: &str, memory: i64) -> TaskSpec {
+        TaskSpec {
+            container: Some(ContainerSpec {
+                image: "img".into(),
+                ..Default::default()
+            }),
+            placement: Some(Placement {
+                constraints: vec![constraint.into()],
+                ..Default::default()
+            }),
+            resources: Some(ResourceRequirements {
+                reservations: Some(Resources {
+                    memory_bytes: memory,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn eligibility_is_constraints_and_platform_only() {
+        let active = node("n1", NodeAvailability::Active, "a");
+        assert!(node_eligible(&active, &spec("node.labels.zone==a", 0)));
+        assert!(!node_eligible(&active, &spec("node.labels.zone==b", 0)));
+        // Paused or drained, or short of memory: still eligible (the orchestrator and the
+        // scheduler deal with those).
+        let paused = node("n1", NodeAvailability::Pause, "a");
+        assert!(node_eligible(&paused, &spec("node.labels.zone==a", 0)));
+        assert!(node_eligible(
+            &active,
+            &spec("node.labels.zone==a", 1 << 40)
+        ));
+        let mut down = active.clone();
+        down.status.get_or_insert_with(Default::default).state = NodeState::Down as i32;
+        assert!(node_eligible(&down, &spec("node.labels.zone!=b", 0)));
+    }
+
+    #[test]
+    fn a_pending_reason_is_the_task_error_and_is_written_once() {
+        let mut state = State::default();
+        let mut b = Batch::new();
+        b.create(node("n1", NodeAvailability::Active, "a"));
+        b.create(Service {
+            id: "s".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                ..Default::default()
+            }),
+            spec_version: 1,
+            ..Default::default()
+        });
+        b.create(Task {
+            id: "t1".into(),
+            service_id: "s".into(),
+            slot: 1,
+            spec: Some(spec("node.labels.zone==a", 1 << 40)),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Pending as i32,
+                message: orchestrator::MSG_PENDING.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        state.apply(1, &b.into_proto()).expect("applies");
+        let b = schedule_pass(&state);
+        assert_eq!(b.len(), 1);
+        state.apply(2, &b.into_proto()).expect("applies");
+        let st = state.tasks["t1"].status.clone().unwrap_or_default();
+        assert_eq!(st.err, "no suitable node (1 node lacks memory)");
+        assert_eq!(st.message, orchestrator::MSG_PENDING);
+        assert_eq!(st.state, TaskState::Pending as i32);
+        assert!(schedule_pass(&state).is_empty(), "nothing new to say");
     }
 }

@@ -16,7 +16,9 @@
 //! - A task that ended (observed terminal) while runnable stays as it is until its restart delay
 //!   has passed; then, in one batch, it gets desired SHUTDOWN and its replacement (attempt + 1)
 //!   is created. Tasks on a node that is DOWN or gone are replaced at once (status message
-//!   "node down", attempt unchanged: not the task's fault), as are tasks on a drained node.
+//!   "node down", attempt unchanged: not the task's fault), as are tasks on a drained node and
+//!   tasks whose node no longer meets their constraints (its labels changed; Swarm's
+//!   constraint enforcer).
 //! - Everything is derived from the state, so a pass is idempotent: once its batch is applied,
 //!   the same call at the same time writes nothing. Each object appears at most once in a batch
 //!   and updates carry the version read; a batch refused for a version conflict is simply

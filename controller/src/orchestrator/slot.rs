@@ -5,7 +5,7 @@
 //! most one older runnable task during a start-first update; the runnable tasks after the pass
 //! are reported in a [`SlotView`] for the rolling update.
 
-use flotilla_proto::control::v1::{NodeAvailability, Service, Task, TaskState};
+use flotilla_proto::control::v1::{Node, NodeAvailability, Service, Task, TaskState};
 
 use super::plan::Group;
 use super::restart::{self, Restart};
@@ -56,7 +56,8 @@ pub(super) enum Cond {
     Alive,
     /// Not ended, but its node is DOWN or gone (or the task was orphaned).
     Lost,
-    /// Not ended, on a drained node.
+    /// Not ended, on a drained node, or on a node that no longer meets the task's placement
+    /// (its labels changed): moved like a drained node's tasks.
     Drained,
     /// Observed terminal: the restart policy decides.
     Ended,
@@ -77,8 +78,34 @@ pub(super) fn condition(pass: &Pass, t: &Task) -> Cond {
         None => Cond::Lost,
         Some(n) if node_down(n) => Cond::Lost,
         Some(n) if availability(n) == NodeAvailability::Drain => Cond::Drained,
+        Some(n) if !placement_holds(pass, n, t) => Cond::Drained,
         Some(_) => Cond::Alive,
     }
+}
+
+/// Whether `node` still meets the task's constraints and platforms (checked only for tasks
+/// that have some: most have none, and the check builds a scheduler view).
+fn placement_holds(pass: &Pass, node: &Node, t: &Task) -> bool {
+    let Some(spec) = t.spec.as_ref() else {
+        return true;
+    };
+    let placed = spec
+        .placement
+        .as_ref()
+        .is_some_and(|p| !p.constraints.is_empty() || !p.platforms.is_empty());
+    !placed || pass.env.node_eligible(node, spec)
+}
+
+/// Whether the task may still run on its node: not observed terminal, and its node is there
+/// and not DOWN (a lost node's tasks are not waited for).
+pub(super) fn holds_node(pass: &Pass, t: &Task) -> bool {
+    !is_terminal(observed(t))
+        && !t.node_id.is_empty()
+        && pass
+            .state
+            .nodes
+            .get(&t.node_id)
+            .is_some_and(|n| !node_down(n))
 }
 
 /// Whether the slot is done: nothing runnable and its newest task was left COMPLETE by the
@@ -150,6 +177,21 @@ pub(super) fn lifecycle(
         }
     };
     match cond {
+        Cond::Alive if newest.desired_state < TaskState::Running as i32 => {
+            // A stop-first replacement: it starts once no other task of the slot still runs.
+            let waiting = tasks
+                .iter()
+                .any(|t| t.id != newest.id && !is_runnable(t) && holds_node(pass, t));
+            if waiting {
+                kept.push(newest.clone());
+            } else {
+                let mut c = pass.plan.working(newest).clone();
+                c.desired_state = TaskState::Running as i32;
+                super::touch(&mut c, pass.now);
+                kept.push(c.clone());
+                g.update(c);
+            }
+        }
         Cond::Alive => kept.push(newest.clone()),
         Cond::Lost | Cond::Drained => {
             replace(pass, &mut g, &mut kept, next_attempt(newest, svc, false));

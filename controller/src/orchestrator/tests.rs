@@ -332,7 +332,7 @@ impl Sim {
             .values()
             .filter(|t| {
                 t.node_id.is_empty()
-                    && t.desired_state == TaskState::Running as i32
+                    && t.desired_state <= TaskState::Running as i32
                     && observed(t) == TaskState::Pending
             })
             .cloned()
@@ -380,7 +380,15 @@ impl Sim {
                 continue;
             }
             let obs = observed(t);
-            if is_runnable(t) && obs >= TaskState::Assigned && obs < TaskState::Running {
+            let ready = t.desired_state == TaskState::Ready as i32;
+            if ready && obs >= TaskState::Assigned && obs < TaskState::Ready {
+                // Prepared, not started.
+                changes.push((t.id.clone(), TaskState::Ready));
+            } else if !ready
+                && is_runnable(t)
+                && obs >= TaskState::Assigned
+                && obs < TaskState::Running
+            {
                 changes.push((t.id.clone(), TaskState::Running));
             } else if !is_runnable(t) && !is_terminal(obs) {
                 changes.push((t.id.clone(), TaskState::Shutdown));
@@ -391,6 +399,14 @@ impl Sim {
             self.report(&id, state);
         }
         wrote
+    }
+
+    /// Stop-first replacements whose old tasks have stopped start: a pass (its writes) and
+    /// the agents.
+    fn start_prepared(&mut self) -> usize {
+        let n = self.pass().0;
+        self.agents();
+        n
     }
 
     /// Passes, scheduling and agents until nothing moves (without advancing time).
@@ -883,6 +899,37 @@ fn drained_node_tasks_move() {
     assert_eq!(sim.pass(), (0, None));
 }
 
+#[test]
+fn tasks_move_off_a_node_that_no_longer_meets_their_constraints() {
+    let mut sim = cluster(2);
+    let mut sp = replicated("web", 2);
+    sp.task
+        .get_or_insert_with(Default::default)
+        .placement
+        .get_or_insert_with(Default::default)
+        .constraints = vec!["node.labels.zone==a".into()];
+    sim.add_service("s1", sp);
+    // A service without constraints is never checked.
+    sim.add_service("s2", replicated("api", 1));
+    sim.env.ineligible.insert("n2".into());
+    sim.settle();
+    assert_eq!(sim.nodes_of("s1"), ["n1", "n1"]);
+    assert_eq!(sim.nodes_of("s2"), ["n1"]);
+    let before = sim.runnable_ids("s1");
+    // The label moves from n1 to n2: both tasks of s1 move (2 shutdowns, 2 new tasks),
+    // attempt unchanged; s2 stays.
+    sim.env.ineligible.remove("n2");
+    sim.env.ineligible.insert("n1".into());
+    assert_eq!(sim.pass(), (4, None));
+    sim.settle();
+    assert_eq!(sim.nodes_of("s1"), ["n2", "n2"]);
+    assert_eq!(sim.nodes_of("s2"), ["n1"]);
+    for id in before {
+        assert_eq!(desired(&sim.state.tasks[&id]), TaskState::Shutdown);
+    }
+    assert!(sim.runnable("s1").iter().all(|t| t.attempt == 0));
+}
+
 // ----- global services ---------------------------------------------------------------------------
 
 #[test]
@@ -938,6 +985,21 @@ fn global_service_follows_the_nodes() {
     sim.node_availability("n1", NodeAvailability::Pause);
     assert_eq!(sim.pass(), (0, None));
     assert_eq!(sim.runnable("g").len(), 2);
+}
+
+#[test]
+fn global_service_skips_nodes_without_an_agent() {
+    let mut sim = cluster(2);
+    // A manager that runs no agent: its node stays UNKNOWN.
+    sim.add_node("m1");
+    sim.node_state("m1", NodeState::Unknown);
+    sim.add_service("g", global("agent"));
+    assert_eq!(sim.pass(), (2, None));
+    assert_eq!(sim.nodes_of("g"), ["n1", "n2"]);
+    // Its agent starts: it gets its task.
+    sim.node_state("m1", NodeState::Ready);
+    assert_eq!(sim.pass(), (1, None));
+    assert_eq!(sim.nodes_of("g"), ["m1", "n1", "n2"]);
 }
 
 #[test]
@@ -1081,15 +1143,28 @@ fn rolling_update_stop_first_two_at_a_time() {
     sim.schedule();
     assert_eq!(sim.pass(), (0, None));
     sim.agents();
+    // Stop-first: the new tasks were placed and prepared, not started, while the old ones
+    // ran; the old ones have stopped now, so the new ones start.
+    for slot in [1, 2] {
+        let t = sim.runnable_in("s1", slot);
+        assert_eq!(
+            (desired(t), observed(t)),
+            (TaskState::Ready, TaskState::Ready)
+        );
+    }
+    assert_eq!(sim.start_prepared(), 2);
+    assert_eq!(desired(sim.runnable_in("s1", 1)), TaskState::Running);
     // Batch 2 and 3.
     assert_eq!(sim.pass(), (4, None));
     assert_eq!(count(&sim, "img:2"), 4);
     sim.schedule();
     sim.agents();
+    assert_eq!(sim.start_prepared(), 2);
     assert_eq!(sim.pass(), (2, None));
     assert_eq!(count(&sim, "img:2"), 5);
     sim.schedule();
     sim.agents();
+    assert_eq!(sim.start_prepared(), 1);
     // All up: monitored for 1 s before completing.
     sim.now = T0 + 500;
     assert_eq!(sim.pass(), (0, Some(T0 + 1000)));
@@ -1102,6 +1177,40 @@ fn rolling_update_stop_first_two_at_a_time() {
     assert_eq!(st.message, "update completed");
     assert_eq!(sim.runnable("s1").len(), 5);
     assert_eq!(sim.settle(), None);
+}
+
+#[test]
+fn stop_first_starts_the_new_task_once_the_old_one_has_stopped() {
+    let mut sim = five_updating(update_config(1, UpdateOrder::StopFirst));
+    // The update starts: slot 1's old task ends, its replacement waits in READY.
+    assert_eq!(sim.pass(), (3, None));
+    let new = sim.runnable_in("s1", 1).id.clone();
+    let old = sim
+        .slot("s1", 1)
+        .iter()
+        .find(|t| t.id != new)
+        .map(|t| t.id.clone())
+        .expect("old task");
+    assert_eq!(desired(&sim.state.tasks[&new]), TaskState::Ready);
+    // Placed, prepared; the old one still runs (its agent has not stopped it yet): it waits.
+    sim.schedule();
+    sim.report(&new, TaskState::Ready);
+    assert_eq!(sim.pass(), (0, None));
+    assert_eq!(desired(&sim.state.tasks[&new]), TaskState::Ready);
+    // Stopped: the new one may start.
+    sim.report(&old, TaskState::Shutdown);
+    assert_eq!(sim.pass(), (1, None));
+    assert_eq!(desired(&sim.state.tasks[&new]), TaskState::Running);
+    // An old task that had already ended is not waited for: its replacement runs at once.
+    let slot2 = sim.runnable_in("s1", 2).id.clone();
+    sim.report(&slot2, TaskState::Failed);
+    sim.agents();
+    sim.run_to_end();
+    assert_eq!(sim.update_state("s1"), UpdateState::Completed);
+    assert!(sim
+        .runnable("s1")
+        .iter()
+        .all(|t| desired(t) == TaskState::Running && task_image(t) == "img:2"));
 }
 
 #[test]
@@ -1148,6 +1257,7 @@ fn rolling_update_honours_the_delay() {
     sim.now = T0 + 100;
     sim.schedule();
     sim.agents();
+    assert_eq!(sim.start_prepared(), 2);
     assert_eq!(sim.pass(), (0, Some(T0 + 10_100)));
     sim.now = T0 + 10_099;
     assert_eq!(sim.pass(), (0, Some(T0 + 10_100)));
@@ -1234,6 +1344,7 @@ fn max_failure_ratio_lets_the_update_continue_through_one_failure() {
     sim.pass();
     sim.schedule();
     sim.agents();
+    sim.start_prepared();
     let bad = sim.runnable_in("s1", 1).id.clone();
     sim.report(&bad, TaskState::Failed);
     // 1 failure of 2 updated slots = 0.5: go on; slot 1 waits for its restart, one slot starts.
@@ -1366,6 +1477,7 @@ fn an_unhealthy_new_task_is_a_failure() {
     sim.pass();
     sim.schedule();
     sim.agents();
+    sim.start_prepared();
     let new = sim.runnable_in("s1", 1).id.clone();
     sim.edit_task(&new, |t| {
         t.status.as_mut().expect("status").health = "unhealthy".into()

@@ -13,9 +13,11 @@
 //!   is in flight while such a task of it is not up (RUNNING, health "" or "healthy"), or while
 //!   its old task still runs beside the new one (start-first). At most `parallelism` slots are
 //!   in flight (0 = all). A new batch waits `delay_ms` after the last task of the update came up.
-//! - Stop-first ends the old task and creates the new one in the same batch; start-first creates
-//!   the new one and ends the old when the new is up. New tasks are made from the current spec,
-//!   attempt 0.
+//! - Stop-first ends the old task and creates the new one in the same batch, with desired state
+//!   READY while the old one still runs (it is placed and prepared, and started once the old
+//!   one has stopped: the two never run together, and a host port or memory the old one holds
+//!   is free again); start-first creates the new one and ends the old when the new is up. New
+//!   tasks are made from the current spec, attempt 0.
 //! - A failure is a task of the update observed FAILED or REJECTED, COMPLETE when its restart
 //!   condition is ANY (early termination), or running "unhealthy" (tasks marked "node down" are
 //!   not failures). When failures / updated slots > `max_failure_ratio`: PAUSE (PAUSED), CONTINUE,
@@ -41,7 +43,7 @@ use flotilla_proto::control::v1::{
 };
 
 use super::plan::Group;
-use super::slot::{SlotKey, SlotView};
+use super::slot::{self, SlotKey, SlotView};
 use super::{
     created_at, is_runnable, is_terminal, is_up, observed, outdated, status_time, Pass,
     DEFAULT_MONITOR_MS, MSG_NODE_DOWN,
@@ -331,14 +333,20 @@ fn update_slot(pass: &mut Pass, svc: &Service, v: &mut SlotView, order: UpdateOr
     }
     let mut g = Group::default();
     let mut kept = Vec::new();
+    let mut stopping = false;
     for t in v.runnable.drain(..) {
         if order == UpdateOrder::StopFirst || is_terminal(observed(&t)) {
+            stopping |= slot::holds_node(pass, &t);
             g.update(pass.ended_copy(&t, TaskState::Shutdown, false));
         } else {
             kept.push(t);
         }
     }
-    let t = pass.new_task(svc, v.key.number(), &v.node_id, 0);
+    let mut t = pass.new_task(svc, v.key.number(), &v.node_id, 0);
+    if stopping {
+        // Stop-first: prepared, started once the old task has stopped (see `slot`).
+        t.desired_state = TaskState::Ready as i32;
+    }
     g.create(t.clone());
     kept.push(t);
     v.runnable = kept;

@@ -4,7 +4,7 @@
 //! [`Scheduler::remove_node`], [`Scheduler::task_changed`]) and commits its [`Decision`]s.
 //!
 //! Owns a view of the cluster: every node, and every task that holds resources on a node
-//! (node set, desired state at most RUNNING, observed state not terminal). Invariant: each
+//! (node set, observed state not terminal, whatever its desired state). Invariant: each
 //! node's sums (reservations, task counts, host ports) are the sums of the tracked tasks on it,
 //! and a task id is tracked at most once, so feeding the same task twice never counts it twice.
 //!
@@ -72,19 +72,20 @@ fn observed_terminal(task: &Task) -> bool {
     )
 }
 
-/// Whether a task holds resources on its node: it has one, its desired state is at most
-/// RUNNING and its observed state is not terminal (an observed state this version does not
-/// know counts as holding, so resources are never overcommitted).
+/// Whether a task holds resources on its node: it has one and its observed state is not
+/// terminal, whatever its desired state: a task being shut down still holds its memory and
+/// host ports until its container has stopped (as in swarmkit), so a stop-first replacement
+/// cannot be placed beside it on a port it still uses. An observed state this version does
+/// not know counts as holding, so resources are never overcommitted.
 fn holds_resources(task: &Task) -> bool {
-    !task.node_id.is_empty()
-        && matches!(TaskState::try_from(task.desired_state), Ok(s) if s <= TaskState::Running)
-        && !observed_terminal(task)
+    !task.node_id.is_empty() && !observed_terminal(task)
 }
 
-/// Whether `schedule` should place the task: no node, desired RUNNING, not ended.
+/// Whether `schedule` should place the task: no node, desired READY or RUNNING (a stop-first
+/// replacement waits in READY for its predecessor to stop), not ended.
 fn is_pending(task: &Task) -> bool {
     task.node_id.is_empty()
-        && task.desired_state == TaskState::Running as i32
+        && task.desired_state <= TaskState::Running as i32
         && !observed_terminal(task)
 }
 
@@ -124,8 +125,8 @@ struct Group<'a> {
 
 impl Scheduler {
     /// Builds the view: every node, and every task that holds resources on a node (node_id
-    /// set and desired_state <= RUNNING and observed state not terminal: COMPLETE, SHUTDOWN,
-    /// FAILED, REJECTED, ORPHANED free their resources). Tasks may name nodes not given (yet):
+    /// set and observed state not terminal: COMPLETE, SHUTDOWN, FAILED, REJECTED, ORPHANED
+    /// free their resources). Tasks may name nodes not given (yet):
     /// their use is kept and counts once the node is upserted.
     pub fn new<'a>(
         nodes: impl IntoIterator<Item = &'a Node>,
@@ -141,7 +142,7 @@ impl Scheduler {
         s
     }
 
-    /// Places pending tasks (those with empty node_id and desired_state RUNNING; others are
+    /// Places pending tasks (those with empty node_id and desired_state READY or RUNNING; others are
     /// ignored). Deterministic for the same input, whatever the order of `pending`: groups go
     /// by (service id, spec version), tasks within a group by (slot, task id). Updates its own
     /// view as it places, so one call can place many; a task placed by an earlier call whose
@@ -1296,13 +1297,20 @@ mod tests {
         s.task_changed(Some(&big), Some(&done));
         assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
 
-        // A terminal task does not count at build time; shutting a task down (desired state)
-        // or deleting it frees too.
+        // A terminal task does not count at build time; deleting a task frees too. A task
+        // being shut down (desired state) holds until it has stopped.
         assert_eq!(placed(&run(&nodes, &[done], &pending))[0].1, "n1");
         let mut s = Scheduler::new(&nodes, std::slice::from_ref(&big));
         let mut stopping = big.clone();
         stopping.desired_state = TaskState::Shutdown as i32;
         s.task_changed(Some(&big), Some(&stopping));
+        assert_eq!(
+            reasons(&s.schedule(&pending)),
+            ["no suitable node (1 node lacks memory)"]
+        );
+        let mut stopped = stopping.clone();
+        stopped.status.get_or_insert_default().state = TaskState::Shutdown as i32;
+        s.task_changed(Some(&stopping), Some(&stopped));
         assert_eq!(placed(&s.schedule(&pending))[0].1, "n1");
         let mut s = Scheduler::new(&nodes, std::slice::from_ref(&big));
         s.task_changed(Some(&big), None);
