@@ -1282,15 +1282,11 @@ impl ClusterLab {
         self.import_busybox(i)?;
         self.agent(i)?.stop();
         let _ = std::fs::remove_file(self.agent_socket(i));
-        let child = self.spawn(self.agent_command(i, Some(via)), &log)?;
+        let token = self.worker_token.clone();
+        let child = self.spawn(self.agent_command(i, Some((via, token.as_str()))), &log)?;
         self.agent(i)?.child = Some(child);
         self.wait_agent_socket(i)?;
         self.wait_node_ready(i)
-    }
-
-    /// State dir of host `i`'s agent.
-    pub fn agent_state_dir(&self, i: u8) -> PathBuf {
-        self.host_dir(i, "agent-state")
     }
 
     /// Run dir of host `i`'s agent (socket, runtime state, the secrets tmpfs).
