@@ -982,6 +982,12 @@ impl ClusterLab {
     }
 
     fn teardown(&mut self) {
+        // Managers first: with them gone nothing schedules replacements for the containers
+        // removed below.
+        for (_, p) in self.managers.iter_mut() {
+            p.signal(nix::sys::signal::Signal::SIGCONT);
+            p.stop();
+        }
         // Containers through their agents while they run (clean stop).
         for i in 1..=self.hosts {
             if self.agents.iter_mut().any(|(h, p)| *h == i && p.running()) {
