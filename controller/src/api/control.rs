@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::{require_admin, status_of, validate, Ctx};
+use super::{status_of, validate, Ctx};
 use crate::dispatcher::now_ms;
 use crate::manager::random_id;
 use crate::store::{Batch, State};
@@ -275,7 +275,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetClusterRequest>,
     ) -> Result<Response<pb::GetClusterResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let raft = self.ctx.membership.summary();
         let state = self.ctx.store.read();
@@ -315,7 +315,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetJoinTokensRequest>,
     ) -> Result<Response<pb::GetJoinTokensResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let rotate = req.into_inner().rotate;
         if !rotate.is_empty() {
             let role = match rotate.as_str() {
@@ -364,7 +364,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         self.ctx.barrier().await?;
         let raft = self.ctx.membership.summary();
@@ -400,7 +400,7 @@ impl Control for ControlService {
     }
 
     async fn get_node(&self, req: Request<pb::GetNodeRequest>) -> Result<Response<Node>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let raft = self.ctx.membership.summary();
         let state = self.ctx.store.read();
@@ -412,7 +412,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UpdateNodeRequest>,
     ) -> Result<Response<Node>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         let spec = r
             .spec
@@ -452,7 +452,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         self.ctx.barrier().await?;
         let n = resolve("node", &self.ctx.store.read().nodes, &r.node, node_name)?.clone();
@@ -483,7 +483,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::CreateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let mut spec = req
             .into_inner()
             .spec
@@ -521,7 +521,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
         let s = resolve(
@@ -537,7 +537,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> Result<Response<pb::ListServicesResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
@@ -604,7 +604,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UpdateServiceRequest>,
     ) -> Result<Response<Service>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         self.ctx.barrier().await?;
         let mut s = resolve(
@@ -682,7 +682,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RemoveServiceRequest>,
     ) -> Result<Response<pb::RemoveServiceResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let s = resolve(
             "service",
@@ -705,7 +705,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
@@ -749,7 +749,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ServiceLogsRequest>,
     ) -> Result<Response<Self::ServiceLogsStream>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let r = req.into_inner();
         let raft = self.ctx.membership.summary();
         if !raft.is_leader() {
@@ -851,7 +851,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::CreateSecretRequest>,
     ) -> Result<Response<Secret>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let mut spec = req
             .into_inner()
             .spec
@@ -892,7 +892,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetByNameRequest>,
     ) -> Result<Response<Secret>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
         let s = resolve("secret", &state.secrets, &req.get_ref().name, secret_name)?;
@@ -903,7 +903,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListByNameRequest>,
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let names = req.into_inner().names;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
@@ -921,7 +921,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetByNameRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let s = {
             let state = self.ctx.store.read();
@@ -955,7 +955,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::CreateConfigRequest>,
     ) -> Result<Response<Config>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let spec = req
             .into_inner()
             .spec
@@ -984,7 +984,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetByNameRequest>,
     ) -> Result<Response<Config>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
         let c = resolve("config", &state.configs, &req.get_ref().name, config_name)?;
@@ -995,7 +995,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListByNameRequest>,
     ) -> Result<Response<pb::ListConfigsResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         let names = req.into_inner().names;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
@@ -1012,7 +1012,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetByNameRequest>,
     ) -> Result<Response<pb::RemoveResponse>, Status> {
-        require_admin(&req)?;
+        self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let c = {
             let state = self.ctx.store.read();

@@ -90,13 +90,29 @@ pub fn status_of(e: ProposeError) -> Status {
     }
 }
 
-/// The caller must hold an admin or manager certificate.
-pub fn require_admin<T>(req: &tonic::Request<T>) -> Result<PeerIdentity, Status> {
-    let id = flotilla_pki::peer_identity(req)?;
-    match id.role {
-        PeerRole::Admin | PeerRole::Manager => Ok(id),
-        PeerRole::Worker => Err(Status::permission_denied(
-            "a worker certificate cannot use the cluster API: use an admin context",
-        )),
+impl Ctx {
+    /// The caller must hold an admin certificate, or the certificate of a node the store knows
+    /// as a manager (a removed manager keeps a valid certificate until it expires).
+    pub fn require_admin<T>(&self, req: &tonic::Request<T>) -> Result<PeerIdentity, Status> {
+        let id = flotilla_pki::peer_identity(req)?;
+        match id.role {
+            PeerRole::Admin => Ok(id),
+            PeerRole::Manager => {
+                let manager = self.store.read().nodes.get(&id.node_id).is_some_and(|n| {
+                    n.role == flotilla_proto::control::v1::NodeRole::Manager as i32
+                });
+                if manager {
+                    Ok(id)
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "node {} is not a manager of this cluster",
+                        id.node_id
+                    )))
+                }
+            }
+            PeerRole::Worker => Err(Status::permission_denied(
+                "a worker certificate cannot use the cluster API: use an admin context",
+            )),
+        }
     }
 }
