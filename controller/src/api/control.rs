@@ -327,6 +327,7 @@ impl Control for ControlService {
                     )))
                 }
             };
+            let mut rotated = false;
             for _ in 0..3 {
                 self.ctx.barrier().await?;
                 let mut c = cluster(&self.ctx.store.read())?;
@@ -343,10 +344,19 @@ impl Control for ControlService {
                 let mut b = Batch::new();
                 b.update(c);
                 match self.ctx.proposer.propose(b.into_proto()).await {
-                    Ok(_) => break,
+                    Ok(_) => {
+                        rotated = true;
+                        break;
+                    }
                     Err(e) if e.is_conflict() => continue,
                     Err(e) => return Err(status_of(e)),
                 }
+            }
+            if !rotated {
+                // Never hand back the old token as if it were the new one.
+                return Err(Status::aborted(
+                    "the cluster changed concurrently three times: the token was not rotated, retry",
+                ));
             }
         }
         self.ctx.barrier().await?;

@@ -188,7 +188,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             false,
         ),
         Cmd::Serve { common } => (
-            config(&common, Duration::from_secs(1))?,
+            // A restart uses the address its manager.json recorded.
+            config(&common, Duration::from_secs(1)).or_else(|_| {
+                config(
+                    &Common {
+                        advertise: Some(String::new()),
+                        ..common
+                    },
+                    Duration::from_secs(1),
+                )
+            })?,
             Start::Restart,
             false,
         ),
@@ -228,7 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         eprintln!(
             "manager {} serving on {} (raft id {})",
-            manager.identity.node_id, cfg.advertise, manager.identity.raft_id
+            manager.identity.node_id, manager.identity.advertise, manager.identity.raft_id
         );
     }
     use std::io::Write;
