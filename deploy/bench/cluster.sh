@@ -87,6 +87,8 @@ work=$(mktemp -d /var/tmp/flotilla-bench-cluster.XXXXXX)   # on disk: raft logs,
 run="$work/run"                                            # tmpfs: sockets, runtime state
 out=${BENCH_OUT:-$work/out}
 mkdir -p "$run" "$out"
+W="$work/write.jsonl" F="$work/failover.jsonl" NL="$work/nodeloss.jsonl"
+touch "$W" "$F" "$NL"
 declare -A PIDS=()    # name -> pid of every long-running process this run started
 made_ns=0
 
@@ -109,7 +111,7 @@ cleanup() {
   sleep 1
   # everything still alive whose command line names the work dir (daemons, shims, containers' init)
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' < "$p/cmdline" 2>/dev/null | grep -qF -- "$work/" && kill -9 "${p#/proc/}" 2>/dev/null
+    { tr '\0' ' ' < "$p/cmdline"; } 2>/dev/null | grep -qF -- "$work/" && kill -9 "${p#/proc/}" 2>/dev/null
   done
   for n in "${!PIDS[@]}"; do kill -9 "${PIDS[$n]}" 2>/dev/null; done
   sleep 0.5
@@ -169,14 +171,17 @@ on() {
   local h=$1; shift
   unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "$(ns "$h")" nsenter --net="/run/netns/$(ns "$h")" -- "$@"
 }
-# bg_on LOG HOST CMD...: the same in the background, output appended to LOG; the pid in BGPID
-# (a direct child of this script, so `wait` reaps it).
+# bg_on LOG HOST CMD...: the same in the background, output appended to LOG; the pid in BGPID.
+# Disowned (bash still reaps it, but prints no "Killed" line when the benchmark kills it);
+# `gone PID` waits until it has exited.
 bg_on() {
   local log=$1 h=$2; shift 2
   unshare --uts -- sh -c 'hostname "$0" && exec "$@"' "$(ns "$h")" nsenter --net="/run/netns/$(ns "$h")" -- "$@" \
     >> "$log" 2>&1 &
   BGPID=$!
+  disown "$BGPID"
 }
+gone() { local p; for p in "$@"; do for _ in $(seq 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.05; done; done; }
 link() { ip -n "$hub" link set "h$1" "$2"; }
 
 # --- Scheduler benchmark (one thread, before the clusters start) --------------------------------------
@@ -210,16 +215,25 @@ start_etcd() { # HOST: an etcd member on HOST (new cluster, or a restart from it
   PIDS[etcd$h]=$BGPID
 }
 # token MARKER LOG: the join token printed after MARKER
-token_in() { grep -F "$1" "$2" | head -1 | awk '{for(i=1;i<NF;i++) if($i=="--token"){print $(i+1); exit}}'; }
+token_in() { grep -sF "$1" "$2" | head -1 | awk '{for(i=1;i<NF;i++) if($i=="--token"){print $(i+1); exit}}'; }
 wait_tokens() { # LOG: waits until init printed both tokens
   local i
   for i in $(seq 300); do
-    [ -n "$(token_in "flotilla-controller join --token" "$1")" ] && [ -n "$(token_in "flotilla-agent serve --join" "$1")" ] && return 0
+    [ -n "$(token_in "flotilla-controller join --token" "$1" 2>/dev/null)" ] && [ -n "$(token_in "flotilla-agent serve --join" "$1")" ] && return 0
     sleep 0.1
   done
   echo "cluster bench: flotilla-controller init printed no tokens; its log:" >&2; tail -20 "$1" >&2; return 1
 }
 lg() { on 4 "$LOADGEN" "$@"; }   # the load generator, on the client host h4
+# cpu_ms PID...: user + system CPU time of the processes, in ms (from /proc/PID/stat, 10 ms ticks)
+cpu_ms() {
+  local p t=0 u
+  for p in "$@"; do
+    u=$(sed 's/.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}')
+    t=$((t + ${u:-0}))
+  done
+  echo $((t * 1000 / $(getconf CLK_TCK)))
+}
 
 log "starting 3 flotilla managers and 3 etcd members"
 start_manager 1 init --config-dir "$CLI_R"
@@ -233,7 +247,6 @@ lg healthy --kind etcd --endpoints "$ET_EPS" --tag up >/dev/null
 etcd_version=$("$ETCD" --version | head -1)
 log "both clusters accept writes on every member"
 
-W="$work/write.jsonl"
 for r in $(seq "$ROUNDS"); do
   wait_quiet
   for shape in "1 1" "64 8"; do
@@ -241,16 +254,22 @@ for r in $(seq "$ROUNDS"); do
     for via in leader follower; do
       for kind in flotilla etcd; do
         if [ "$kind" = flotilla ]; then eps=$FL_EPS; else eps=$ET_EPS; fi
+        if [ "$kind" = flotilla ]; then mp="${PIDS[fl1]} ${PIDS[fl2]} ${PIDS[fl3]}"; else mp="${PIDS[etcd1]} ${PIDS[etcd2]} ${PIDS[etcd3]}"; fi
         note_load "w-$kind-$1-$via"
-        lg write --kind "$kind" --endpoints "$eps" --config-dir "$CLI_R" --via "$via" --clients "$1" --conns "$2" \
-          --secs "$SECS" --tag "r$r-$1-$via" --label "$r" | tee -a "$W" | jq -c '{kind,via,clients,wps,p50_ms,p99_ms,errors}' >&2
+        c0=$(cpu_ms $mp)
+        line=$(lg write --kind "$kind" --endpoints "$eps" --config-dir "$CLI_R" --via "$via" --clients "$1" --conns "$2" \
+          --secs "$SECS" --tag "r$r-$1-$via" --label "$r")
+        c1=$(cpu_ms $mp)
+        # CPU of the 3 members over warm-up + measurement, per write of the measurement (approximate:
+        # the warm-up's writes are not counted, so this slightly overstates it; same for both sides)
+        echo "$line" | jq -c --argjson cpu "$((c1 - c0))" --argjson s "$SECS" '. + {cpu_ms: $cpu, cpu_us_per_write: (if .writes > 0 then ($cpu * 1000 * $s / (($s + 1) * .writes)) else null end)}' |
+          tee -a "$W" | jq -c '{kind,via,clients,wps,p50_ms,p99_ms,errors,cpu_us_per_write}' >&2
       done
     done
   done
 done
 
 # --- Failover -------------------------------------------------------------------------------------------
-F="$work/failover.jsonl"
 log "leader failover: $FAILOVERS rounds per side"
 for r in $(seq "$FAILOVERS"); do
   for kind in flotilla etcd; do
@@ -263,10 +282,10 @@ for r in $(seq "$FAILOVERS"); do
     [ -n "$k" ] || { log "WARNING: failover round $r ($kind) gave no result"; continue; }
     h=$((k + 1))
     if [ "$kind" = flotilla ]; then
-      wait "${PIDS[fl$h]}" 2>/dev/null || true
+      gone "${PIDS[fl$h]}"
       start_manager "$h" serve
     else
-      wait "${PIDS[etcd$h]}" 2>/dev/null || true
+      gone "${PIDS[etcd$h]}"
       start_etcd "$h"
     fi
     lg healthy --kind "$kind" --endpoints "$eps" --config-dir "$CLI_R" --tag "fh$r" >/dev/null ||
@@ -275,7 +294,7 @@ for r in $(seq "$FAILOVERS"); do
   done
 done
 for h in 1 2 3; do kill "${PIDS[fl$h]}" "${PIDS[etcd$h]}" 2>/dev/null; done
-for h in 1 2 3; do wait "${PIDS[fl$h]}" "${PIDS[etcd$h]}" 2>/dev/null || true; unset "PIDS[fl$h]" "PIDS[etcd$h]"; done
+for h in 1 2 3; do gone "${PIDS[fl$h]}" "${PIDS[etcd$h]}"; unset "PIDS[fl$h]" "PIDS[etcd$h]"; done
 
 # --- Node loss: flotilla, 1 manager (h5) + 3 workers (h6-h8) -------------------------------------------
 busybox_tar "$work/busybox.tar"
@@ -314,7 +333,6 @@ for h in 6 7 8; do
     "$work/busybox.tar" busybox:latest >/dev/null
 done
 for h in 6 7 8; do wait_node "$(ns "$h")" ready 30 || { echo "cluster bench: node h$h not ready" >&2; fl node ls >&2; exit 1; }; done
-NL="$work/nodeloss.jsonl"
 for r in $(seq "$LOSS_ROUNDS"); do
   wait_quiet
   svc=loss$r victim=$((6 + (r - 1) % 3))
@@ -336,7 +354,7 @@ for r in $(seq "$LOSS_ROUNDS"); do
     tee -a "$NL" >&2
   # the worker comes back; its stale copies go; the service goes
   link "$victim" up
-  wait "${PIDS[agent$victim]}" 2>/dev/null || true
+  gone "${PIDS[agent$victim]}"
   rm -f "$run/a$victim/agent.sock"
   start_agent "$victim"
   wait_node "$vname" ready 30 || log "WARNING: h$victim did not come back"
@@ -434,7 +452,7 @@ if [ "$SWARM" = 1 ]; then
       printf '{"kind":"swarm","round":%d,"moved":%d,"down_s":%s,"running_s":%s}\n' "$r" "$on_victim" "${t_down:-null}" "${t_run:-null}" |
         tee -a "$NL" >&2
       link "$victim" up
-      wait "${PIDS[dockerd$victim]}" 2>/dev/null || true
+      gone "${PIDS[dockerd$victim]}"
       start_dockerd "$victim" || log "WARNING: dockerd of h$victim did not restart"
       for _ in $(seq 150); do [ "$(dk 9 node inspect -f '{{.Status.State}}' "$vname" 2>/dev/null)" = ready ] && break; sleep 0.2; done
       dk 9 service rm "$svc" >/dev/null
