@@ -12,6 +12,8 @@
 //! - `failover`: finds the leader, opens connections to the other members, SIGKILLs the leader
 //!   (by pid, given per endpoint), and sends a new write through every survivor every 20 ms (each
 //!   with its own deadline) until one succeeds; prints the time from the kill to that success.
+//! - `clear`: removes what the writes left (flotilla: every config, 32 removals at a time; etcd:
+//!   the `/bench/` prefix), so each measurement starts from the same store size.
 //! - `healthy`: waits until every endpoint accepts a write (after a member was restarted).
 //! - `leader`: prints the leader's endpoint index.
 //!
@@ -27,7 +29,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_controller::ca;
 use flotilla_controller::cli::context;
 use flotilla_proto::control::v1::{
-    control_client::ControlClient, ConfigSpec, CreateConfigRequest, GetClusterRequest,
+    control_client::ControlClient, ConfigSpec, CreateConfigRequest, GetByNameRequest,
+    GetClusterRequest, ListByNameRequest,
 };
 use tonic::transport::Channel;
 
@@ -104,6 +107,11 @@ enum Cmd {
         tag: String,
         #[arg(long, default_value_t = 60.0)]
         limit: f64,
+    },
+    /// Remove what the writes left.
+    Clear {
+        #[command(flatten)]
+        target: Target,
     },
     /// Print the index of the leader among the endpoints.
     Leader {
@@ -440,6 +448,60 @@ async fn healthy(t: &Target, tag: &str, limit: f64) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn clear(t: &Target) -> anyhow::Result<()> {
+    let l = leader(t).await?;
+    let conn = Conn::open(t, &t.endpoints[l]).await?;
+    let started = Instant::now();
+    let removed = match conn {
+        Conn::Etcd(mut c) => {
+            let r = c
+                .delete(
+                    "/bench/",
+                    Some(etcd_client::DeleteOptions::new().with_prefix()),
+                )
+                .await?;
+            r.deleted() as usize
+        }
+        Conn::Flotilla(c) => {
+            let mut c = c.max_decoding_message_size(256 << 20);
+            let ids: Vec<String> = c
+                .list_configs(ListByNameRequest::default())
+                .await
+                .map_err(|s| anyhow::anyhow!("list configs: {}", s.message()))?
+                .into_inner()
+                .configs
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            let n = ids.len();
+            let ids = Arc::new(std::sync::Mutex::new(ids));
+            let mut tasks = Vec::new();
+            for _ in 0..32 {
+                let (mut c, ids) = (c.clone(), Arc::clone(&ids));
+                tasks.push(tokio::spawn(async move {
+                    loop {
+                        let Some(id) = ids.lock().unwrap().pop() else {
+                            return Ok::<(), anyhow::Error>(());
+                        };
+                        c.remove_config(GetByNameRequest { name: id })
+                            .await
+                            .map_err(|s| anyhow::anyhow!("remove config: {}", s.message()))?;
+                    }
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            n
+        }
+    };
+    eprintln!(
+        "raft_load: removed {removed} objects in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 2 || args[1].starts_with("--bench") {
@@ -476,6 +538,7 @@ fn main() -> anyhow::Result<()> {
                 limit,
             } => failover(&target, &pids, &tag, limit).await,
             Cmd::Healthy { target, tag, limit } => healthy(&target, &tag, limit).await,
+            Cmd::Clear { target } => clear(&target).await,
             Cmd::Leader { target } => {
                 println!("{}", leader(&target).await?);
                 Ok(())

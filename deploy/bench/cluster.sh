@@ -28,7 +28,8 @@
 #      the worker's dockerd and cut its link ($SWARM_ROUNDS rounds; SWARM=0 skips it);
 #   6. prints the report; removes everything on exit, also on failure or interrupt.
 # Environment: ROUNDS (3), SECS (4), FAILOVERS (8), LOSS_ROUNDS (5), SWARM (1), SWARM_ROUNDS (3),
-# SCHED (1: run the scheduler bench), LAB (namespace prefix, flbench), NET (lab /24 prefix,
+# SCHED (1: run the scheduler bench), KEEP (0: after each write measurement remove what it wrote,
+# so every measurement starts from the same store; 1: keep it, the store grows), LAB (namespace prefix, flbench), NET (lab /24 prefix,
 # 10.251.7), MAX_LOAD (1.5) / WAIT_S (30): before each round wait up to WAIT_S for the 1-minute
 # load to drop below MAX_LOAD; BENCH_OUT (directory to keep the raw JSON lines and logs).
 # No traffic leaves the lab: every address is on a lab namespace's own link, with no routes.
@@ -37,7 +38,7 @@ cd "$(dirname "$0")/../.."
 . deploy/lib.sh
 [ "$(id -u)" = 0 ] || { echo "cluster bench: run as root" >&2; exit 1; }
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-4} FAILOVERS=${FAILOVERS:-8} LOSS_ROUNDS=${LOSS_ROUNDS:-5}
-SWARM=${SWARM:-1} SWARM_ROUNDS=${SWARM_ROUNDS:-3} SCHED=${SCHED:-1}
+SWARM=${SWARM:-1} SWARM_ROUNDS=${SWARM_ROUNDS:-3} SCHED=${SCHED:-1} KEEP=${KEEP:-0}
 LAB=${LAB:-flbench} NET=${NET:-10.251.7}
 MAX_LOAD=${MAX_LOAD:-1.5} WAIT_S=${WAIT_S:-30}
 DOCKER=/usr/bin/docker DOCKERD=/usr/sbin/dockerd CONTAINERD=/usr/bin/containerd
@@ -264,6 +265,8 @@ for r in $(seq "$ROUNDS"); do
         # the warm-up's writes are not counted, so this slightly overstates it; same for both sides)
         echo "$line" | jq -c --argjson cpu "$((c1 - c0))" --argjson s "$SECS" '. + {cpu_ms: $cpu, cpu_us_per_write: (if .writes > 0 then ($cpu * 1000 * $s / (($s + 1) * .writes)) else null end)}' |
           tee -a "$W" | jq -c '{kind,via,clients,wps,p50_ms,p99_ms,errors,cpu_us_per_write}' >&2
+        # each measurement starts from the same store (KEEP=1: let it grow, see BENCHMARKS.md)
+        [ "$KEEP" = 1 ] || lg clear --kind "$kind" --endpoints "$eps" --config-dir "$CLI_R" 2>&1 | sed 's/^/  /' >&2
       done
     done
   done
