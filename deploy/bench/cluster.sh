@@ -30,7 +30,7 @@
 # Environment: ROUNDS (3), SECS (4), FAILOVERS (8), LOSS_ROUNDS (5), SWARM (1), SWARM_ROUNDS (3),
 # SCHED (1: run the scheduler bench), KEEP (0: after each write measurement remove what it wrote,
 # so every measurement starts from the same store; 1: keep it, the store grows), LAB (namespace prefix, flbench), NET (lab /24 prefix,
-# 10.251.7), MAX_LOAD (1.5) / WAIT_S (30): before each round wait up to WAIT_S for the 1-minute
+# 10.251.7), MAX_LOAD (1.5) / WAIT_S (10): before each round wait up to WAIT_S for the 1-minute
 # load to drop below MAX_LOAD; BENCH_OUT (directory to keep the raw JSON lines and logs).
 # No traffic leaves the lab: every address is on a lab namespace's own link, with no routes.
 set -euo pipefail
@@ -40,7 +40,7 @@ cd "$(dirname "$0")/../.."
 ROUNDS=${ROUNDS:-3} SECS=${SECS:-4} FAILOVERS=${FAILOVERS:-8} LOSS_ROUNDS=${LOSS_ROUNDS:-5}
 SWARM=${SWARM:-1} SWARM_ROUNDS=${SWARM_ROUNDS:-3} SCHED=${SCHED:-1} KEEP=${KEEP:-0}
 LAB=${LAB:-flbench} NET=${NET:-10.251.7}
-MAX_LOAD=${MAX_LOAD:-1.5} WAIT_S=${WAIT_S:-30}
+MAX_LOAD=${MAX_LOAD:-1.5} WAIT_S=${WAIT_S:-10}
 DOCKER=/usr/bin/docker DOCKERD=/usr/sbin/dockerd CONTAINERD=/usr/bin/containerd
 ETCD=/usr/bin/etcd
 HOSTS=12
@@ -296,7 +296,7 @@ for r in $(seq "$FAILOVERS"); do
     sleep 1
   done
 done
-for h in 1 2 3; do kill "${PIDS[fl$h]}" "${PIDS[etcd$h]}" 2>/dev/null; done
+for h in 1 2 3; do kill "${PIDS[fl$h]}" "${PIDS[etcd$h]}" 2>/dev/null || true; done
 for h in 1 2 3; do gone "${PIDS[fl$h]}" "${PIDS[etcd$h]}"; unset "PIDS[fl$h]" "PIDS[etcd$h]"; done
 
 # --- Node loss: flotilla, 1 manager (h5) + 3 workers (h6-h8) -------------------------------------------
@@ -342,10 +342,10 @@ for r in $(seq "$LOSS_ROUNDS"); do
   vname=$(ns "$victim")
   fl service create -d --name "$svc" --replicas 6 busybox:latest sleep 100000 >/dev/null
   for _ in $(seq 300); do [ "$(running_fl "$svc")" = 6 ] && break; sleep 0.1; done
-  on_victim=$(fl service ps --format '{{.Node}}|{{.CurrentState}}' "$svc" | awk -F'|' -v x="$vname" '$1 == x && tolower($2) ~ /^running/' | wc -l)
+  on_victim=$({ fl service ps --format '{{.Node}}|{{.CurrentState}}' "$svc" || true; } | awk -F'|' -v x="$vname" '$1 == x && tolower($2) ~ /^running/' | wc -l)
   note_load "nl-flotilla"
   t0=$EPOCHREALTIME
-  kill -9 "${PIDS[agent$victim]}"; link "$victim" down
+  kill -9 "${PIDS[agent$victim]}" || true; link "$victim" down
   t_down="" t_run=""
   for _ in $(seq 600); do   # at most ~60+ s
     now=$EPOCHREALTIME
@@ -361,25 +361,26 @@ for r in $(seq "$LOSS_ROUNDS"); do
   rm -f "$run/a$victim/agent.sock"
   start_agent "$victim"
   wait_node "$vname" ready 30 || log "WARNING: h$victim did not come back"
-  fl service rm "$svc" >/dev/null
+  fl service rm "$svc" >/dev/null || log "WARNING: flotilla service rm $svc failed"
   for _ in $(seq 300); do
     left=0
-    for h in 6 7 8; do left=$((left + $("$FL" -H "unix://$run/a$h/agent.sock" ps -q 2>/dev/null | wc -l))); done
+    for h in 6 7 8; do left=$((left + $({ "$FL" -H "unix://$run/a$h/agent.sock" ps -q 2>/dev/null || true; } | wc -l))); done
     [ "$left" = 0 ] && break; sleep 0.1
   done
 done
-kill "${PIDS[fl5]}" 2>/dev/null
+kill "${PIDS[fl5]}" 2>/dev/null || true
 for h in 6 7 8; do
-  ids=$("$FL" -H "unix://$run/a$h/agent.sock" ps -aq 2>/dev/null)
+  ids=$("$FL" -H "unix://$run/a$h/agent.sock" ps -aq 2>/dev/null || true)
   [ -n "$ids" ] && "$FL" -H "unix://$run/a$h/agent.sock" rm -f $ids >/dev/null 2>&1
-  kill "${PIDS[agent$h]}" 2>/dev/null
+  kill "${PIDS[agent$h]}" 2>/dev/null || true
 done
 
 # --- Node loss: Docker Swarm, manager h9 (drained) + workers h10-h12 ----------------------------------
 swarm_ok=0 swarm_why="skipped (SWARM=0)"
 dk() { local h=$1; shift; "$DOCKER" -H "unix://$run/d$h/docker.sock" "$@"; }
 start_dockerd() { # HOST: containerd + dockerd with private state, in the host's namespace
-  local h=$1 c="$run/d$h/containerd" i
+  local h=$1 c i
+  c="$run/d$h/containerd"
   mkdir -p "$c" "$work/d$h"
   if [ ! -e "$work/d$h/containerd.toml" ]; then
     cat > "$work/d$h/containerd.toml" <<TOML
@@ -440,10 +441,10 @@ if [ "$SWARM" = 1 ]; then
       dk 9 service create -d --name "$svc" --replicas 6 --no-resolve-image --stop-signal SIGKILL \
         busybox:latest sleep 100000 >/dev/null
       for _ in $(seq 300); do [ "$(running_sw "$svc")" = 6 ] && break; sleep 0.2; done
-      on_victim=$(dk 9 service ps --filter desired-state=running --format '{{.Node}}|{{.CurrentState}}' "$svc" | awk -F'|' -v x="$vname" '$1 == x && $2 ~ /^Running/' | wc -l)
+      on_victim=$({ dk 9 service ps --filter desired-state=running --format '{{.Node}}|{{.CurrentState}}' "$svc" || true; } | awk -F'|' -v x="$vname" '$1 == x && $2 ~ /^Running/' | wc -l)
       note_load "nl-swarm"
       t0=$EPOCHREALTIME
-      kill -9 "${PIDS[dockerd$victim]}"; link "$victim" down
+      kill -9 "${PIDS[dockerd$victim]}" || true; link "$victim" down
       t_down="" t_run=""
       for _ in $(seq 600); do
         now=$EPOCHREALTIME
@@ -458,10 +459,10 @@ if [ "$SWARM" = 1 ]; then
       gone "${PIDS[dockerd$victim]}"
       start_dockerd "$victim" || log "WARNING: dockerd of h$victim did not restart"
       for _ in $(seq 150); do [ "$(dk 9 node inspect -f '{{.Status.State}}' "$vname" 2>/dev/null)" = ready ] && break; sleep 0.2; done
-      dk 9 service rm "$svc" >/dev/null
+      dk 9 service rm "$svc" >/dev/null || log "WARNING: docker service rm $svc failed"
       for _ in $(seq 300); do
         left=0
-        for h in 10 11 12; do left=$((left + $(dk "$h" ps -q 2>/dev/null | wc -l))); done
+        for h in 10 11 12; do left=$((left + $({ dk "$h" ps -q 2>/dev/null || true; } | wc -l))); done
         [ "$left" = 0 ] && break; sleep 0.2
       done
     done
