@@ -3,10 +3,12 @@
 //! context `flotilla-controller init` wrote) and a 3-member etcd 3.4 cluster (the `etcd-client`
 //! crate), so both sides are measured by one client implementation.
 //!
-//! - flotilla's write is `Control.CreateConfig` of a config with a 256-byte payload and a fresh
-//!   name: one raft entry, no read barrier before it (the cheapest real write of the API;
-//!   `UpdateNode` and `RemoveConfig` take a linearizable read first). etcd's is a `Put` of a
-//!   256-byte value under a fresh key.
+//! - flotilla's write (`--op create-config`, the default) is `Control.CreateConfig` of a config
+//!   with a 256-byte payload and a fresh name: one raft entry, no read barrier before it (the
+//!   cheapest real write of the API; `UpdateNode` and `RemoveConfig` take a linearizable read
+//!   first). `--op update-node` is `Control.UpdateNode` of one manager node, setting a 256-byte
+//!   label (a read barrier, then one raft entry; the store does not grow). etcd's write is a `Put`
+//!   of a 256-byte value under a fresh key.
 //! - `write`: N clients (each one request at a time) spread over C connections, for a fixed time
 //!   after a warm-up; prints one JSON line: writes, errors, writes/s, p50/p99/max latency.
 //! - `failover`: finds the leader, opens connections to the other members, SIGKILLs the leader
@@ -30,7 +32,7 @@ use flotilla_controller::ca;
 use flotilla_controller::cli::context;
 use flotilla_proto::control::v1::{
     control_client::ControlClient, ConfigSpec, CreateConfigRequest, GetByNameRequest,
-    GetClusterRequest, ListByNameRequest,
+    GetClusterRequest, ListByNameRequest, ListNodesRequest, NodeSpec, UpdateNodeRequest,
 };
 use tonic::transport::Channel;
 
@@ -57,6 +59,15 @@ struct Target {
     /// flotilla: the CLI config dir holding the admin context.
     #[arg(long)]
     config_dir: Option<std::path::PathBuf>,
+    /// flotilla: which write.
+    #[arg(long, value_enum, default_value = "create-config")]
+    op: Op,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Op {
+    CreateConfig,
+    UpdateNode,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +135,8 @@ enum Cmd {
 #[derive(Clone)]
 enum Conn {
     Flotilla(ControlClient<Channel>),
+    /// flotilla with `--op update-node`: the node and the spec to write.
+    FlotillaNode(ControlClient<Channel>, String, NodeSpec),
     Etcd(etcd_client::Client),
 }
 
@@ -137,7 +150,25 @@ impl Conn {
                     .context("flotilla needs --config-dir (the admin context)")?;
                 let ctx = context::resolve(dir, None)?;
                 let cfg = ca::client_config(&ctx.ca_pem, Some((&ctx.cert_pem, &ctx.key_pem)))?;
-                Ok(Conn::Flotilla(ControlClient::new(ca::channel(endpoint, cfg))))
+                let mut c = ControlClient::new(ca::channel(endpoint, cfg));
+                if t.op == Op::CreateConfig {
+                    return Ok(Conn::Flotilla(c));
+                }
+                let nodes = c
+                    .list_nodes(ListNodesRequest {
+                        role: "manager".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|s| anyhow::anyhow!("list nodes via {endpoint}: {}", s.message()))?
+                    .into_inner()
+                    .nodes;
+                let mut node = nodes
+                    .into_iter()
+                    .min_by(|a, b| a.id.cmp(&b.id))
+                    .context("no manager node to update")?;
+                let spec = node.spec.take().context("the node has no spec")?;
+                Ok(Conn::FlotillaNode(c, node.id, spec))
             }
             Kind::Etcd => {
                 let opts = etcd_client::ConnectOptions::new()
@@ -165,6 +196,20 @@ impl Conn {
                 .await
                 .map(|_| ())
                 .map_err(|s| format!("{:?}: {}", s.code(), s.message())),
+            Conn::FlotillaNode(c, id, spec) => {
+                let mut spec = spec.clone();
+                let mut label = format!("{name}-");
+                label.extend(std::iter::repeat_n('x', value.len().saturating_sub(label.len())));
+                spec.labels.insert("bench".into(), label);
+                c.update_node(UpdateNodeRequest {
+                    node: id.clone(),
+                    version: 0,
+                    spec: Some(spec),
+                })
+                .await
+                .map(|_| ())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+            }
             Conn::Etcd(c) => c
                 .put(format!("/bench/{name}"), value.to_vec(), None)
                 .await
@@ -183,7 +228,7 @@ async fn leader(t: &Target) -> anyhow::Result<usize> {
                 continue;
             };
             let found = match conn {
-                Conn::Flotilla(mut c) => {
+                Conn::Flotilla(mut c) | Conn::FlotillaNode(mut c, _, _) => {
                     match tokio::time::timeout(
                         Duration::from_secs(2),
                         c.get_cluster(GetClusterRequest::default()),
@@ -319,8 +364,12 @@ async fn write(
     }
     lat.sort_unstable();
     let n = lat.len();
+    let kind = match (t.kind, t.op) {
+        (Kind::Flotilla, Op::UpdateNode) => "flotilla-update-node".to_string(),
+        (k, _) => format!("{k:?}").to_lowercase(),
+    };
     let out = serde_json::json!({
-        "kind": format!("{:?}", t.kind).to_lowercase(),
+        "kind": kind,
         "label": label,
         "via": via,
         "endpoint": ep,
@@ -462,6 +511,7 @@ async fn clear(t: &Target) -> anyhow::Result<()> {
                 .await?;
             r.deleted() as usize
         }
+        Conn::FlotillaNode(..) => 0,
         Conn::Flotilla(c) => {
             let mut c = c.max_decoding_message_size(256 << 20);
             let ids: Vec<String> = c

@@ -253,12 +253,15 @@ for r in $(seq "$ROUNDS"); do
   for shape in "1 1" "64 8"; do
     set -- $shape
     for via in leader follower; do
-      for kind in flotilla etcd; do
-        if [ "$kind" = flotilla ]; then eps=$FL_EPS; else eps=$ET_EPS; fi
-        if [ "$kind" = flotilla ]; then mp="${PIDS[fl1]} ${PIDS[fl2]} ${PIDS[fl3]}"; else mp="${PIDS[etcd1]} ${PIDS[etcd2]} ${PIDS[etcd3]}"; fi
+      for kind in flotilla etcd update-node; do
+        # update-node: flotilla's UpdateNode (no store growth, no name check), via the leader only
+        op=create-config k=$kind
+        [ "$kind" = update-node ] && { [ "$via" = leader ] || continue; op=update-node k=flotilla; }
+        if [ "$k" = flotilla ]; then eps=$FL_EPS mp="${PIDS[fl1]} ${PIDS[fl2]} ${PIDS[fl3]}"
+        else eps=$ET_EPS mp="${PIDS[etcd1]} ${PIDS[etcd2]} ${PIDS[etcd3]}"; fi
         note_load "w-$kind-$1-$via"
         c0=$(cpu_ms $mp)
-        line=$(lg write --kind "$kind" --endpoints "$eps" --config-dir "$CLI_R" --via "$via" --clients "$1" --conns "$2" \
+        line=$(lg write --kind "$k" --op "$op" --endpoints "$eps" --config-dir "$CLI_R" --via "$via" --clients "$1" --conns "$2" \
           --secs "$SECS" --tag "r$r-$1-$via" --label "$r")
         c1=$(cpu_ms $mp)
         # CPU of the 3 members over warm-up + measurement, per write of the measurement (approximate:
@@ -266,7 +269,7 @@ for r in $(seq "$ROUNDS"); do
         echo "$line" | jq -c --argjson cpu "$((c1 - c0))" --argjson s "$SECS" '. + {cpu_ms: $cpu, cpu_us_per_write: (if .writes > 0 then ($cpu * 1000 * $s / (($s + 1) * .writes)) else null end)}' |
           tee -a "$W" | jq -c '{kind,via,clients,wps,p50_ms,p99_ms,errors,cpu_us_per_write}' >&2
         # each measurement starts from the same store (KEEP=1: let it grow, see BENCHMARKS.md)
-        [ "$KEEP" = 1 ] || lg clear --kind "$kind" --endpoints "$eps" --config-dir "$CLI_R" 2>&1 | sed 's/^/  /' >&2
+        [ "$KEEP" = 1 ] || [ "$op" = update-node ] || lg clear --kind "$k" --endpoints "$eps" --config-dir "$CLI_R" 2>&1 | sed 's/^/  /' >&2
       done
     done
   done
