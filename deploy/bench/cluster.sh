@@ -490,20 +490,30 @@ echo "## Cluster benchmark (issue 4): \`deploy/bench/cluster.sh\`"
 echo
 echo "Run at $(date -u '+%Y-%m-%d %H:%M') UTC, built from $src_rev, $(nproc) CPUs, kernel $(uname -r); took ${elapsed} s."
 echo "Peers: $etcd_version; $("$DOCKERD" --version 2>/dev/null | head -1)."
-echo "Load average (1 min) when each measurement started: $(printf '%s ' "${loads[@]##*:}")"
+lsum=$(printf '%s\n' "${loads[@]##*:}" | sort -g | awk '{a[NR]=$1} END {m = (NR % 2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2; printf "%s to %s, median %s", a[1], a[NR], m}')
+echo "Load average (1 min) when each of the ${#loads[@]} measurements started: $lsum."
 echo
 echo "| metric | flotilla | peer | flotilla / peer | target | met? |"
 echo "|---|---:|---:|---:|---|---|"
 for c in 1 64; do
+  if [ "$c" = 1 ]; then who="1 client"; else who="64 clients / 8 conns"; fi
   for via in leader follower; do
     fw=$(wsel flotilla "$via" "$c" wps | med) ew=$(wsel etcd "$via" "$c" wps | med)
     fp50=$(wsel flotilla "$via" "$c" p50_ms | med) ep50=$(wsel etcd "$via" "$c" p50_ms | med)
     fp99=$(wsel flotilla "$via" "$c" p99_ms | med) ep99=$(wsel etcd "$via" "$c" p99_ms | med)
     rw=$(ratio "$fw" "$ew")
     if [ "$via" = leader ]; then tgt="≥ 1.0× etcd"; met=$(yes_no "$(awk -v r="$rw" 'BEGIN{print (r+0 >= 1.0)}')"); else tgt="" met=""; fi
-    echo "| writes/s, $c client(s), via the $via | $(fmt "$fw" 0) | $(fmt "$ew" 0) (etcd) | $rw | $tgt | $met |"
-    echo "| p50 / p99 latency (ms), $c client(s), via the $via | $(fmt "$fp50" 2) / $(fmt "$fp99" 2) | $(fmt "$ep50" 2) / $(fmt "$ep99" 2) | $(ratio "$fp50" "$ep50") / $(ratio "$fp99" "$ep99") | | |"
+    echo "| writes/s, $who, via the $via (CreateConfig vs Put) | $(fmt "$fw" 0) | $(fmt "$ew" 0) (etcd) | $rw | $tgt | $met |"
+    echo "| p50 / p99 latency (ms), $who, via the $via | $(fmt "$fp50" 2) / $(fmt "$fp99" 2) | $(fmt "$ep50" 2) / $(fmt "$ep99" 2) | $(ratio "$fp50" "$ep50") / $(ratio "$fp99" "$ep99") | | |"
   done
+  uw=$(wsel flotilla-update-node leader "$c" wps | med) ew=$(wsel etcd leader "$c" wps | med)
+  ep50=$(wsel etcd leader "$c" p50_ms | med) ep99=$(wsel etcd leader "$c" p99_ms | med)
+  up50=$(wsel flotilla-update-node leader "$c" p50_ms | med) up99=$(wsel flotilla-update-node leader "$c" p99_ms | med)
+  ru=$(ratio "$uw" "$ew")
+  echo "| writes/s, $who, via the leader (UpdateNode vs Put) | $(fmt "$uw" 0) | $(fmt "$ew" 0) (etcd) | $ru | ≥ 1.0× etcd | $(yes_no "$(awk -v r="$ru" 'BEGIN{print (r+0 >= 1.0)}')") |"
+  echo "| p50 / p99 latency (ms), $who, UpdateNode via the leader | $(fmt "$up50" 2) / $(fmt "$up99" 2) | $(fmt "$ep50" 2) / $(fmt "$ep99" 2) | $(ratio "$up50" "$ep50") / $(ratio "$up99" "$ep99") | | |"
+  fc=$(wsel flotilla leader "$c" cpu_us_per_write | med) uc=$(wsel flotilla-update-node leader "$c" cpu_us_per_write | med) ec=$(wsel etcd leader "$c" cpu_us_per_write | med)
+  echo "| CPU of the 3 members per write (µs), $who, via the leader: CreateConfig · UpdateNode | $(fmt "$fc" 0) · $(fmt "$uc" 0) | $(fmt "$ec" 0) (etcd) | $(ratio "$fc" "$ec") · $(ratio "$uc" "$ec") | | |"
 done
 fsel() { jq -r --arg k "$1" "select(.kind==\$k and .ok) | .first_write_ms / 1000" "$F"; }
 fnok() { jq -r --arg k "$1" "select(.kind==\$k and (.ok|not)) | 1" "$F" | wc -l; }
@@ -523,14 +533,16 @@ echo "Scheduler bench line: \`${sched_line:-none}\`"
 echo
 echo "### Raw rounds"
 echo
-echo "Writes (kind, via, clients, round: writes/s, p50, p99, max ms, errors):"
+echo "Writes (kind, via, clients, round: writes/s, p50, p99, max ms, errors, CPU µs of the 3 members per write):"
 echo '```'
-jq -r '[.kind, .via, (.clients|tostring), .label, (.wps|floor|tostring), (.p50_ms|tostring), (.p99_ms|tostring), (.max_ms|tostring), (.errors|tostring)] | join(" ")' "$W"
+jq -r '[.kind, .via, (.clients|tostring), .label, (.wps|floor|tostring), (.p50_ms|tostring), (.p99_ms|tostring), (.max_ms|tostring), (.errors|tostring), (.cpu_us_per_write|floor|tostring)] | join(" ")' "$W"
 echo '```'
 echo "Failover (kind: seconds from kill -9 of the leader to the first write through a survivor):"
 echo '```'
 jq -r '"\(.kind) killed \(.killed) -> \(if .ok then (.first_write_ms/1000*1000|floor/1000|tostring) + " s via " + .via else "NO WRITE within the limit" end)"' "$F"
 echo '```'
+echo "Load average when each measurement started, in order: $(printf '%s ' "${loads[@]}")"
+echo
 echo "Node loss (kind, round, tasks on the killed node, s to DOWN, s to 6/6 running):"
 echo '```'
 jq -r '"\(.kind) round \(.round): moved \(.moved), down \(.down_s) s, running \(.running_s) s"' "$NL" 2>/dev/null
