@@ -37,7 +37,10 @@ use flotilla_proto::control::v1::{
 use tonic::transport::Channel;
 
 #[derive(Parser)]
-#[command(name = "raft_load", about = "cluster benchmark load generator (see deploy/bench/cluster.sh)")]
+#[command(
+    name = "raft_load",
+    about = "cluster benchmark load generator (see deploy/bench/cluster.sh)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -137,7 +140,7 @@ enum Conn {
     Flotilla(ControlClient<Channel>),
     /// flotilla with `--op update-node`: the node and the spec to write.
     FlotillaNode(ControlClient<Channel>, String, NodeSpec),
-    Etcd(etcd_client::Client),
+    Etcd(Box<etcd_client::Client>),
 }
 
 impl Conn {
@@ -171,13 +174,13 @@ impl Conn {
                 Ok(Conn::FlotillaNode(c, node.id, spec))
             }
             Kind::Etcd => {
-                let opts = etcd_client::ConnectOptions::new()
-                    .with_connect_timeout(Duration::from_secs(2));
-                Ok(Conn::Etcd(
+                let opts =
+                    etcd_client::ConnectOptions::new().with_connect_timeout(Duration::from_secs(2));
+                Ok(Conn::Etcd(Box::new(
                     etcd_client::Client::connect([endpoint], Some(opts))
                         .await
                         .with_context(|| format!("connect to etcd at {endpoint}"))?,
-                ))
+                )))
             }
         }
     }
@@ -199,7 +202,10 @@ impl Conn {
             Conn::FlotillaNode(c, id, spec) => {
                 let mut spec = spec.clone();
                 let mut label = format!("{name}-");
-                label.extend(std::iter::repeat_n('x', value.len().saturating_sub(label.len())));
+                label.extend(std::iter::repeat_n(
+                    'x',
+                    value.len().saturating_sub(label.len()),
+                ));
                 spec.labels.insert("bench".into(), label);
                 c.update_node(UpdateNodeRequest {
                     node: id.clone(),
@@ -251,8 +257,7 @@ async fn leader(t: &Target) -> anyhow::Result<usize> {
                     for e in &t.endpoints {
                         let id = match Conn::open(t, e).await {
                             Ok(Conn::Etcd(mut c)) => {
-                                match tokio::time::timeout(Duration::from_secs(2), c.status())
-                                    .await
+                                match tokio::time::timeout(Duration::from_secs(2), c.status()).await
                                 {
                                     Ok(Ok(s)) => {
                                         if s.leader() != 0 {
@@ -426,7 +431,13 @@ async fn failover(t: &Target, pids: &[i32], tag: &str, limit: f64) -> anyhow::Re
         }
         for (i, c) in &conns {
             let mut c = c.clone();
-            let (i, value, tx, ftx, done) = (*i, Arc::clone(&value), tx.clone(), ftx.clone(), Arc::clone(&done));
+            let (i, value, tx, ftx, done) = (
+                *i,
+                Arc::clone(&value),
+                tx.clone(),
+                ftx.clone(),
+                Arc::clone(&done),
+            );
             let name = format!("{tag}-{i}-{attempt}");
             tokio::spawn(async move {
                 let r = tokio::time::timeout(Duration::from_secs(3), c.write(&name, &value)).await;
