@@ -130,7 +130,8 @@ cleanup() {
   done
   for m in /sys/fs/cgroup/*/"$LAB"-d*; do
     [ -d "$m" ] || continue
-    for p in $(find "$m" -name cgroup.procs -exec cat {} \; 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+    # shellcheck disable=SC2038  # the pipe carries pids (the files' contents), not file names
+    find "$m" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -9 2>/dev/null
     find "$m" -depth -type d -exec rmdir {} \; 2>/dev/null
   done
   # mounts under the work dir (overlays, netns bind mounts, the tmpfs), deepest first
@@ -306,7 +307,7 @@ for h in 1 2 3; do gone "${PIDS[fl$h]}" "${PIDS[etcd$h]}"; unset "PIDS[fl$h]" "P
 # --- Node loss: flotilla, 1 manager (h5) + 3 workers (h6-h8) -------------------------------------------
 busybox_tar "$work/busybox.tar"
 CLI_N="$work/cli-loss"
-fl() { FLOTILLA_CONFIG="$CLI_N" NO_COLOR=1 FLOTILLA_CONTEXT= on 5 "$FL" "$@"; }   # the CLI, on the manager's host
+fl() { FLOTILLA_CONFIG="$CLI_N" NO_COLOR=1 FLOTILLA_CONTEXT='' on 5 "$FL" "$@"; }   # the CLI, on the manager's host
 start_agent() { # HOST [join args]
   local h=$1; shift
   bg_on "$work/agent$h.log" "$h" "$AGENT" serve --state-dir "$work/a$h" --run-dir "$run/a$h" "$@"
