@@ -4,8 +4,7 @@
 set -euo pipefail
 pkgs=(docker-registry skopeo umoci busybox-static runc crun openssh-server iptables nftables iproute2
       iperf3 hyperfine jq libseccomp-dev pkg-config apache2-utils golang-github-docker-docker-dev
-      strace psmisc procps util-linux curl ca-certificates python3 protobuf-compiler
-      etcd-server etcd-client)  # etcd: the raft peer of deploy/bench/cluster.sh
+      strace psmisc procps util-linux curl ca-certificates python3 protobuf-compiler)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -61,6 +61,14 @@ wait_quiet() {
 
 # --- Packages and binaries ------------------------------------------------------------------------
 deploy/setup.sh
+if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
+  log "installing etcd-server and etcd-client (etcd 3.4, the raft peer)"
+  # Debian starts a packaged etcd on install: forbid service starts while installing.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null || { rm -f /usr/sbin/policy-rc.d; exit 1; }
+  rm -f /usr/sbin/policy-rc.d
+fi
 if [ ! -x "$DOCKERD" ] && [ "$SWARM" = 1 ]; then
   log "installing docker.io (dockerd 20.10, the Swarm peer)"
   apt-get update -qq
