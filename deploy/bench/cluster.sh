@@ -64,10 +64,15 @@ deploy/setup.sh
 if ! command -v etcd >/dev/null || ! command -v etcdctl >/dev/null; then
   log "installing etcd-server and etcd-client (etcd 3.4, the raft peer)"
   # Debian starts a packaged etcd on install: forbid service starts while installing.
-  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+  fi
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null || { rm -f /usr/sbin/policy-rc.d; exit 1; }
-  rm -f /usr/sbin/policy-rc.d
+  rc=0
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends etcd-server etcd-client >/dev/null || rc=$?
+  [ "$own_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  [ "$rc" = 0 ] || exit "$rc"
 fi
 if [ ! -x "$DOCKERD" ] && [ "$SWARM" = 1 ]; then
   log "installing docker.io (dockerd 20.10, the Swarm peer)"
