@@ -188,6 +188,9 @@ pub struct State {
     pub configs: BTreeMap<String, Config>,
     /// Raft index of the last applied batch.
     pub applied_index: u64,
+    /// (kind, name) -> id of the services, secrets and configs: unique names are checked in
+    /// O(1) on every manager's apply (a scan per create made writes slower as the store grew).
+    names: HashMap<(Kind, String), String>,
 }
 
 impl State {
@@ -208,27 +211,56 @@ impl State {
     }
 
     fn name_owner(&self, kind: Kind, name: &str) -> Option<String> {
-        fn find<T>(
-            map: &BTreeMap<String, T>,
-            name: &str,
-            f: impl Fn(&T) -> Option<&str>,
-        ) -> Option<String> {
-            map.iter()
-                .find(|(_, o)| f(o) == Some(name))
-                .map(|(id, _)| id.clone())
+        self.names.get(&(kind, name.to_string())).cloned()
+    }
+
+    /// Keeps the name index in step with a put (`old` is the object it replaces).
+    fn index_name(&mut self, old: Option<&Object>, new: Option<&Object>) {
+        if let Some(o) = old {
+            if let Some(n) = o.unique_name() {
+                let key = (o.kind(), n.to_string());
+                if self.names.get(&key).is_some_and(|id| id == o.id()) {
+                    self.names.remove(&key);
+                }
+            }
         }
-        match kind {
-            Kind::Service => find(&self.services, name, |o| {
-                o.spec.as_ref().map(|s| s.name.as_str())
-            }),
-            Kind::Secret => find(&self.secrets, name, |o| {
-                o.spec.as_ref().map(|s| s.name.as_str())
-            }),
-            Kind::Config => find(&self.configs, name, |o| {
-                o.spec.as_ref().map(|s| s.name.as_str())
-            }),
-            _ => None,
+        if let Some(o) = new {
+            if let Some(n) = o.unique_name() {
+                self.names
+                    .insert((o.kind(), n.to_string()), o.id().to_string());
+            }
         }
+    }
+
+    fn rebuild_names(&mut self) {
+        let mut names = HashMap::new();
+        let mut add = |kind: Kind, name: Option<&str>, id: &str| {
+            if let Some(n) = name {
+                names.insert((kind, n.to_string()), id.to_string());
+            }
+        };
+        for o in self.services.values() {
+            add(
+                Kind::Service,
+                o.spec.as_ref().map(|s| s.name.as_str()),
+                &o.id,
+            );
+        }
+        for o in self.secrets.values() {
+            add(
+                Kind::Secret,
+                o.spec.as_ref().map(|s| s.name.as_str()),
+                &o.id,
+            );
+        }
+        for o in self.configs.values() {
+            add(
+                Kind::Config,
+                o.spec.as_ref().map(|s| s.name.as_str()),
+                &o.id,
+            );
+        }
+        self.names = names;
     }
 
     fn put(&mut self, obj: Object) {
@@ -386,8 +418,18 @@ impl State {
         }
         for event in &planned {
             match event {
-                Event::Created(o) | Event::Updated { new: o, .. } => self.put(o.clone()),
-                Event::Removed(o) => self.delete(o.kind(), o.id()),
+                Event::Created(o) => {
+                    self.index_name(None, Some(o));
+                    self.put(o.clone());
+                }
+                Event::Updated { old, new } => {
+                    self.index_name(Some(old), Some(new));
+                    self.put(new.clone());
+                }
+                Event::Removed(o) => {
+                    self.index_name(Some(o), None);
+                    self.delete(o.kind(), o.id());
+                }
             }
         }
         self.applied_index = index;
@@ -407,7 +449,7 @@ impl State {
     }
 
     pub fn from_snapshot(s: StoreSnapshot) -> State {
-        State {
+        let mut state = State {
             cluster: s.cluster,
             nodes: s.nodes.into_iter().map(|o| (o.id.clone(), o)).collect(),
             services: s.services.into_iter().map(|o| (o.id.clone(), o)).collect(),
@@ -415,7 +457,10 @@ impl State {
             secrets: s.secrets.into_iter().map(|o| (o.id.clone(), o)).collect(),
             configs: s.configs.into_iter().map(|o| (o.id.clone(), o)).collect(),
             applied_index: s.applied_index,
-        }
+            names: HashMap::new(),
+        };
+        state.rebuild_names();
+        state
     }
 
     /// Tasks of a service (any state kept in history).
@@ -708,6 +753,20 @@ mod tests {
         assert!(matches!(
             s.apply(6, &b.into_proto()),
             Err(StoreError::NameInUse { .. })
+        ));
+        // A rename frees the old name, and the index survives a snapshot round trip.
+        let mut b = Batch::new();
+        b.update(service("s3", "api2", 5));
+        s.apply(7, &b.into_proto()).expect("rename");
+        let mut s = State::from_snapshot(s.to_snapshot());
+        let mut b = Batch::new();
+        b.create(service("s4", "api", 0));
+        s.apply(8, &b.into_proto()).expect("the old name is free");
+        let mut b = Batch::new();
+        b.create(service("s5", "api2", 0));
+        assert!(matches!(
+            s.apply(9, &b.into_proto()),
+            Err(StoreError::NameInUse { id, .. }) if id == "s3"
         ));
     }
 
