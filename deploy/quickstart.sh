@@ -119,7 +119,7 @@ on_host 1 "$bin/flotilla-controller" init --listen 10.233.0.1:4242 --state-dir "
   --config-dir "$work/cli" >"$work/h1.log" 2>&1 &
 lab_pids="$lab_pids $!"
 for _ in $(seq 200); do grep -q "flotilla-agent serve --join" "$work/h1.log" && break; sleep 0.05; done
-sed -n '/^Cluster/,$p' "$work/h1.log"
+sed -n '/^Cluster/,/^The .flotilla. CLI/p' "$work/h1.log"
 token=$(grep -o 'flotilla-agent serve --join [^ ]* --token [^ ]*' "$work/h1.log" | awk '{print $NF}')
 for h in 2 3; do
   on_host "$h" "$bin/flotilla-agent" serve --state-dir "$work/h$h/state" --run-dir "$work/h$h/run" \
