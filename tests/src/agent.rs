@@ -528,27 +528,7 @@ impl AgentLab {
     /// Pids of processes whose command line mentions the lab dir (the agent, shims, runtime
     /// helpers), never this process.
     fn lab_processes(&self) -> Vec<i32> {
-        let me = std::process::id() as i32;
-        let needle = self.dir().to_string_lossy().into_owned();
-        let mut pids = Vec::new();
-        if needle.len() < 8 {
-            return pids;
-        }
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                if pid == me {
-                    continue;
-                }
-                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids
+        processes_mentioning(self.dir())
     }
 
     /// Container ids the lab's state knows of (records and runtime states).
@@ -668,52 +648,6 @@ impl AgentLab {
             .output();
     }
 
-    fn unmount_all_under_dir(&self) {
-        let dir = self.dir().to_string_lossy().into_owned();
-        if dir.len() < 8 {
-            return;
-        }
-        for _ in 0..4 {
-            let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-            let mut points: Vec<String> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .map(|p| p.replace("\\040", " "))
-                .filter(|p| p.starts_with(&dir))
-                .collect();
-            if points.is_empty() {
-                return;
-            }
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
-            }
-        }
-    }
-
-    fn remove_cgroups(&self, ids: &[String]) {
-        let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
-            return;
-        };
-        let controllers: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
-        for id in ids {
-            if id.len() < 8 || id.contains('/') {
-                continue;
-            }
-            for c in &controllers {
-                let cg = c.join("flotilla").join(id);
-                if cg.is_dir() {
-                    // children first (runtime sub-cgroups, if any)
-                    let _ = Command::new("find")
-                        .arg(&cg)
-                        .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                        .stderr(Stdio::null())
-                        .output();
-                }
-            }
-        }
-    }
-
     fn teardown(&mut self) {
         // 1. containers, through the agent while it runs
         if self.agent_running() {
@@ -748,10 +682,10 @@ impl AgentLab {
                     .status();
             }
         }
-        self.remove_cgroups(&ids);
+        remove_container_cgroups(&ids);
         // 4. network and mounts
         self.sweep_network();
-        self.unmount_all_under_dir();
+        unmount_under(self.dir());
         self.registry = None;
         if let Some(d) = self.dir.take() {
             let path = d.path().to_path_buf();
@@ -786,4 +720,78 @@ pub fn ps_json(out: &str) -> Result<Vec<serde_json::Value>> {
                 .with_context(|| format!("ps --format json line is not JSON: {l}"))
         })
         .collect()
+}
+
+/// Pids of processes whose command line mentions `dir` (a lab's agent, shims, runtime helpers),
+/// never this process. Nothing for a path too short to be a lab's.
+pub(crate) fn processes_mentioning(dir: &Path) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    if needle.len() < 8 {
+        return pids;
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Detaches every mount under `dir`, deepest first (overlay snapshots, namespace files).
+pub(crate) fn unmount_under(dir: &Path) {
+    let dir = dir.to_string_lossy().into_owned();
+    if dir.len() < 8 {
+        return;
+    }
+    for _ in 0..4 {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(|p| p.replace("\\040", " "))
+            .filter(|p| p.starts_with(&dir))
+            .collect();
+        if points.is_empty() {
+            return;
+        }
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// Removes the cgroups `flotilla/<id>` of containers (children first) in every hierarchy.
+pub(crate) fn remove_container_cgroups(ids: &[String]) {
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let controllers: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
+    for id in ids {
+        if id.len() < 8 || id.contains('/') {
+            continue;
+        }
+        for c in &controllers {
+            let cg = c.join("flotilla").join(id);
+            if cg.is_dir() {
+                // children first (runtime sub-cgroups, if any)
+                let _ = Command::new("find")
+                    .arg(&cg)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .stderr(Stdio::null())
+                    .output();
+            }
+        }
+    }
 }

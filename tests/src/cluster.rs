@@ -936,30 +936,6 @@ impl ClusterLab {
         pids
     }
 
-    fn lab_processes(&self) -> Vec<i32> {
-        let me = std::process::id() as i32;
-        let needle = self.dir().to_string_lossy().into_owned();
-        let mut pids = Vec::new();
-        if needle.len() < 8 {
-            return pids;
-        }
-        if let Ok(entries) = std::fs::read_dir("/proc") {
-            for e in entries.flatten() {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                    continue;
-                };
-                if pid == me {
-                    continue;
-                }
-                let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains(&needle) {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids
-    }
-
     fn container_ids(&self) -> Vec<String> {
         let mut ids = Vec::new();
         for i in 1..=self.hosts {
@@ -1013,7 +989,7 @@ impl ClusterLab {
             p.signal(nix::sys::signal::Signal::SIGCONT);
             p.stop();
         }
-        for pid in self.lab_processes() {
+        for pid in crate::agent::processes_mentioning(self.dir()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
@@ -1024,40 +1000,8 @@ impl ClusterLab {
         // Containers the agents did not remove (created while the lab was being torn down)
         // outlive their killed shims: kill what is left in their cgroups.
         kill_cgroup_processes(&ids);
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            let controllers: Vec<PathBuf> = controllers.flatten().map(|e| e.path()).collect();
-            for id in &ids {
-                for c in &controllers {
-                    let cg = c.join("flotilla").join(id);
-                    if cg.is_dir() {
-                        let _ = Command::new("find")
-                            .arg(&cg)
-                            .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                            .stderr(Stdio::null())
-                            .output();
-                    }
-                }
-            }
-        }
-        let dir = self.dir().to_string_lossy().into_owned();
-        if dir.len() >= 8 {
-            for _ in 0..4 {
-                let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-                let mut points: Vec<String> = info
-                    .lines()
-                    .filter_map(|l| l.split(' ').nth(4))
-                    .map(|p| p.replace("\\040", " "))
-                    .filter(|p| p.starts_with(&dir))
-                    .collect();
-                if points.is_empty() {
-                    break;
-                }
-                points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-                for p in points {
-                    let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
-                }
-            }
-        }
+        crate::agent::remove_container_cgroups(&ids);
+        crate::agent::unmount_under(self.dir());
         self.delete_namespaces();
         if let Some(d) = self.dir.take() {
             let path = d.path().to_path_buf();
