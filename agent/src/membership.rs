@@ -135,6 +135,11 @@ impl Membership {
         Ok(())
     }
 
+    /// `<state>/cluster`: everything the membership keeps.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The client TLS configuration of this node.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, MembershipError> {
         Ok(self.tls.client_config()?)
@@ -148,18 +153,25 @@ fn read_managers(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Renews the node certificate at two thirds of its life (retrying every minute on failure) and
-/// reports each new client configuration on `updated`.
+/// Renews the node certificate at two thirds of its life (retrying every minute on failure),
+/// or at once when `now` is notified (the node's role changed), and reports each new client
+/// configuration on `updated`.
 pub async fn renew_loop(
     files: NodeTlsFiles,
     mut tls: NodeTls,
     managers: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     updated: tokio::sync::watch::Sender<Arc<rustls::ClientConfig>>,
+    now: Arc<tokio::sync::Notify>,
 ) {
     loop {
-        let now = std::time::SystemTime::now();
-        let wait = tls.renew_at().duration_since(now).unwrap_or(Duration::ZERO);
-        tokio::time::sleep(wait).await;
+        let wait = tls
+            .renew_at()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = now.notified() => {}
+        }
         match renew_once(&files, &tls, &managers()).await {
             Ok(new) => {
                 info!("node certificate renewed");
@@ -170,7 +182,10 @@ pub async fn renew_loop(
             }
             Err(e) => {
                 warn!(error = %e, "cannot renew the node certificate; retrying in a minute");
-                tokio::time::sleep(Duration::from_secs(60)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = now.notified() => {}
+                }
             }
         }
     }

@@ -93,6 +93,12 @@ impl NodeCa for TestCa {
     ) -> Result<Response<JoinManagerResponse>, Status> {
         Err(Status::unimplemented("test"))
     }
+    async fn leave_cluster(
+        &self,
+        _: Request<flotilla_proto::control::v1::LeaveClusterRequest>,
+    ) -> Result<Response<flotilla_proto::control::v1::LeaveClusterResponse>, Status> {
+        Err(Status::unimplemented("test"))
+    }
 }
 
 struct Cluster {

@@ -904,6 +904,14 @@ impl ClusterLab {
         }
         for (i, p) in &self.agents {
             s.push_str(&format!("==== agent on host {i}\n{}\n", tail(&p.log(), 40)));
+            // The manager a promoted node's agent started.
+            let promoted = self.agent_run_dir(*i).join("manager.log");
+            if promoted.exists() {
+                s.push_str(&format!(
+                    "==== manager of the promoted node on host {i}\n{}\n",
+                    tail(&std::fs::read_to_string(&promoted).unwrap_or_default(), 60)
+                ));
+            }
         }
         s
     }

@@ -265,6 +265,16 @@ struct ServeArgs {
         requires = "join"
     )]
     token: Option<String>,
+    /// Where this node's manager listens once the node is promoted (`flotilla node promote`).
+    #[arg(long, default_value = "0.0.0.0:4242", value_name = "ADDR:PORT")]
+    manager_listen: std::net::SocketAddr,
+    /// Address others dial to reach this node's manager (default: this host's address towards
+    /// the cluster's managers, with the --manager-listen port).
+    #[arg(long, value_name = "HOST:PORT")]
+    manager_advertise: Option<String>,
+    /// The manager binary a promoted node runs (default: flotilla-controller next to this one).
+    #[arg(long)]
+    controller_bin: Option<PathBuf>,
 }
 
 fn parse_userns(s: &str) -> Result<(u32, u32, u32)> {
@@ -359,10 +369,34 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         .context("join the cluster")?;
         let session_stop = tokio_util::sync::CancellationToken::new();
         let mut tcp_tls = None;
+        let mut active = None;
+        let manager = std::sync::Arc::new(flotilla_agent::cluster::member::ManagerProc::new(
+            flotilla_agent::cluster::member::ManagerSettings {
+                controller_bin: args
+                    .controller_bin
+                    .clone()
+                    .unwrap_or_else(|| dir.join("flotilla-controller")),
+                state_dir: args.state_dir.join("manager"),
+                log: args.run_dir.join("manager.log"),
+                listen: args.manager_listen,
+                advertise: args.manager_advertise.clone(),
+            },
+        ));
         if let Some(m) = membership {
             tcp_tls = Some(m.tls.server_config()?);
-            start_cluster_member(m, engine.clone(), secrets_dir, session_stop.clone())?;
+            active = Some(start_cluster_member(
+                m,
+                engine.clone(),
+                secrets_dir,
+                session_stop.clone(),
+                manager,
+            )?);
         }
+        let local_routes = routes.clone().add_service(
+            flotilla_proto::agent::v1::cluster_membership_server::ClusterMembershipServer::new(
+                flotilla_agent::cluster::member::MembershipService::new(active),
+            ),
+        );
         if let Some(addr) = args.tcp {
             if tcp_tls.is_none() && !plain_tcp_allowed(addr) {
                 bail!("refusing to serve the API on TCP {addr}: this node is not a cluster member, so there is no certificate for mutual TLS; only a loopback address with --insecure-tcp is allowed without it");
@@ -424,7 +458,7 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         eprintln!("flotilla-agent: serving on unix://{}", socket.display());
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         tonic::transport::Server::builder()
-            .add_routes(routes)
+            .add_routes(local_routes)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
             .context("serve the API")?;
@@ -448,15 +482,18 @@ fn only_admins(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Sta
 }
 
 /// Runs the node's part in the cluster: the task executor over the engine, the session with
-/// the managers (reconnecting forever), and certificate renewal.
+/// the managers (reconnecting forever), certificate renewal, and the manager of a promoted
+/// node. Returns what `cluster leave` needs.
 fn start_cluster_member(
     m: flotilla_agent::membership::Membership,
     engine: std::sync::Arc<flotilla_agent::engine::Engine>,
     secrets_dir: PathBuf,
     stop: tokio_util::sync::CancellationToken,
-) -> Result<()> {
+    manager: std::sync::Arc<flotilla_agent::cluster::member::ManagerProc>,
+) -> Result<flotilla_agent::cluster::member::Active> {
     use std::sync::Arc;
     let (executor, statuses) = flotilla_agent::executor::Executor::new(engine, secrets_dir);
+    let executor = Arc::new(executor);
     let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(m.client_config()?);
     let connect: flotilla_agent::cluster::Connect =
         Arc::new(move |addr: &str| flotilla_pki::channel(addr, cfg_rx.borrow().clone()));
@@ -466,6 +503,7 @@ fn start_cluster_member(
         flotilla_agent::cluster::describe_host(Default::default()),
         connect,
     );
+    let info_tx_for_roles = info_tx.subscribe();
     session.info = Some(info_tx);
     let known = Arc::new(std::sync::Mutex::new(m.managers.clone()));
     let m = Arc::new(m);
@@ -486,23 +524,41 @@ fn start_cluster_member(
             }
         });
     }
+    let role_info = info_tx_for_roles;
+    let known_managers: Arc<dyn Fn() -> Vec<String> + Send + Sync> =
+        Arc::new(move || known.lock().unwrap_or_else(|p| p.into_inner()).clone());
+    let renew_now = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(flotilla_agent::membership::renew_loop(
         m.files.clone(),
         m.tls.clone(),
-        Arc::new(move || known.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+        Arc::clone(&known_managers),
         cfg_tx,
+        Arc::clone(&renew_now),
+    ));
+    tokio::spawn(flotilla_agent::cluster::member::role_loop(
+        m.files.clone(),
+        role_info,
+        renew_now,
+        Arc::clone(&manager),
+        Arc::clone(&known_managers),
+        stop.clone(),
     ));
     eprintln!(
         "flotilla-agent: node {} of cluster {}",
         m.tls.identity.node_id, m.tls.identity.cluster_id
     );
+    let active = flotilla_agent::cluster::member::Active {
+        files: m.files.clone(),
+        cluster_dir: m.dir().to_path_buf(),
+        session_stop: stop.clone(),
+        executor: Arc::clone(&executor),
+        managers: known_managers,
+        manager,
+    };
     tokio::spawn(flotilla_agent::cluster::run_session(
-        session,
-        Arc::new(executor),
-        statuses,
-        stop,
+        session, executor, statuses, stop,
     ));
-    Ok(())
+    Ok(active)
 }
 
 fn main() -> ExitCode {

@@ -11,6 +11,7 @@
 pub mod backoff;
 pub mod batch;
 pub mod describe;
+pub mod member;
 
 use std::collections::HashMap;
 use std::future::Future;

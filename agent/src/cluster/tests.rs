@@ -148,6 +148,7 @@ fn session_info(node: &str, leader: &str) -> Result<pb::DispatcherMessage, tonic
             node_id: node.into(),
             heartbeat_period_ms: 50,
             manager_addrs: vec![leader.into()],
+            role: 0,
         })),
     })
 }

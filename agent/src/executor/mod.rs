@@ -33,7 +33,7 @@ use crate::engine::{Engine, EngineConfig};
 use crate::shim::logfile::Stream as LogStreamKind;
 use files::TaskFiles;
 pub use flotilla_proto::control::v1 as pb;
-use spec::LABEL_TASK_ID;
+pub use spec::LABEL_TASK_ID;
 use task::{Desired, Worker};
 
 /// Capacity of the status channel; workers wait when the session falls this far behind.

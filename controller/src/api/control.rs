@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use flotilla_pki::{JoinToken, Role};
 use flotilla_proto::control::v1::control_server::Control;
@@ -17,6 +18,9 @@ use super::{status_of, validate, Ctx};
 use crate::dispatcher::now_ms;
 use crate::manager::random_id;
 use crate::store::{Batch, State};
+
+/// How long `node promote/demote` waits for the role to follow before answering.
+const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(15);
 
 /// Whether a task has (or had) a container whose log can be read: observed RUNNING or later.
 fn log_ready(t: &Task) -> bool {
@@ -436,12 +440,14 @@ impl Control for ControlService {
                 n.id, r.version
             )));
         }
-        let old_role = n.spec.as_ref().map_or(0, |s| s.desired_role);
-        if spec.desired_role != old_role {
-            return Err(Status::unimplemented(
-                "promote/demote are not supported yet: start `flotilla-controller join` with a manager token on the node, or stop that manager",
-            ));
+        let old_role = n.spec.as_ref().map_or(n.role, |s| s.desired_role);
+        let demoting =
+            spec.desired_role == NodeRole::Worker as i32 && old_role != spec.desired_role;
+        if demoting {
+            crate::manager::roles::demotion_check(&self.ctx.membership.summary(), &n.id)
+                .map_err(Status::failed_precondition)?;
         }
+        let role_change = old_role != spec.desired_role;
         n.spec = Some(spec);
         touch(&mut n.meta, 0);
         let mut b = Batch::new();
@@ -455,7 +461,31 @@ impl Control for ControlService {
         if let Some(m) = n.meta.as_mut() {
             m.version = index;
         }
-        Ok(Response::new(n))
+        if role_change {
+            // The leader's role loop makes the role follow (a demoted manager leaves the raft
+            // group first): answer once it has, or with the node as it is after a while.
+            let want = n.spec.as_ref().map_or(0, |s| s.desired_role);
+            let deadline = tokio::time::Instant::now() + ROLE_CHANGE_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if self.ctx.barrier().await.is_err() {
+                    continue;
+                }
+                let now = self.ctx.store.read().nodes.get(&n.id).cloned();
+                match now {
+                    Some(now) if now.role == want => {
+                        n = now;
+                        break;
+                    }
+                    Some(now) => n = now,
+                    None => return Err(Status::not_found(format!("node {} was removed", n.id))),
+                }
+            }
+        }
+        Ok(Response::new(with_manager_status(
+            n,
+            &self.ctx.membership.summary(),
+        )))
     }
 
     async fn remove_node(
@@ -468,8 +498,8 @@ impl Control for ControlService {
         let n = resolve("node", &self.ctx.store.read().nodes, &r.node, node_name)?.clone();
         if n.role == NodeRole::Manager as i32 {
             return Err(Status::failed_precondition(format!(
-                "node {} is a manager: stop it and remove it from the raft group first (`flotilla cluster leave` on it)",
-                n.id
+                "node {} is a manager: demote it first (`flotilla node demote {}`)",
+                n.id, n.id
             )));
         }
         let down = n.status.as_ref().map(|s| s.state) != Some(NodeState::Ready as i32);

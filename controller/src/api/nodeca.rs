@@ -8,7 +8,7 @@ use std::time::Duration;
 use flotilla_pki::{match_join_token, peer_identity, PeerRole, Role, RootCa};
 use flotilla_proto::control::v1::node_ca_server::NodeCa;
 use flotilla_proto::control::v1::{
-    self as pb, Cluster, Meta, Node, NodeAvailability, NodeSpec, NodeState, NodeStatus,
+    self as pb, Cluster, Meta, Node, NodeAvailability, NodeRole, NodeSpec, NodeState, NodeStatus,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -140,15 +140,11 @@ impl NodeCa for NodeCaService {
         req: Request<pb::RenewNodeCertificateRequest>,
     ) -> Result<Response<pb::RenewNodeCertificateResponse>, Status> {
         let id = peer_identity(&req)?;
-        let role = match id.role {
-            PeerRole::Worker => Role::Worker,
-            PeerRole::Manager => Role::Manager,
-            PeerRole::Admin => {
-                return Err(Status::permission_denied(
-                    "admin certificates are renewed with `flotilla-controller` on a manager",
-                ))
-            }
-        };
+        if id.role == PeerRole::Admin {
+            return Err(Status::permission_denied(
+                "admin certificates are renewed with `flotilla-controller` on a manager",
+            ));
+        }
         self.ctx.barrier().await?;
         let c = self.cluster()?;
         for _ in 0..3 {
@@ -157,6 +153,13 @@ impl NodeCa for NodeCaService {
                     "node {} was removed from the cluster: join it again with a token",
                     id.node_id
                 )));
+            };
+            // The role the cluster gives the node now: promote/demote change it, and the
+            // node's next certificate follows.
+            let role = if node.role == NodeRole::Manager as i32 {
+                Role::Manager
+            } else {
+                Role::Worker
             };
             let issued = self
                 .root_ca(&c)?
@@ -202,11 +205,20 @@ impl NodeCa for NodeCaService {
             ));
         }
         self.ctx.barrier().await?;
-        if !self.ctx.store.read().nodes.contains_key(&id.node_id) {
-            return Err(Status::permission_denied(format!(
-                "node {} was removed from the cluster",
-                id.node_id
-            )));
+        match self.ctx.store.read().nodes.get(&id.node_id) {
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "node {} was removed from the cluster",
+                    id.node_id
+                )))
+            }
+            Some(n) if n.role != NodeRole::Manager as i32 => {
+                return Err(Status::permission_denied(format!(
+                    "node {} is not a manager (demoted): promote it again first",
+                    id.node_id
+                )))
+            }
+            Some(_) => {}
         }
         let summary = self.ctx.membership.summary();
         let raft_id = match summary.members.iter().find(|m| m.2 == id.node_id) {
@@ -232,6 +244,74 @@ impl NodeCa for NodeCaService {
             data_key: self.ctx.data_key.to_bytes().to_vec(),
             member_addrs: members,
         }))
+    }
+
+    async fn leave_cluster(
+        &self,
+        req: Request<pb::LeaveClusterRequest>,
+    ) -> Result<Response<pb::LeaveClusterResponse>, Status> {
+        let id = peer_identity(&req)?;
+        if id.role == PeerRole::Admin {
+            return Err(Status::permission_denied(
+                "an admin certificate has no node to leave with",
+            ));
+        }
+        let force = req.get_ref().force;
+        self.ctx.barrier().await?;
+        for _ in 0..3 {
+            let Some(mut node) = self.ctx.store.read().nodes.get(&id.node_id).cloned() else {
+                return Err(Status::not_found(format!(
+                    "node {} is not part of the cluster (removed already)",
+                    id.node_id
+                )));
+            };
+            let was_manager = node.role == NodeRole::Manager as i32
+                || node.spec.as_ref().map(|s| s.desired_role) == Some(NodeRole::Manager as i32);
+            if was_manager {
+                crate::manager::roles::demotion_check(&self.ctx.membership.summary(), &node.id)
+                    .map_err(|e| {
+                        Status::failed_precondition(if force {
+                            format!("{e}: not even --force can leave the remaining managers without a quorum")
+                        } else {
+                            e
+                        })
+                    })?;
+                if !force {
+                    return Err(Status::failed_precondition(format!(
+                        "node {} is a manager: demote it first (`flotilla node demote {}`), or leave with --force",
+                        node.id, node.id
+                    )));
+                }
+            }
+            let spec = node.spec.get_or_insert_with(Default::default);
+            spec.desired_role = NodeRole::Worker as i32;
+            node.status = Some(NodeStatus {
+                state: NodeState::Down as i32,
+                message: "left the cluster (remove it with `flotilla node rm`)".into(),
+                addr: node
+                    .status
+                    .as_ref()
+                    .map(|s| s.addr.clone())
+                    .unwrap_or_default(),
+                last_heartbeat: node.status.as_ref().map_or(0, |s| s.last_heartbeat),
+            });
+            if let Some(m) = node.meta.as_mut() {
+                m.updated_at = now_ms();
+            }
+            let mut b = Batch::new();
+            b.update(node);
+            match self.ctx.proposer.propose(b.into_proto()).await {
+                Ok(_) => {
+                    info!(node = %id.node_id, was_manager, "node left the cluster");
+                    return Ok(Response::new(pb::LeaveClusterResponse { was_manager }));
+                }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(status_of(e)),
+            }
+        }
+        Err(Status::aborted(
+            "too many concurrent changes to the node: retry",
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `flotilla-controller`: a manager of a flotilla cluster (Swarm-mode manager equivalent).
 //! `init` starts a new cluster, `join` adds a manager to one, `serve` restarts a manager from its
-//! state directory; all three then run in the foreground until SIGINT/SIGTERM.
+//! state directory; all three then run in the foreground until SIGINT/SIGTERM, or until the
+//! manager is removed from the cluster's managers (exit 0, its state deleted).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,13 +46,23 @@ enum Cmd {
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         heartbeat_period: Duration,
     },
-    /// Join an existing cluster as a manager, with a manager join token.
+    /// Join an existing cluster as a manager, with a manager join token (or, on a promoted
+    /// node, with the node's manager certificate: --node-tls).
     Join {
         #[command(flatten)]
         common: Common,
         /// The manager token (`flotilla cluster join-token manager`).
-        #[arg(long, env = "FLOTILLA_JOIN_TOKEN", hide_env_values = true)]
-        token: String,
+        #[arg(
+            long,
+            env = "FLOTILLA_JOIN_TOKEN",
+            hide_env_values = true,
+            required_unless_present = "node_tls"
+        )]
+        token: Option<String>,
+        /// Join as the node whose certificate this directory holds (an agent's `cluster/tls`
+        /// after `flotilla node promote`; the agent does this itself), keeping its node id.
+        #[arg(long, conflicts_with = "token")]
+        node_tls: Option<PathBuf>,
         /// Address (host:port) of a manager of the cluster.
         addr: String,
     },
@@ -181,10 +192,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Join {
             common,
             token,
+            node_tls,
             addr,
         } => (
             config(&common, Duration::from_secs(1))?,
-            Start::Join { addr, token },
+            match (token, node_tls) {
+                (_, Some(tls_dir)) => Start::JoinAsNode { addr, tls_dir },
+                (Some(token), None) => Start::Join { addr, token },
+                (None, None) => anyhow::bail!("give --token (or --node-tls on a promoted node)"),
+            },
             false,
         ),
         Cmd::Serve { common } => (
@@ -242,9 +258,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    wait_signal().await;
-    tracing::info!("shutting down");
-    manager.shutdown().await;
+    tokio::select! {
+        _ = wait_signal() => {
+            tracing::info!("shutting down");
+            manager.shutdown().await;
+        }
+        _ = manager.removed() => {
+            let node = manager.identity.node_id.clone();
+            manager.shutdown_removed().await?;
+            eprintln!(
+                "manager {node} was removed from the cluster's managers (demoted, or left): its raft state in {} is deleted",
+                cfg.state_dir.display()
+            );
+        }
+    }
     Ok(())
 }
 

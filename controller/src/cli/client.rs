@@ -147,6 +147,14 @@ impl Agent {
     pub fn networks(&self) -> NetworksClient<Channel> {
         NetworksClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
     }
+    pub fn membership(
+        &self,
+    ) -> flotilla_proto::agent::v1::cluster_membership_client::ClusterMembershipClient<Channel>
+    {
+        flotilla_proto::agent::v1::cluster_membership_client::ClusterMembershipClient::new(
+            self.channel.clone(),
+        )
+    }
 
     /// Turns a failed call into the error the CLI prints: the agent's message as is, or, when
     /// the call never reached the agent, the "is it running" message.

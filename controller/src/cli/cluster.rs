@@ -28,6 +28,21 @@ working (nodes that already joined are not affected).",
     Status(StatusArgs),
     /// Print the cluster's root CA certificate (PEM)
     Ca,
+    /// Make this node (its local agent, -H) leave the cluster
+    #[command(
+        long_about = "Make this node leave the cluster, through its local agent (-H): the managers mark the node down (it stays listed until `flotilla node rm`), its tasks' containers are stopped and removed (the cluster runs them elsewhere), its certificate and cluster state are deleted. A manager node needs --force: it is demoted on the way out, which is refused when the other managers would lose their quorum (demote it with `flotilla node demote` first to be safe). With --force, a node that cannot reach any manager leaves anyway.",
+        after_help = "Examples:
+  flotilla cluster leave
+  flotilla -H unix:///run/flotilla/agent.sock cluster leave --force"
+    )]
+    Leave(LeaveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// Leave even as a manager, or when no manager can be told
+    #[arg(short, long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -173,8 +188,13 @@ pub fn status_text(v: &StatusView) -> String {
 
 /// Runs a cluster subcommand.
 pub async fn dispatch(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
+    let cmd = match cmd {
+        ClusterCmd::Leave(a) => return leave(ctx, a).await,
+        other => other,
+    };
     let cl = Cluster::open(ctx).await?;
     match cmd {
+        ClusterCmd::Leave(_) => unreachable!("handled above"),
         ClusterCmd::JoinToken(a) => {
             let r = cl
                 .api()
@@ -241,6 +261,29 @@ pub async fn dispatch(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `cluster leave`: asks the local agent, not a manager (the node leaves, not the cluster).
+async fn leave(ctx: &Ctx, a: LeaveArgs) -> anyhow::Result<i32> {
+    let agent = ctx.agent().await?;
+    let r = agent
+        .membership()
+        .leave(flotilla_proto::agent::v1::LeaveClusterRequest { force: a.force })
+        .await
+        .map_err(|s| agent.err(s))?
+        .into_inner();
+    if !r.warning.is_empty() {
+        eprintln!("warning: {}", r.warning);
+    }
+    if r.was_manager {
+        outln(&format!(
+            "Node {} left the cluster (demoted: it is no longer a manager).",
+            r.node_id
+        ));
+    } else {
+        outln(&format!("Node {} left the cluster.", r.node_id));
+    }
+    Ok(0)
 }
 
 #[cfg(test)]

@@ -570,7 +570,7 @@ pub async fn dispatch(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<i32> {
             Ok(each(&a.nodes, |name| {
                 let cl = cl.clone();
                 async move {
-                    let (_, wrote) = update_node(&cl, &name, |_, spec| {
+                    let (n, wrote) = update_node(&cl, &name, |_, spec| {
                         if spec.desired_role == NodeRole::Worker as i32 {
                             return Ok(false);
                         }
@@ -578,7 +578,11 @@ pub async fn dispatch(ctx: &Ctx, cmd: NodeCmd) -> anyhow::Result<i32> {
                         Ok(true)
                     })
                     .await?;
-                    if wrote {
+                    if wrote && n.role == NodeRole::Manager as i32 {
+                        outln(&format!(
+                            "Manager {name} is being demoted: it is still a raft member (see `flotilla node ls`)."
+                        ));
+                    } else if wrote {
                         outln(&format!("Manager {name} demoted in the cluster."));
                     } else {
                         outln(&format!("Node {name} is already a worker."));

@@ -391,14 +391,17 @@ impl Dispatcher {
         tokio::spawn(async move {
             let (state, mut watch) = me.store.snapshot_and_watch();
             let period = me.heartbeat_period();
-            let info = DispatcherMessage {
+            let session_info = |role: i32| DispatcherMessage {
                 msg: Some(dispatcher_message::Msg::Session(SessionInfo {
                     session_id: sid.clone(),
                     node_id: node.clone(),
                     heartbeat_period_ms: period.as_millis() as u64,
                     manager_addrs: (me.manager_addrs)(),
+                    role,
                 })),
             };
+            let mut sent_role = state.nodes.get(&node).map_or(0, |n| n.role);
+            let info = session_info(sent_role);
             let full = full_assignments(&state, &node, &me.open_secret);
             let mut sent_secrets: HashSet<String> =
                 full.secrets.iter().map(|s| s.id.clone()).collect();
@@ -433,6 +436,16 @@ impl Dispatcher {
                                 if node_gone {
                                     let _ = out_tx.send(Err(Status::permission_denied(format!("node {node} was removed from the cluster")))).await;
                                     return;
+                                }
+                                // A promotion or demotion: the agent renews its certificate
+                                // and starts or stops its manager.
+                                let role = applied.events.iter().rev().find_map(|e| match e {
+                                    Event::Updated { new: Object::Node(n), .. } if n.id == node => Some(n.role),
+                                    _ => None,
+                                });
+                                if let Some(role) = role.filter(|r| *r != sent_role) {
+                                    sent_role = role;
+                                    if out_tx.send(Ok(session_info(role))).await.is_err() { return; }
                                 }
                                 if tasks.is_empty() && removed.is_empty() { continue; }
                                 let state = me.store.read();

@@ -3,7 +3,8 @@
 //! applied batches (debounced) and to its own timers.
 //! - reconcile: the orchestrators turn services into tasks (`orchestrator::reconcile`);
 //! - schedule: pending tasks get nodes (`scheduler::Scheduler`);
-//! - the dispatcher's statuses and heartbeat watch (`Dispatcher::run`).
+//! - the dispatcher's statuses and heartbeat watch (`Dispatcher::run`);
+//! - node roles: promotions and demotions (`roles::role_loop`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub async fn leader_loops(
     store: Store,
     proposer: Arc<dyn Proposer>,
     dispatcher: Arc<Dispatcher>,
+    membership: Arc<dyn crate::api::Membership>,
     identity: Identity,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -41,6 +43,12 @@ pub async fn leader_loops(
                 tokio::spawn(reconcile_loop(
                     store.clone(),
                     Arc::clone(&proposer),
+                    term_stop.clone(),
+                )),
+                tokio::spawn(super::roles::role_loop(
+                    store.clone(),
+                    Arc::clone(&proposer),
+                    Arc::clone(&membership),
                     term_stop.clone(),
                 )),
                 tokio::spawn(schedule_loop(

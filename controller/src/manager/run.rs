@@ -43,6 +43,9 @@ pub enum Start {
     ForceNewCluster,
     /// Join the cluster of the manager at `addr` with a manager token.
     Join { addr: String, token: String },
+    /// Join the cluster of the manager at `addr` as the node whose certificate is in `tls_dir`
+    /// (a promoted node: its agent's certificate, renewed as a manager's after `node promote`).
+    JoinAsNode { addr: String, tls_dir: PathBuf },
     /// Restart from the state directory.
     Restart,
 }
@@ -325,6 +328,8 @@ pub struct Manager {
     stop: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     loops: tokio::task::JoinHandle<()>,
+    removed: watch::Receiver<bool>,
+    state_dir: PathBuf,
 }
 
 impl Manager {
@@ -342,7 +347,9 @@ impl Manager {
         let key_path = cfg.state_dir.join("data.key");
         let mut new_cluster: Option<(RootCa, DataKey)> = None;
         let (identity, bootstrap) = match (&start, existing) {
-            (Start::Init, Some(id)) | (Start::Join { .. }, Some(id)) => bail!(
+            (Start::Init, Some(id))
+            | (Start::Join { .. }, Some(id))
+            | (Start::JoinAsNode { .. }, Some(id)) => bail!(
                 "{} already holds manager {} of cluster {}: restart it with `flotilla-controller serve --state-dir {}`, or use an empty directory",
                 cfg.state_dir.display(),
                 id.node_id,
@@ -394,6 +401,10 @@ impl Manager {
             }
             (Start::Join { addr, token }, None) => {
                 let id = join_as_manager(&cfg, addr, token, &tls_files, &key_path).await?;
+                (id, Bootstrap::Join)
+            }
+            (Start::JoinAsNode { addr, tls_dir }, None) => {
+                let id = join_as_node(&cfg, addr, tls_dir, &tls_files, &key_path).await?;
                 (id, Bootstrap::Join)
             }
         };
@@ -525,7 +536,17 @@ impl Manager {
             store.clone(),
             Arc::clone(&proposer),
             Arc::clone(&dispatcher),
+            membership.clone() as Arc<dyn Membership>,
             identity.clone(),
+            stop_rx.clone(),
+        ));
+        let (removed_tx, removed) = watch::channel(false);
+        tokio::spawn(removal_watch(
+            raft.clone(),
+            store.clone(),
+            identity.clone(),
+            connector,
+            removed_tx,
             stop_rx,
         ));
         Ok(Manager {
@@ -535,6 +556,8 @@ impl Manager {
             stop,
             server,
             loops,
+            removed,
+            state_dir: cfg.state_dir.clone(),
         })
     }
 
@@ -543,12 +566,135 @@ impl Manager {
         self.raft.status()
     }
 
+    /// Resolves once this manager has been removed from the raft group (demoted, or left the
+    /// cluster): it then has nothing left to do but [`Manager::shutdown_removed`].
+    pub async fn removed(&self) {
+        let mut rx = self.removed.clone();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Shuts a removed manager down and deletes its state (raft log, certificate, data key,
+    /// identity): it is no member any more, and `serve` must not bring the old log back.
+    pub async fn shutdown_removed(self) -> anyhow::Result<()> {
+        let dir = self.state_dir.clone();
+        self.shutdown().await;
+        forget_state(&dir)
+    }
+
     /// Stops serving and shuts raft down (state stays on disk).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
         let _ = self.loops.await;
         self.raft.shutdown().await;
+    }
+}
+
+/// Deletes a removed manager's state: `manager.json` first (so a crash half-way leaves a
+/// directory `serve` refuses and `join` starts over in), then the rest.
+fn forget_state(dir: &Path) -> anyhow::Result<()> {
+    let id = identity_path(dir);
+    if id.exists() {
+        std::fs::remove_file(&id).with_context(|| format!("cannot remove {}", id.display()))?;
+    }
+    for sub in ["raft", "tls"] {
+        let p = dir.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p)
+                .with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    let key = dir.join("data.key");
+    if key.exists() {
+        std::fs::remove_file(&key).with_context(|| format!("cannot remove {}", key.display()))?;
+    }
+    Ok(())
+}
+
+/// Whether this manager was removed from the raft group, as far as it can tell locally: it was
+/// a member and the applied configuration no longer lists it, or the store says its node is a
+/// worker now (written by the leader once the removal committed) or is gone.
+fn removed_locally(
+    saw_self: bool,
+    st: &crate::raft::RaftStatus,
+    store: &Store,
+    node_id: &str,
+) -> bool {
+    if saw_self && !st.members.is_empty() && !st.members.iter().any(|m| m.raft_id == st.raft_id) {
+        return true;
+    }
+    let state = store.read();
+    if state.cluster.is_none() {
+        return false;
+    }
+    match state.nodes.get(node_id) {
+        None => true,
+        Some(n) => {
+            n.role == NodeRole::Worker as i32
+                && n.spec
+                    .as_ref()
+                    .is_none_or(|s| s.desired_role == NodeRole::Worker as i32)
+        }
+    }
+}
+
+/// Watches for this manager's removal from the raft group. A removed member may never learn it
+/// from raft (the leader stops talking to it once the change is applied), so when it has had no
+/// leader, or a configuration without itself, for a while it asks the members it knows: their
+/// raft port refuses a node the store no longer knows as a manager.
+async fn removal_watch(
+    raft: RaftNode<StoreMachine>,
+    store: Store,
+    identity: Identity,
+    connector: Arc<Mtls>,
+    removed: watch::Sender<bool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut saw_self = false;
+    let mut leaderless_since: Option<std::time::Instant> = None;
+    let patience = raft.election_timeout() * 3;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.changed() => return,
+        }
+        let st = raft.status();
+        saw_self |= st.members.iter().any(|m| m.raft_id == st.raft_id);
+        let mut gone = removed_locally(saw_self, &st, &store, &identity.node_id);
+        // No leader, or a configuration without this manager (a removed member is not
+        // promotable: it never campaigns, so it may keep an old leader forever).
+        let unsure = st.leader_id == 0
+            || (!st.members.is_empty() && !st.members.iter().any(|m| m.raft_id == st.raft_id));
+        if !gone && unsure {
+            let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= patience {
+                leaderless_since = Some(std::time::Instant::now());
+                for m in st.members.iter().filter(|m| m.raft_id != st.raft_id) {
+                    let mut c = rpb::raft_client::RaftClient::new(connector.0.channel(&m.addr));
+                    let asked = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        c.status(rpb::StatusRequest {}),
+                    )
+                    .await;
+                    if let Ok(Err(s)) = asked {
+                        if s.code() == tonic::Code::PermissionDenied
+                            && s.message().contains("is not a manager of this cluster")
+                        {
+                            info!(peer = %m.addr, "the other managers no longer know this one as a manager");
+                            gone = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        } else {
+            leaderless_since = None;
+        }
+        if gone {
+            warn!(node = %identity.node_id, "this manager was removed from the cluster (demoted or left): stopping");
+            let _ = removed.send(true);
+            return;
+        }
     }
 }
 
@@ -672,6 +818,40 @@ async fn join_as_manager(
         bail!("the cluster issued a worker certificate: use the manager token");
     }
     let tls = tls_files.save(&ca_pem, &issued.cert_pem, &key.key_pem)?;
+    enter_raft_group(cfg, addr, &tls, key_path).await
+}
+
+/// Joins as the node whose manager certificate `tls_dir` holds (no token: the certificate is
+/// the credential, and the node keeps its id).
+async fn join_as_node(
+    cfg: &ManagerConfig,
+    addr: &str,
+    tls_dir: &Path,
+    tls_files: &NodeTlsFiles,
+    key_path: &Path,
+) -> anyhow::Result<Identity> {
+    let node = NodeTlsFiles::new(tls_dir.to_path_buf())
+        .load()?
+        .with_context(|| format!("{} holds no node certificate", tls_dir.display()))?;
+    if node.identity.role != PeerRole::Manager {
+        bail!(
+            "node {}'s certificate is a worker's: promote the node first (`flotilla node promote {}`)",
+            node.identity.node_id,
+            node.identity.node_id
+        );
+    }
+    let tls = tls_files.save(&node.ca_pem, &node.cert_pem, &node.key_pem)?;
+    enter_raft_group(cfg, addr, &tls, key_path).await
+}
+
+/// Asks the cluster at `addr` to add this manager (certificate `tls`) to the raft group, and
+/// keeps the data key it answers with.
+async fn enter_raft_group(
+    cfg: &ManagerConfig,
+    addr: &str,
+    tls: &flotilla_pki::NodeTls,
+    key_path: &Path,
+) -> anyhow::Result<Identity> {
     let mut ca_client = NodeCaClient::new(flotilla_pki::channel(addr, tls.client_config()?));
     let joined = ca_client
         .join_manager(pb::JoinManagerRequest {
@@ -683,7 +863,7 @@ async fn join_as_manager(
     let data_key = DataKey::from_bytes(&joined.data_key)?;
     write_private(key_path, hex::encode(data_key.to_bytes()).as_bytes())?;
     Ok(Identity {
-        node_id: issued.node_id,
+        node_id: tls.identity.node_id.clone(),
         raft_id: joined.raft_id,
         cluster_id: tls.identity.cluster_id.clone(),
         advertise: cfg.advertise.clone(),
