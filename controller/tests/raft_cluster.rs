@@ -187,10 +187,32 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("add member {id}: {e}"));
             assert_eq!(members.len() as u64, id);
+            c.wait_voter(id).await;
         }
         let all: Vec<u64> = (1..=n).collect();
         c.wait_leader(&all).await;
         c
+    }
+
+    /// Waits until the leader made the new member `id` a voter (it enters as a learner).
+    async fn wait_voter(&self, id: u64) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let voter = self.nodes.values().any(|n| {
+                let st = n.node.status();
+                st.is_leader
+                    && st.members.iter().any(|m| m.raft_id == id)
+                    && !st.learners.contains(&id)
+            });
+            if voter {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "member {id} never became a voter"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn node(&self, id: u64) -> &RaftNode<Kv> {
@@ -922,5 +944,34 @@ async fn bench_write_throughput() {
         c.node(id).read_barrier().await.expect("barrier");
         assert_eq!(c.map(id).len(), total, "node {id} has every write");
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_new_manager_stays_a_learner_and_costs_no_quorum() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new(1, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    // Nothing listens there: the new member can never catch up.
+    let members = c
+        .node(leader)
+        .add_member(7, "127.0.0.1:1".into(), "node-7".into())
+        .await
+        .expect("added as a learner");
+    assert_eq!(members.len(), 2);
+    // Were it a voter, one manager out of two could not commit anything.
+    c.set(leader, "still", "writable").await;
+    let st = c.node(leader).status();
+    assert_eq!(st.learners, vec![7], "{st:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.node(leader).status().learners, vec![7], "never promoted");
+    c.set(leader, "later", "too").await;
+    let members = c
+        .node(leader)
+        .remove_member(7)
+        .await
+        .expect("a learner can be removed");
+    assert_eq!(members.len(), 1);
+    assert!(c.node(leader).status().learners.is_empty());
     c.shutdown().await;
 }

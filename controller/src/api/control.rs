@@ -1099,7 +1099,9 @@ fn with_manager_status(mut n: Node, raft: &super::RaftSummary) -> Node {
             raft_id: m.0,
             addr: m.1.clone(),
             leader: m.0 == raft.leader_raft_id,
-            reachability: if m.0 == raft.raft_id || raft.reachable.contains(&m.0) {
+            reachability: if raft.learners.contains(&m.0) {
+                "catching up".into()
+            } else if m.0 == raft.raft_id || raft.reachable.contains(&m.0) {
                 "reachable".into()
             } else {
                 "unreachable".into()

@@ -40,6 +40,8 @@ pub struct RaftSummary {
     /// Members considered reachable (the leader's view, also on a follower: see
     /// `crate::raft::RaftStatus::reachable_ids`).
     pub reachable: Vec<u64>,
+    /// Members that have no vote yet (new managers catching up with the log).
+    pub learners: Vec<u64>,
 }
 
 impl RaftSummary {

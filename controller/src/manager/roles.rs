@@ -42,10 +42,11 @@ pub fn demotion_check(raft: &RaftSummary, node_id: &str) -> Result<(), String> {
     let Some(me) = raft.members.iter().find(|m| m.2 == node_id) else {
         return Ok(());
     };
+    // Learners have no vote: they neither count in the quorum nor can they make one.
     let rest: Vec<u64> = raft
         .members
         .iter()
-        .filter(|m| m.0 != me.0)
+        .filter(|m| m.0 != me.0 && !raft.learners.contains(&m.0))
         .map(|m| m.0)
         .collect();
     if rest.is_empty() {

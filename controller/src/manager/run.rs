@@ -177,6 +177,7 @@ impl Membership for RaftMembership {
                 .map(|m| (m.raft_id, m.addr.clone(), m.node_id.clone()))
                 .collect(),
             reachable: s.reachable_ids,
+            learners: s.learners,
         }
     }
     fn add_member(

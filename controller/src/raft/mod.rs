@@ -140,6 +140,9 @@ pub struct RaftStatus {
     /// of the leader every half election timeout), or its own when that is older than two
     /// election timeouts (it then only knows itself and whoever it heard from).
     pub reachable_ids: Vec<u64>,
+    /// Members that are learners: new managers catching up with the log before they get a
+    /// vote (see `MemberChange::Add`).
+    pub learners: Vec<u64>,
 }
 
 /// Configuration of one raft node.

@@ -46,14 +46,21 @@ pub(crate) type ReadReply = oneshot::Sender<Result<u64, RaftError>>;
 
 #[derive(Clone, Debug)]
 pub(crate) enum MemberChange {
+    /// A new manager: it enters as a learner (no vote, no part of any quorum), and is made a
+    /// voter once it has caught up with the log as it was when it entered. A new manager that
+    /// the leader cannot reach (a wrong advertised address) therefore never weakens the quorum.
     Add(Member),
+    /// The second step of `Add`: a learner that caught up becomes a voter.
+    Promote(Member),
     Remove(u64),
 }
 
 impl MemberChange {
     pub fn to_wire(&self) -> pb::change_membership_request::Change {
         match self {
-            MemberChange::Add(m) => pb::change_membership_request::Change::Add(m.clone().into()),
+            MemberChange::Add(m) | MemberChange::Promote(m) => {
+                pb::change_membership_request::Change::Add(m.clone().into())
+            }
             MemberChange::Remove(id) => pb::change_membership_request::Change::Remove(*id),
         }
     }
@@ -173,6 +180,13 @@ fn encode_snapshot_data(members: &BTreeMap<u64, Member>, state: Vec<u8>) -> Vec<
     .encode_to_vec()
 }
 
+struct LearnerWatch {
+    target: u64,
+    since: Instant,
+    promoting: bool,
+    warned: bool,
+}
+
 pub(crate) struct ReadyLoop<S: StateMachine> {
     raw: RawNode<RaftStorage>,
     cfg: RaftConfig,
@@ -191,6 +205,9 @@ pub(crate) struct ReadyLoop<S: StateMachine> {
     next_id: u64,
     proposals: HashMap<u64, ProposeReply>,
     conf_waiters: HashMap<u64, MembersReply>,
+    /// On the leader, the learners (new managers) it watches catch up: the log index to reach
+    /// (the commit index when it first saw them), since when, whether their promotion is queued.
+    learners: HashMap<u64, LearnerWatch>,
     queued_conf: VecDeque<(MemberChange, MembersReply)>,
     /// Membership answers of the entries being applied, sent once the result is published.
     member_answers: Vec<(MembersReply, Result<Vec<Member>, RaftError>)>,
@@ -346,6 +363,7 @@ impl<S: StateMachine> ReadyLoop<S> {
             next_id: 0,
             proposals: HashMap::new(),
             conf_waiters: HashMap::new(),
+            learners: HashMap::new(),
             queued_conf: VecDeque::new(),
             member_answers: Vec::new(),
             reads: HashMap::new(),
@@ -553,8 +571,22 @@ impl<S: StateMachine> ReadyLoop<S> {
                     )));
                 }
             }
+            MemberChange::Promote(m) => {
+                if self.conf_state.voters.contains(&m.raft_id) {
+                    return Ok(Some(self.members.values().cloned().collect()));
+                }
+                if !self.conf_state.learners.contains(&m.raft_id) {
+                    return Err(RaftError::Membership(format!(
+                        "raft id {} is no learner any more",
+                        m.raft_id
+                    )));
+                }
+            }
             MemberChange::Remove(id) => {
-                if !self.conf_state.voters.contains(id) && !self.members.contains_key(id) {
+                if !self.conf_state.voters.contains(id)
+                    && !self.conf_state.learners.contains(id)
+                    && !self.members.contains_key(id)
+                {
                     return Err(RaftError::Membership(format!(
                         "raft id {id} is not a member"
                     )));
@@ -591,6 +623,11 @@ impl<S: StateMachine> ReadyLoop<S> {
             let mut cc = ConfChangeV2::default();
             match &change {
                 MemberChange::Add(m) => {
+                    single.set_change_type(ConfChangeType::AddLearnerNode);
+                    single.node_id = m.raft_id;
+                    cc.context = pb::Member::from(m.clone()).encode_to_vec().into();
+                }
+                MemberChange::Promote(m) => {
                     single.set_change_type(ConfChangeType::AddNode);
                     single.node_id = m.raft_id;
                     cc.context = pb::Member::from(m.clone()).encode_to_vec().into();
@@ -609,6 +646,51 @@ impl<S: StateMachine> ReadyLoop<S> {
                 Err(e) => {
                     let _ = reply.send(Err(RaftError::Dropped(e.to_string())));
                 }
+            }
+        }
+    }
+
+    /// Learners that caught up with the log (as it was when this leader first saw them) become
+    /// voters. One that does not is left a learner — it counts in no quorum — and said so.
+    fn promote_learners(&mut self) {
+        let committed = self.raw.raft.raft_log.committed;
+        let learners = self.conf_state.learners.clone();
+        self.learners.retain(|id, _| learners.contains(id));
+        for id in learners {
+            let w = self.learners.entry(id).or_insert(LearnerWatch {
+                target: committed,
+                since: Instant::now(),
+                promoting: false,
+                warned: false,
+            });
+            if w.promoting {
+                continue;
+            }
+            let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
+            if matched >= w.target {
+                w.promoting = true;
+                let m = self.members.get(&id).cloned().unwrap_or(Member {
+                    raft_id: id,
+                    addr: String::new(),
+                    node_id: String::new(),
+                });
+                tracing::info!(
+                    raft_id = self.id,
+                    member = id,
+                    matched,
+                    "new manager caught up: making it a voter"
+                );
+                let (tx, _rx) = oneshot::channel();
+                self.queued_conf.push_back((MemberChange::Promote(m), tx));
+            } else if !w.warned && w.since.elapsed() > self.cfg.request_timeout {
+                w.warned = true;
+                let addr = self
+                    .members
+                    .get(&id)
+                    .map(|m| m.addr.clone())
+                    .unwrap_or_default();
+                tracing::warn!(raft_id = self.id, member = id, %addr, matched, target = w.target,
+                    "a new manager has not caught up with the log: it stays a learner (no vote) until it does; check that the managers can reach its address (--advertise)");
             }
         }
     }
@@ -814,6 +896,7 @@ impl<S: StateMachine> ReadyLoop<S> {
                     self.issue_read(reply);
                 }
             }
+            self.promote_learners();
             self.propose_queued_conf();
             if !self.conf_state.voters.contains(&self.id) && self.raw.raft.lead_transferee.is_none()
             {
@@ -909,6 +992,7 @@ impl<S: StateMachine> ReadyLoop<S> {
         for (_, r) in self.conf_waiters.drain() {
             let _ = r.send(Err(err()));
         }
+        self.learners.clear();
         for (_, r) in self.queued_conf.drain(..) {
             let _ = r.send(Err(err()));
         }
@@ -969,6 +1053,8 @@ impl<S: StateMachine> ReadyLoop<S> {
             }
             if self.members_changed {
                 st.members = self.members.values().cloned().collect();
+                st.learners.clone_from(&self.conf_state.learners);
+                st.learners.sort_unstable();
             }
         }
         let applied = self.applied;
