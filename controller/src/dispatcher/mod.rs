@@ -577,49 +577,70 @@ impl Dispatcher {
         let started = Instant::now();
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Statuses not written yet (conflicts, or raft unavailable): retried with the next
+        // batch or tick, never dropped while this manager leads.
+        let mut pending: HashMap<String, Vec<TaskStatusUpdate>> = HashMap::new();
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 first = rx.recv() => {
                     let Some(first) = first else { break };
                     // Collect what else is queued (one raft write for many reports).
-                    let mut by_node: HashMap<String, Vec<TaskStatusUpdate>> = HashMap::new();
-                    by_node.entry(first.0).or_default().extend(first.1);
+                    pending.entry(first.0).or_default().extend(first.1);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     while let Ok((n, u)) = rx.try_recv() {
-                        by_node.entry(n).or_default().extend(u);
+                        pending.entry(n).or_default().extend(u);
                     }
-                    self.write_statuses(&by_node).await;
+                    self.write_statuses(&mut pending).await;
                 }
-                _ = tick.tick() => self.check_heartbeats(started).await,
+                _ = tick.tick() => {
+                    if !pending.is_empty() {
+                        self.write_statuses(&mut pending).await;
+                    }
+                    self.check_heartbeats(started).await;
+                }
             }
         }
         // Give the receiver back for the next leadership term.
         *self.status_rx.lock().unwrap_or_else(|p| p.into_inner()) = Some(rx);
     }
 
-    async fn write_statuses(&self, by_node: &HashMap<String, Vec<TaskStatusUpdate>>) {
+    /// Writes `pending` (merged into the current tasks) in one batch; empties it once written
+    /// or once nothing in it changes a task any more. What could not be written stays, with
+    /// only the last update of each task kept.
+    async fn write_statuses(&self, pending: &mut HashMap<String, Vec<TaskStatusUpdate>>) {
         for _ in 0..3 {
             let mut b = Batch::new();
             {
                 let state = self.store.read();
-                for (node, updates) in by_node {
+                for (node, updates) in pending.iter() {
                     for t in merge_statuses(&state, node, updates) {
                         b.update(t);
                     }
                 }
             }
             if b.is_empty() {
+                pending.clear();
                 return;
             }
             match self.proposer.propose(b.into_proto()).await {
-                Ok(_) => return,
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => {
-                    warn!(error = %e, "could not record task statuses");
+                Ok(_) => {
+                    pending.clear();
                     return;
                 }
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => {
+                    warn!(error = %e, "could not record task statuses yet: retrying");
+                    break;
+                }
             }
+        }
+        for updates in pending.values_mut() {
+            let mut last: HashMap<String, TaskStatusUpdate> = HashMap::new();
+            for u in updates.drain(..) {
+                last.insert(u.task_id.clone(), u);
+            }
+            updates.extend(last.into_values());
         }
     }
 
@@ -749,6 +770,84 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// Fails the first `fail` writes as raft does without a quorum, then applies locally.
+    struct Flaky {
+        inner: crate::manager::proposer::LocalProposer,
+        fail: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Proposer for Flaky {
+        fn propose(
+            &self,
+            batch: flotilla_proto::control::v1::StoreBatch,
+        ) -> crate::manager::proposer::BoxFuture<'_, Result<u64, ProposeError>> {
+            use std::sync::atomic::Ordering;
+            if self
+                .fail
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Box::pin(async { Err(ProposeError::Unavailable("no quorum".into())) });
+            }
+            self.inner.propose(batch)
+        }
+        fn read_barrier(
+            &self,
+        ) -> crate::manager::proposer::BoxFuture<'_, Result<(), ProposeError>> {
+            self.inner.read_barrier()
+        }
+    }
+
+    #[tokio::test]
+    async fn statuses_that_cannot_be_written_yet_are_retried_not_dropped() {
+        let store = Store::new();
+        let local = crate::manager::proposer::LocalProposer::new(store.clone());
+        let mut b = Batch::new();
+        b.create(task("t1", "n1", TaskState::Running, TaskState::Assigned));
+        local.propose(b.into_proto()).await.expect("seed");
+        let flaky = Arc::new(Flaky {
+            inner: local,
+            fail: std::sync::atomic::AtomicUsize::new(2),
+        });
+        let d = Dispatcher::new(
+            store.clone(),
+            flaky.clone(),
+            Arc::new(|_: &flotilla_proto::control::v1::Secret| Ok(Vec::new())),
+            Arc::new(Vec::new),
+        );
+        let (stop_tx, stop) = watch::channel(false);
+        let run = tokio::spawn(Arc::clone(&d).run(stop));
+        let running = TaskStatusUpdate {
+            task_id: "t1".into(),
+            status: Some(TaskStatus {
+                state: TaskState::Running as i32,
+                ..Default::default()
+            }),
+        };
+        d.status_tx
+            .send(("n1".into(), vec![running]))
+            .await
+            .expect("send");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = store.read().tasks["t1"]
+                .status
+                .as_ref()
+                .map_or(0, |s| s.state);
+            if state == TaskState::Running as i32 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the status was dropped after a failed write"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(flaky.fail.load(std::sync::atomic::Ordering::SeqCst), 0);
+        let _ = stop_tx.send(true);
+        run.await.expect("run");
     }
 
     #[test]
