@@ -198,39 +198,26 @@ pub fn schedule_pass(state: &State) -> Batch {
     };
     let now = now_ms();
     let mut sched = Scheduler::new(state.nodes.values(), state.tasks.values());
+    // Tasks bound to a node from the start (global services) first: they have one candidate;
+    // then the others, which see what the bound ones took.
+    let mut decisions: Vec<Decision> = state
+        .tasks
+        .values()
+        .filter(runnable)
+        .filter(|t| !t.node_id.is_empty())
+        .map(|t| {
+            let mut unbound = t.clone();
+            unbound.node_id.clear();
+            sched.schedule_on(&unbound, &t.node_id)
+        })
+        .collect();
     let unbound: Vec<&Task> = state
         .tasks
         .values()
         .filter(runnable)
         .filter(|t| t.node_id.is_empty())
         .collect();
-    let mut decisions = sched.schedule(unbound);
-    // Tasks bound to a node from the start (global services): check that node only.
-    for t in state
-        .tasks
-        .values()
-        .filter(runnable)
-        .filter(|t| !t.node_id.is_empty())
-    {
-        let Some(node) = state.nodes.get(&t.node_id) else {
-            continue;
-        };
-        let mut unbound = t.clone();
-        unbound.node_id.clear();
-        let others = state.tasks_of_node(&node.id).filter(|x| x.id != t.id);
-        let mut one = Scheduler::new([node], others);
-        match one.schedule([&unbound]).pop() {
-            Some(Decision::Assign { .. }) => decisions.push(Decision::Assign {
-                task_id: t.id.clone(),
-                node_id: t.node_id.clone(),
-            }),
-            Some(Decision::Pending { reason, .. }) => decisions.push(Decision::Pending {
-                task_id: t.id.clone(),
-                reason,
-            }),
-            None => {}
-        }
-    }
+    decisions.extend(sched.schedule(unbound));
     for d in decisions {
         match d {
             Decision::Assign { task_id, node_id } => {
@@ -250,13 +237,19 @@ pub fn schedule_pass(state: &State) -> Batch {
                 b.update(t);
             }
             Decision::Pending { task_id, reason } => {
-                let Some(mut t) = state.tasks.get(&task_id).cloned() else {
+                let Some(stored) = state.tasks.get(&task_id) else {
                     continue;
                 };
-                let status = t.status.get_or_insert_with(Default::default);
-                if status.err == reason && status.state == pending_state {
+                // Compared before copying: most pending tasks keep their reason pass after pass.
+                if stored
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.err == reason && s.state == pending_state)
+                {
                     continue;
                 }
+                let mut t = stored.clone();
+                let status = t.status.get_or_insert_with(Default::default);
                 // As Swarm does: the reason is the task's error (what `service ps` shows).
                 status.state = pending_state;
                 status.message = orchestrator::MSG_PENDING.to_string();
@@ -405,5 +398,57 @@ mod tests {
         assert_eq!(st.message, orchestrator::MSG_PENDING);
         assert_eq!(st.state, TaskState::Pending as i32);
         assert!(schedule_pass(&state).is_empty(), "nothing new to say");
+    }
+
+    /// Tasks of one pass never share the same memory: a global (node-bound) task and a
+    /// replicated one, and two global ones, each asking for 600 MiB of a 1 GiB node.
+    #[test]
+    fn one_pass_never_books_the_same_memory_twice() {
+        let pending_task = |id: &str, service: &str, node: &str| Task {
+            id: id.into(),
+            service_id: service.into(),
+            node_id: node.into(),
+            slot: if node.is_empty() { 1 } else { 0 },
+            spec: Some(spec("node.labels.zone==a", 600 << 20)),
+            desired_state: TaskState::Running as i32,
+            status: Some(TaskStatus {
+                state: TaskState::Pending as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let assigned = |state: &State| -> Vec<String> {
+            let mut v: Vec<String> = state
+                .tasks
+                .values()
+                .filter(|t| t.status.as_ref().map(|s| s.state) == Some(TaskState::Assigned as i32))
+                .map(|t| t.id.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        for (a, b_node) in [("global", "n1"), ("replicated", "")] {
+            let mut state = State::default();
+            let mut b = Batch::new();
+            b.create(node("n1", NodeAvailability::Active, "a"));
+            b.create(pending_task("g1", "sg", "n1"));
+            b.create(pending_task("x1", "sx", b_node));
+            state.apply(1, &b.into_proto()).expect("applies");
+            let b = schedule_pass(&state);
+            state.apply(2, &b.into_proto()).expect("applies");
+            assert_eq!(assigned(&state), vec!["g1".to_string()], "with a {a} task");
+            let x = state.tasks["x1"].status.clone().unwrap_or_default();
+            assert_eq!(x.state, TaskState::Pending as i32, "with a {a} task");
+            assert!(x.err.contains("lacks memory"), "{}", x.err);
+            // Once the first one ends, the other gets the memory.
+            let mut g = state.tasks["g1"].clone();
+            g.status.get_or_insert_with(Default::default).state = TaskState::Shutdown as i32;
+            let mut b = Batch::new();
+            b.update(g);
+            state.apply(3, &b.into_proto()).expect("applies");
+            let b = schedule_pass(&state);
+            state.apply(4, &b.into_proto()).expect("applies");
+            assert_eq!(assigned(&state), vec!["x1".to_string()], "with a {a} task");
+        }
     }
 }

@@ -76,9 +76,12 @@ fn observed_terminal(task: &Task) -> bool {
 /// terminal, whatever its desired state: a task being shut down still holds its memory and
 /// host ports until its container has stopped (as in swarmkit), so a stop-first replacement
 /// cannot be placed beside it on a port it still uses. An observed state this version does
-/// not know counts as holding, so resources are never overcommitted.
+/// not know counts as holding, so resources are never overcommitted. A task bound to its node
+/// from the start (a global service's) holds nothing while it is still PENDING there: it is
+/// placed by [`Scheduler::schedule_on`] like any other.
 fn holds_resources(task: &Task) -> bool {
-    !task.node_id.is_empty() && !observed_terminal(task)
+    let pending_on_node = task.status.as_ref().map_or(0, |s| s.state) <= TaskState::Pending as i32;
+    !task.node_id.is_empty() && !pending_on_node && !observed_terminal(task)
 }
 
 /// Whether `schedule` should place the task: no node, desired READY or RUNNING (a stop-first
@@ -220,6 +223,56 @@ impl Scheduler {
             self.place_group(&g.tasks, &mut out);
         }
         out
+    }
+
+    /// Places a task that can only go to `node_id` (a global service's task, bound to its node
+    /// from the start): the filter pipeline on that node alone, against every reservation this
+    /// view holds — including those of this pass's earlier placements, so two tasks never get
+    /// the same memory or host port. Reserves on success, like [`Scheduler::schedule`].
+    pub fn schedule_on(&mut self, task: &Task, node_id: &str) -> Decision {
+        self.refresh_order();
+        let pending = |reason: String| Decision::Pending {
+            task_id: task.id.clone(),
+            reason,
+        };
+        let Some(&slot) = self.index.get(node_id) else {
+            return pending("its node is gone".into());
+        };
+        if let Some(u) = self.tasks.get(&task.id) {
+            if u.node == slot {
+                return Decision::Assign {
+                    task_id: task.id.clone(),
+                    node_id: node_id.to_string(),
+                };
+            }
+            self.forget_task(&task.id);
+        }
+        if !self.nodes[slot as usize].present {
+            return pending("its node is gone".into());
+        }
+        let service = self.intern_service(&task.service_id);
+        let req = match TaskRequest::of(task, service, &self.strings) {
+            Ok(r) => r,
+            Err(reason) => return pending(reason),
+        };
+        let pipeline = Pipeline::new(&req);
+        let node = &self.nodes[slot as usize];
+        if !pipeline.check(node) {
+            return pending(pipeline.explain(std::iter::once(node)));
+        }
+        let u = TaskUse {
+            node: slot,
+            service,
+            nano_cpus: req.nano_cpus,
+            memory_bytes: req.memory_bytes,
+            ports: req.ports.clone().into_boxed_slice(),
+        };
+        self.apply(&u);
+        self.tasks.insert(task.id.clone(), u);
+        Decision::Assign {
+            task_id: task.id.clone(),
+            node_id: node_id.to_string(),
+        }
     }
 
     /// Adds a node or takes its new spec, description and status (the tasks on it stay).
