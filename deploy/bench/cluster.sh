@@ -502,7 +502,7 @@ scale_round() {
   l=$(load1)
   t0=$EPOCHREALTIME
   if [ "$kind" = flotilla ]; then
-    fl service create -d --name "$svc" --replicas "$SCALE_N" busybox:latest sleep 100000 >/dev/null
+    fl service create -d --name "$svc" --replicas "$SCALE_N" --stop-signal SIGKILL busybox:latest sleep 100000 >/dev/null
   else
     dk 13 service create -d --name "$svc" --replicas "$SCALE_N" --no-resolve-image --stop-signal SIGKILL \
       busybox:latest sleep 100000 >/dev/null
