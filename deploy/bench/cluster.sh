@@ -275,7 +275,7 @@ cpu_ms() {
   echo $((t * 1000 / $(getconf CLK_TCK)))
 }
 
-etcd_version=$("$ETCD" --version | head -1)
+etcd_version=$("$ETCD" --version | sed -n 1p)   # sed, not head: head exits early, SIGPIPE + pipefail
 if ((ROUNDS + FAILOVERS > 0)); then
   log "starting 3 flotilla managers and 3 etcd members"
   start_manager 1 init --config-dir "$CLI_R"
