@@ -498,8 +498,10 @@ containers_left() { # KIND: containers still on the side's hosts
 # 50 ms (plus the CLI call) until $SCALE_N tasks are desired and observed running; then the service
 # is removed and every container is gone before it returns. One JSON line in $SC.
 scale_round() {
-  local kind=$1 svc=$2 tag=$3 t0 tc n=0 t_run="" polls=0 t_clean l
+  local kind=$1 svc=$2 tag=$3 t0 tc n=0 t_run="" polls=0 t_clean l mp c0 c1
+  if [ "$kind" = flotilla ]; then mp=${PIDS[fl5]}; else mp=${PIDS[dockerd13]}; fi
   l=$(load1)
+  c0=$(cpu_ms "$mp")
   t0=$EPOCHREALTIME
   if [ "$kind" = flotilla ]; then
     fl service create -d --name "$svc" --replicas "$SCALE_N" --stop-signal SIGKILL busybox:latest sleep 100000 >/dev/null
@@ -515,8 +517,11 @@ scale_round() {
     awk -v t="$(el "$t0")" 'BEGIN{exit !(t > 180)}' && break
     sleep 0.05
   done
-  printf '{"kind":"%s","tag":"%s","replicas":%d,"create_cmd_s":%s,"running_s":%s,"last_count":%d,"polls":%d,"load":%s}\n' \
-    "$kind" "$tag" "$SCALE_N" "$tc" "${t_run:-null}" "$n" "$polls" "$l" | tee -a "$SC" >&2
+  c1=$(cpu_ms "$mp")
+  # mgr_cpu_ms: CPU of the manager process (flotilla-controller; Swarm: dockerd, which also runs the
+  # tasks) from the create command to all running, the polls' API calls included
+  printf '{"kind":"%s","tag":"%s","replicas":%d,"create_cmd_s":%s,"running_s":%s,"last_count":%d,"polls":%d,"mgr_cpu_ms":%d,"load":%s}\n' \
+    "$kind" "$tag" "$SCALE_N" "$tc" "${t_run:-null}" "$n" "$polls" "$((c1 - c0))" "$l" | tee -a "$SC" >&2
   t0=$EPOCHREALTIME
   if [ "$kind" = flotilla ]; then fl service rm "$svc" >/dev/null || log "WARNING: flotilla service rm $svc failed"
   else dk 13 service rm "$svc" >/dev/null || log "WARNING: docker service rm $svc failed"; fi
@@ -769,9 +774,9 @@ echo '```'
 jq -r '"\(.kind) round \(.round): moved \(.moved), down \(.down_s) s, running \(.running_s) s"' "$NL" 2>/dev/null
 echo '```'
 echo
-echo "service create --replicas $SCALE_N (kind, round: s to all running, s the create command took, polls, load at start):"
+echo "service create --replicas $SCALE_N (kind, round: s to all running, s the create command took, polls, manager CPU, load at start):"
 echo '```'
-jq -r '"\(.kind) \(.tag): \(.running_s) s (create \(.create_cmd_s) s, \(.polls) polls, load \(.load))"' "$SC" 2>/dev/null
+jq -r '"\(.kind) \(.tag): \(.running_s) s (create \(.create_cmd_s) s, \(.polls) polls, manager CPU \(.mgr_cpu_ms) ms, load \(.load))"' "$SC" 2>/dev/null
 echo '```'
 echo "Memory phase (one JSON line per side; KiB, ms, s):"
 echo '```'
