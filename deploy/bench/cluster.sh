@@ -26,9 +26,21 @@
 #      down; time until 6 tasks run on the others ($LOSS_ROUNDS rounds). The same with Docker
 #      Swarm: manager h9 (drained) + workers h10-h12, a dockerd + containerd per host, kill -9
 #      the worker's dockerd and cut its link ($SWARM_ROUNDS rounds; SWARM=0 skips it);
-#   6. prints the report; removes everything on exit, also on failure or interrupt.
+#   6. service create --replicas $SCALE_N: the flotilla cluster of step 5 (manager h5, workers h6-h8) vs a
+#      single-node Docker Swarm (one dockerd on h13, `swarm init`), time from the create command until
+#      `service ps` shows $SCALE_N running (polled every 50 ms + the CLI call), $SCALE_ROUNDS rounds
+#      alternating sides, the service removed and every container gone between rounds;
+#   7. manager memory with $MEM_TASKS tasks: $MEM_SVCS services whose replicas stay pending (a constraint
+#      no node meets), on flotilla's manager h5 and then on the single-node Swarm: RSS/PSS of the
+#      manager process (smaps_rollup) and its idle CPU before and after, the time until every task
+#      exists and has a pending reason, and one more step-6 round with those tasks in the store;
+#   8. prints the report; removes everything on exit, also on failure or interrupt.
+# PHASES (default "sched raft failover loss scale mem") selects steps: sched = 1, raft = 3,
+# failover = 4, loss = 5, scale = 6, mem = 7; e.g. PHASES="scale mem" for steps 6-7 only.
 # Environment: ROUNDS (3), SECS (4), FAILOVERS (8), LOSS_ROUNDS (5), SWARM (1), SWARM_ROUNDS (3),
-# SCHED (1: run the scheduler bench), KEEP (0: after each write measurement remove what it wrote,
+# SCALE_N (100), SCALE_ROUNDS (3), MEM_TASKS (10000), MEM_SVCS (10), IDLE_S (10: idle CPU window),
+# PERF (0; 1: `perf record -g` of the manager during step 7's creation and its extra round, the data
+# in BENCH_OUT), SCHED (1: run the scheduler bench), KEEP (0: after each write measurement remove what it wrote,
 # so every measurement starts from the same store; 1: keep it, the store grows), LAB (namespace prefix, flbench), NET (lab /24 prefix,
 # 10.251.7), MAX_LOAD (1.5) / WAIT_S (10): before each round wait up to WAIT_S for the 1-minute
 # load to drop below MAX_LOAD; BENCH_OUT (directory to keep the raw JSON lines and logs).
@@ -41,9 +53,12 @@ ROUNDS=${ROUNDS:-3} SECS=${SECS:-4} FAILOVERS=${FAILOVERS:-8} LOSS_ROUNDS=${LOSS
 SWARM=${SWARM:-1} SWARM_ROUNDS=${SWARM_ROUNDS:-3} SCHED=${SCHED:-1} KEEP=${KEEP:-0}
 LAB=${LAB:-flbench} NET=${NET:-10.251.7}
 MAX_LOAD=${MAX_LOAD:-1.5} WAIT_S=${WAIT_S:-10}
+PHASES=${PHASES:-sched raft failover loss scale mem}
+SCALE_N=${SCALE_N:-100} SCALE_ROUNDS=${SCALE_ROUNDS:-3}
+MEM_TASKS=${MEM_TASKS:-10000} MEM_SVCS=${MEM_SVCS:-10} IDLE_S=${IDLE_S:-10} PERF=${PERF:-0}
 DOCKER=/usr/bin/docker DOCKERD=/usr/sbin/dockerd CONTAINERD=/usr/bin/containerd
 ETCD=/usr/bin/etcd
-HOSTS=12
+HOSTS=13
 t_start=$EPOCHREALTIME
 
 log() { printf '[cluster bench %s] %s\n' "$(date +%T)" "$*" >&2; }
@@ -58,6 +73,12 @@ wait_quiet() {
     sleep 5; waited=$((waited + 5))
   done
 }
+has() { [[ " $PHASES " == *" $1 "* ]]; }   # has PHASE: whether PHASES selects it
+has sched || SCHED=0
+has raft || ROUNDS=0
+has failover || FAILOVERS=0
+has loss || { LOSS_ROUNDS=0 SWARM_ROUNDS=0; }
+has scale || SCALE_ROUNDS=0
 
 # --- Packages and binaries ------------------------------------------------------------------------
 deploy/setup.sh
@@ -81,10 +102,13 @@ if [ ! -x "$DOCKERD" ] && [ "$SWARM" = 1 ]; then
 fi
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/flotilla-target}"
 log "building release binaries and the load generator"
-cargo build --release --workspace --bins -q
-LOADGEN=$(cargo bench -p flotilla-controller --bench raft_load --no-run --message-format=json -q 2>/dev/null |
-  jq -r 'select(.reason == "compiler-artifact" and .target.name == "raft_load") | .executable' | tail -1)
-[ -x "$LOADGEN" ] || { echo "cluster bench: the load generator did not build" >&2; exit 1; }
+cargo build --release -p flotilla-controller -p flotilla-agent --bins -q   # flotilla, flotilla-controller, flotilla-agent
+LOADGEN=""
+if ((ROUNDS + FAILOVERS > 0)); then
+  LOADGEN=$(cargo bench -p flotilla-controller --bench raft_load --no-run --message-format=json -q 2>/dev/null |
+    jq -r 'select(.reason == "compiler-artifact" and .target.name == "raft_load") | .executable' | tail -1)
+  [ -x "$LOADGEN" ] || { echo "cluster bench: the load generator did not build" >&2; exit 1; }
+fi
 src_rev=$(git rev-parse --short HEAD 2>/dev/null || echo '?')
 git diff --quiet HEAD -- agent controller proto pki Cargo.toml Cargo.lock 2>/dev/null || src_rev="$src_rev + uncommitted changes"
 bin=$CARGO_TARGET_DIR/release
@@ -102,7 +126,8 @@ run="$work/run"                                            # tmpfs: sockets, run
 out=${BENCH_OUT:-$work/out}
 mkdir -p "$run" "$out"
 W="$work/write.jsonl" F="$work/failover.jsonl" NL="$work/nodeloss.jsonl"
-touch "$W" "$F" "$NL"
+SC="$work/scale.jsonl" MEM="$work/mem.jsonl"
+touch "$W" "$F" "$NL" "$SC" "$MEM"
 declare -A PIDS=()    # name -> pid of every long-running process this run started
 made_ns=0
 
@@ -111,7 +136,7 @@ cleanup() {
   local n p m i id d
   log "cleaning up"
   # swarm: leave (stops its tasks) while the daemons run
-  for i in 12 11 10 9; do
+  for i in 13 12 11 10 9; do
     [ -S "$run/d$i/docker.sock" ] && timeout 20 "$DOCKER" -H "unix://$run/d$i/docker.sock" swarm leave --force >/dev/null 2>&1
   done
   # flotilla agents: containers through each agent
@@ -250,17 +275,19 @@ cpu_ms() {
   echo $((t * 1000 / $(getconf CLK_TCK)))
 }
 
-log "starting 3 flotilla managers and 3 etcd members"
-start_manager 1 init --config-dir "$CLI_R"
-wait_tokens "$work/fl1.log"
-mtoken=$(token_in "flotilla-controller join --token" "$work/fl1.log")
-start_manager 2 join --token "$mtoken" "$(addr 1):4242"
-start_manager 3 join --token "$mtoken" "$(addr 1):4242"
-for h in 1 2 3; do start_etcd "$h"; done
-lg healthy --kind flotilla --endpoints "$FL_EPS" --config-dir "$CLI_R" --tag up >/dev/null
-lg healthy --kind etcd --endpoints "$ET_EPS" --tag up >/dev/null
-etcd_version=$("$ETCD" --version | head -1)
-log "both clusters accept writes on every member"
+etcd_version=$("$ETCD" --version | sed -n 1p)   # sed, not head: head exits early, SIGPIPE + pipefail
+if ((ROUNDS + FAILOVERS > 0)); then
+  log "starting 3 flotilla managers and 3 etcd members"
+  start_manager 1 init --config-dir "$CLI_R"
+  wait_tokens "$work/fl1.log"
+  mtoken=$(token_in "flotilla-controller join --token" "$work/fl1.log")
+  start_manager 2 join --token "$mtoken" "$(addr 1):4242"
+  start_manager 3 join --token "$mtoken" "$(addr 1):4242"
+  for h in 1 2 3; do start_etcd "$h"; done
+  lg healthy --kind flotilla --endpoints "$FL_EPS" --config-dir "$CLI_R" --tag up >/dev/null
+  lg healthy --kind etcd --endpoints "$ET_EPS" --tag up >/dev/null
+  log "both clusters accept writes on every member"
+fi
 
 for r in $(seq "$ROUNDS"); do
   wait_quiet
@@ -291,7 +318,7 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # --- Failover -------------------------------------------------------------------------------------------
-log "leader failover: $FAILOVERS rounds per side"
+((FAILOVERS == 0)) || log "leader failover: $FAILOVERS rounds per side"
 for r in $(seq "$FAILOVERS"); do
   for kind in flotilla etcd; do
     if [ "$kind" = flotilla ]; then eps=$FL_EPS p="${PIDS[fl1]},${PIDS[fl2]},${PIDS[fl3]}"
@@ -314,87 +341,10 @@ for r in $(seq "$FAILOVERS"); do
     sleep 1
   done
 done
-for h in 1 2 3; do kill "${PIDS[fl$h]}" "${PIDS[etcd$h]}" 2>/dev/null || true; done
-for h in 1 2 3; do gone "${PIDS[fl$h]}" "${PIDS[etcd$h]}"; unset "PIDS[fl$h]" "PIDS[etcd$h]"; done
+for h in 1 2 3; do kill "${PIDS[fl$h]:-}" "${PIDS[etcd$h]:-}" 2>/dev/null || true; done
+for h in 1 2 3; do gone "${PIDS[fl$h]:-}" "${PIDS[etcd$h]:-}"; unset "PIDS[fl$h]" "PIDS[etcd$h]"; done
 
-# --- Node loss: flotilla, 1 manager (h5) + 3 workers (h6-h8) -------------------------------------------
-busybox_tar "$work/busybox.tar"
-CLI_N="$work/cli-loss"
-fl() { FLOTILLA_CONFIG="$CLI_N" NO_COLOR=1 FLOTILLA_CONTEXT='' on 5 "$FL" "$@"; }   # the CLI, on the manager's host
-start_agent() { # HOST [join args]
-  local h=$1; shift
-  bg_on "$work/agent$h.log" "$h" "$AGENT" serve --state-dir "$work/a$h" --run-dir "$run/a$h" "$@"
-  PIDS[agent$h]=$BGPID
-  local i
-  for i in $(seq 200); do [ -S "$run/a$h/agent.sock" ] && return 0; sleep 0.05; done
-  echo "cluster bench: the agent of h$h did not start; its log:" >&2; tail -20 "$work/agent$h.log" >&2; return 1
-}
-node_state() { # HOSTNAME: lower-case status of the node with that hostname
-  fl node ls --format '{{.Hostname}} {{.Status}}' 2>/dev/null | awk -v h="$1" '$1 == h {print tolower($2)}'
-}
-wait_node() { # HOSTNAME STATE SECONDS
-  local i
-  for i in $(seq $(($3 * 10))); do [ "$(node_state "$1")" = "$2" ] && return 0; sleep 0.1; done
-  return 1
-}
-# running_fl SERVICE [EXCLUDED_HOSTNAME]: tasks desired and observed running, not on the excluded node
-running_fl() {
-  fl service ps --format '{{.Node}}|{{.DesiredState}}|{{.CurrentState}}' "$1" 2>/dev/null |
-    awk -F'|' -v x="${2:-}" '$1 != x && tolower($2) == "running" && tolower($3) ~ /^running/ {n++} END {print n+0}'
-}
-
-log "node loss (flotilla): 1 manager + 3 workers"
-bg_on "$work/fl5.log" 5 "$CTL" init --state-dir "$work/fl5" --listen "$(addr 5):4242" --election-timeout 1s --config-dir "$CLI_N"
-PIDS[fl5]=$BGPID
-wait_tokens "$work/fl5.log"
-wtoken=$(token_in "flotilla-agent serve --join" "$work/fl5.log")
-for h in 6 7 8; do
-  start_agent "$h" --join "$(addr 5):4242" --token "$wtoken"
-  "$FL" -H "unix://$run/a$h/agent.sock" image import -c 'CMD ["/bin/sh"]' -c "ENV $BUSYBOX_PATH_ENV" \
-    "$work/busybox.tar" busybox:latest >/dev/null
-done
-for h in 6 7 8; do wait_node "$(ns "$h")" ready 30 || { echo "cluster bench: node h$h not ready" >&2; fl node ls >&2; exit 1; }; done
-for r in $(seq "$LOSS_ROUNDS"); do
-  wait_quiet
-  svc=loss$r victim=$((6 + (r - 1) % 3))
-  vname=$(ns "$victim")
-  fl service create -d --name "$svc" --replicas 6 busybox:latest sleep 100000 >/dev/null
-  for _ in $(seq 300); do [ "$(running_fl "$svc")" = 6 ] && break; sleep 0.1; done
-  on_victim=$({ fl service ps --format '{{.Node}}|{{.CurrentState}}' "$svc" || true; } | awk -F'|' -v x="$vname" '$1 == x && tolower($2) ~ /^running/' | wc -l)
-  note_load "nl-flotilla"
-  t0=$EPOCHREALTIME
-  kill -9 "${PIDS[agent$victim]}" || true; link "$victim" down
-  t_down="" t_run=""
-  for _ in $(seq 600); do   # at most ~60+ s
-    now=$EPOCHREALTIME
-    [ -z "$t_down" ] && [ "$(node_state "$vname")" = down ] && t_down=$(awk -v a="$t0" -v b="$now" 'BEGIN{printf "%.2f", b-a}')
-    if [ "$(running_fl "$svc" "$vname")" = 6 ]; then t_run=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.2f", b-a}'); break; fi
-    sleep 0.1
-  done
-  printf '{"kind":"flotilla","round":%d,"moved":%d,"down_s":%s,"running_s":%s}\n' "$r" "$on_victim" "${t_down:-null}" "${t_run:-null}" |
-    tee -a "$NL" >&2
-  # the worker comes back; its stale copies go; the service goes
-  link "$victim" up
-  gone "${PIDS[agent$victim]}"
-  rm -f "$run/a$victim/agent.sock"
-  start_agent "$victim"
-  wait_node "$vname" ready 30 || log "WARNING: h$victim did not come back"
-  fl service rm "$svc" >/dev/null || log "WARNING: flotilla service rm $svc failed"
-  for _ in $(seq 300); do
-    left=0
-    for h in 6 7 8; do left=$((left + $({ "$FL" -H "unix://$run/a$h/agent.sock" ps -q 2>/dev/null || true; } | wc -l))); done
-    [ "$left" = 0 ] && break; sleep 0.1
-  done
-done
-kill "${PIDS[fl5]}" 2>/dev/null || true
-for h in 6 7 8; do
-  ids=$("$FL" -H "unix://$run/a$h/agent.sock" ps -aq 2>/dev/null || true)
-  [ -n "$ids" ] && "$FL" -H "unix://$run/a$h/agent.sock" rm -f $ids >/dev/null 2>&1
-  kill "${PIDS[agent$h]}" 2>/dev/null || true
-done
-
-# --- Node loss: Docker Swarm, manager h9 (drained) + workers h10-h12 ----------------------------------
-swarm_ok=0 swarm_why="skipped (SWARM=0)"
+# --- Docker helpers (the Swarm phases) -----------------------------------------------------------------
 dk() { local h=$1; shift; "$DOCKER" -H "unix://$run/d$h/docker.sock" "$@"; }
 start_dockerd() { # HOST: containerd + dockerd with private state, in the host's namespace
   local h=$1 c i
@@ -429,8 +379,10 @@ TOML
   echo "dockerd of h$h did not start: $(tail -3 "$work/dockerd$h.log" | tr '\n' ' ')" >&2
   return 1
 }
-running_sw() { # SERVICE [EXCLUDED_NODE]
-  dk 9 service ps --filter desired-state=running --format '{{.Node}}|{{.CurrentState}}' "$1" 2>/dev/null |
+running_sw() { running_sw_on 9 "$@"; }
+running_sw_on() { # MANAGER_HOST SERVICE [EXCLUDED_NODE]
+  local m=$1; shift
+  dk "$m" service ps --filter desired-state=running --format '{{.Node}}|{{.CurrentState}}' "$1" 2>/dev/null |
     awk -F'|' -v x="${2:-}" '$1 != x && $2 ~ /^Running/ {n++} END {print n+0}'
 }
 swarm_setup() {
@@ -448,7 +400,234 @@ swarm_setup() {
   done
   return 1
 }
-if [ "$SWARM" = 1 ]; then
+
+# --- Node loss: flotilla, 1 manager (h5) + 3 workers (h6-h8) -------------------------------------------
+busybox_tar "$work/busybox.tar"
+CLI_N="$work/cli-loss"
+fl() { FLOTILLA_CONFIG="$CLI_N" NO_COLOR=1 FLOTILLA_CONTEXT='' on 5 "$FL" "$@"; }   # the CLI, on the manager's host
+start_agent() { # HOST [join args]
+  local h=$1; shift
+  bg_on "$work/agent$h.log" "$h" "$AGENT" serve --state-dir "$work/a$h" --run-dir "$run/a$h" "$@"
+  PIDS[agent$h]=$BGPID
+  local i
+  for i in $(seq 200); do [ -S "$run/a$h/agent.sock" ] && return 0; sleep 0.05; done
+  echo "cluster bench: the agent of h$h did not start; its log:" >&2; tail -20 "$work/agent$h.log" >&2; return 1
+}
+node_state() { # HOSTNAME: lower-case status of the node with that hostname
+  fl node ls --format '{{.Hostname}} {{.Status}}' 2>/dev/null | awk -v h="$1" '$1 == h {print tolower($2)}'
+}
+wait_node() { # HOSTNAME STATE SECONDS
+  local i
+  for i in $(seq $(($3 * 10))); do [ "$(node_state "$1")" = "$2" ] && return 0; sleep 0.1; done
+  return 1
+}
+# running_fl SERVICE [EXCLUDED_HOSTNAME]: tasks desired and observed running, not on the excluded node
+running_fl() {
+  fl service ps --format '{{.Node}}|{{.DesiredState}}|{{.CurrentState}}' "$1" 2>/dev/null |
+    awk -F'|' -v x="${2:-}" '$1 != x && tolower($2) == "running" && tolower($3) ~ /^running/ {n++} END {print n+0}'
+}
+
+if ((LOSS_ROUNDS + SCALE_ROUNDS > 0)) || has mem; then
+  log "flotilla: 1 manager (h5) + 3 workers (h6-h8)"
+  bg_on "$work/fl5.log" 5 "$CTL" init --state-dir "$work/fl5" --listen "$(addr 5):4242" --election-timeout 1s --config-dir "$CLI_N"
+  PIDS[fl5]=$BGPID
+  wait_tokens "$work/fl5.log"
+  wtoken=$(token_in "flotilla-agent serve --join" "$work/fl5.log")
+  for h in 6 7 8; do
+    start_agent "$h" --join "$(addr 5):4242" --token "$wtoken"
+    "$FL" -H "unix://$run/a$h/agent.sock" image import -c 'CMD ["/bin/sh"]' -c "ENV $BUSYBOX_PATH_ENV" \
+      "$work/busybox.tar" busybox:latest >/dev/null
+  done
+  for h in 6 7 8; do wait_node "$(ns "$h")" ready 30 || { echo "cluster bench: node h$h not ready" >&2; fl node ls >&2; exit 1; }; done
+fi
+((LOSS_ROUNDS == 0)) || log "node loss (flotilla): $LOSS_ROUNDS rounds"
+for r in $(seq "$LOSS_ROUNDS"); do
+  wait_quiet
+  svc=loss$r victim=$((6 + (r - 1) % 3))
+  vname=$(ns "$victim")
+  fl service create -d --name "$svc" --replicas 6 busybox:latest sleep 100000 >/dev/null
+  for _ in $(seq 300); do [ "$(running_fl "$svc")" = 6 ] && break; sleep 0.1; done
+  on_victim=$({ fl service ps --format '{{.Node}}|{{.CurrentState}}' "$svc" || true; } | awk -F'|' -v x="$vname" '$1 == x && tolower($2) ~ /^running/' | wc -l)
+  note_load "nl-flotilla"
+  t0=$EPOCHREALTIME
+  kill -9 "${PIDS[agent$victim]}" || true; link "$victim" down
+  t_down="" t_run=""
+  for _ in $(seq 600); do   # at most ~60+ s
+    now=$EPOCHREALTIME
+    [ -z "$t_down" ] && [ "$(node_state "$vname")" = down ] && t_down=$(awk -v a="$t0" -v b="$now" 'BEGIN{printf "%.2f", b-a}')
+    if [ "$(running_fl "$svc" "$vname")" = 6 ]; then t_run=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.2f", b-a}'); break; fi
+    sleep 0.1
+  done
+  printf '{"kind":"flotilla","round":%d,"moved":%d,"down_s":%s,"running_s":%s}\n' "$r" "$on_victim" "${t_down:-null}" "${t_run:-null}" |
+    tee -a "$NL" >&2
+  # the worker comes back; its stale copies go; the service goes
+  link "$victim" up
+  gone "${PIDS[agent$victim]}"
+  rm -f "$run/a$victim/agent.sock"
+  start_agent "$victim"
+  wait_node "$vname" ready 30 || log "WARNING: h$victim did not come back"
+  fl service rm "$svc" >/dev/null || log "WARNING: flotilla service rm $svc failed"
+  for _ in $(seq 300); do
+    left=0
+    for h in 6 7 8; do left=$((left + $({ "$FL" -H "unix://$run/a$h/agent.sock" ps -q 2>/dev/null || true; } | wc -l))); done
+    [ "$left" = 0 ] && break; sleep 0.1
+  done
+done
+# --- service create --replicas $SCALE_N: flotilla (h5 + workers h6-h8) vs a single-node Swarm (h13) --
+# Both clusters are up during the whole phase; rounds alternate (odd rounds flotilla first).
+el() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.2f", b-a}'; }   # seconds since $1
+swarm1_ok=0 swarm1_why="skipped (SWARM=0)"
+swarm1_setup() { # a single-node Swarm on h13: one dockerd is manager and worker (`docker swarm init`)
+  start_dockerd 13 || return 1
+  dk 13 swarm init --advertise-addr "$(addr 13)" >/dev/null || return 1
+  dk 13 import -c 'CMD ["/bin/sh"]' -c "ENV $BUSYBOX_PATH_ENV" "$work/busybox.tar" busybox:latest >/dev/null
+}
+if [ "$SWARM" = 1 ] && { ((SCALE_ROUNDS > 0)) || has mem; }; then
+  log "single-node Docker Swarm on h13"
+  if swarm1_setup 2> "$work/swarm1-setup.err"; then swarm1_ok=1 swarm1_why=""
+  else swarm1_why="the single-node Swarm did not start: $(tail -3 "$work/swarm1-setup.err" | tr '\n' ' ')"; log "WARNING: $swarm1_why"; fi
+fi
+containers_left() { # KIND: containers still on the side's hosts
+  local h n=0
+  if [ "$1" = flotilla ]; then
+    for h in 6 7 8; do n=$((n + $({ "$FL" -H "unix://$run/a$h/agent.sock" ps -q 2>/dev/null || true; } | wc -l))); done
+  else n=$({ dk 13 ps -q 2>/dev/null || true; } | wc -l); fi
+  echo "$n"
+}
+# scale_round KIND SERVICE TAG: `service create -d --replicas $SCALE_N` (busybox sleep), polled every
+# 50 ms (plus the CLI call) until $SCALE_N tasks are desired and observed running; then the service
+# is removed and every container is gone before it returns. One JSON line in $SC.
+scale_round() {
+  local kind=$1 svc=$2 tag=$3 t0 tc n=0 t_run="" polls=0 t_clean l mp c0 c1
+  if [ "$kind" = flotilla ]; then mp=${PIDS[fl5]}; else mp=${PIDS[dockerd13]}; fi
+  l=$(load1)
+  c0=$(cpu_ms "$mp")
+  t0=$EPOCHREALTIME
+  if [ "$kind" = flotilla ]; then
+    fl service create -d --name "$svc" --replicas "$SCALE_N" --stop-signal SIGKILL busybox:latest sleep 100000 >/dev/null
+  else
+    dk 13 service create -d --name "$svc" --replicas "$SCALE_N" --no-resolve-image --stop-signal SIGKILL \
+      busybox:latest sleep 100000 >/dev/null
+  fi
+  tc=$(el "$t0")
+  while :; do
+    if [ "$kind" = flotilla ]; then n=$(running_fl "$svc"); else n=$(running_sw_on 13 "$svc"); fi
+    polls=$((polls + 1))
+    [ "$n" = "$SCALE_N" ] && { t_run=$(el "$t0"); break; }
+    awk -v t="$(el "$t0")" 'BEGIN{exit !(t > 180)}' && break
+    sleep 0.05
+  done
+  c1=$(cpu_ms "$mp")
+  # mgr_cpu_ms: CPU of the manager process (flotilla-controller; Swarm: dockerd, which also runs the
+  # tasks) from the create command to all running, the polls' API calls included
+  printf '{"kind":"%s","tag":"%s","replicas":%d,"create_cmd_s":%s,"running_s":%s,"last_count":%d,"polls":%d,"mgr_cpu_ms":%d,"load":%s}\n' \
+    "$kind" "$tag" "$SCALE_N" "$tc" "${t_run:-null}" "$n" "$polls" "$((c1 - c0))" "$l" | tee -a "$SC" >&2
+  t0=$EPOCHREALTIME
+  if [ "$kind" = flotilla ]; then fl service rm "$svc" >/dev/null || log "WARNING: flotilla service rm $svc failed"
+  else dk 13 service rm "$svc" >/dev/null || log "WARNING: docker service rm $svc failed"; fi
+  for _ in $(seq 1200); do [ "$(containers_left "$kind")" = 0 ] && break; sleep 0.1; done
+  t_clean=$(el "$t0")
+  [ "$(containers_left "$kind")" = 0 ] || log "WARNING: $kind: containers left after removing $svc"
+  log "$kind: $svc removed, containers gone after ${t_clean} s"
+  sleep 1
+}
+if ((SCALE_ROUNDS > 0)); then
+  log "service create --replicas $SCALE_N: flotilla (1 manager + 3 workers) vs single-node Swarm, $SCALE_ROUNDS rounds"
+  for r in $(seq "$SCALE_ROUNDS"); do
+    if ((r % 2)); then order="flotilla swarm"; else order="swarm flotilla"; fi
+    for kind in $order; do
+      [ "$kind" = swarm ] && [ "$swarm1_ok" != 1 ] && continue
+      wait_quiet; note_load "sc-$kind"
+      scale_round "$kind" "scale$r" "r$r"
+    done
+  done
+fi
+
+# --- Controller memory with $MEM_TASKS tasks (flotilla leader h5 vs the single-node Swarm's dockerd) ---
+# The tasks stay pending: $MEM_SVCS services of MEM_TASKS/MEM_SVCS replicas with a constraint no node
+# meets (node.labels.flbench==none), so the store holds $MEM_TASKS task objects (each with the
+# scheduler's pending reason) and no container runs. Per side: RSS/PSS (smaps_rollup) and CPU over
+# IDLE_S s idle; create the services; time until every task exists and has a pending reason (polled
+# every 0.5 s plus the CLI call); RSS/PSS and CPU over IDLE_S s idle again; then one scale_round
+# (100 running tasks on top of the pending ones: the cost of writes with a big store); remove all.
+mem_kib() { awk '/^Rss:/{r=$2} /^Pss:/{p=$2} END{print r+0, p+0}' "/proc/$1/smaps_rollup"; }
+mem_counts() { # KIND: "tasks tasks-with-a-pending-reason" of the pend services
+  local names=() i
+  for i in $(seq "$MEM_SVCS"); do names+=("pend$i"); done
+  if [ "$1" = flotilla ]; then fl service ps --format '{{.Error}}' "${names[@]}" 2>/dev/null
+  else dk 13 service ps --format '{{.Error}}' "${names[@]}" 2>/dev/null; fi | awk 'NF {e++} {n++} END {print n+0, e+0}'
+}
+perf_pid=""
+perf_on() { # NAME PID: perf record -g of PID until perf_off (PERF=1 only), data in $out/perf-NAME.data
+  [ "$PERF" = 1 ] || return 0
+  perf record -q -g -o "$out/perf-$1.data" -p "$2" >/dev/null 2>&1 &
+  perf_pid=$!; PIDS[perf]=$perf_pid
+  sleep 0.2
+}
+perf_off() { [ -n "$perf_pid" ] || return 0; kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true; perf_pid=""; unset "PIDS[perf]"; }
+mem_phase() { # KIND
+  local kind=$1 pid per=$((MEM_TASKS / MEM_SVCS)) i m0 m1 m2 c0 c1 idle0 idle1 t0 tc t_exist="" t_reason="" cnt="0 0" ccreate t_rm l0 l1
+  if [ "$kind" = flotilla ]; then pid=${PIDS[fl5]}; else pid=${PIDS[dockerd13]}; fi
+  wait_quiet; note_load "mem-$kind"; l0=$(load1)
+  m0=$(mem_kib "$pid"); c0=$(cpu_ms "$pid"); sleep "$IDLE_S"; c1=$(cpu_ms "$pid"); idle0=$((c1 - c0))
+  log "$kind: idle RSS/PSS (KiB) $m0, CPU ${idle0} ms in ${IDLE_S} s; creating $MEM_SVCS services x $per pending replicas"
+  perf_on "$kind-create" "$pid"
+  c0=$(cpu_ms "$pid"); t0=$EPOCHREALTIME
+  for i in $(seq "$MEM_SVCS"); do
+    if [ "$kind" = flotilla ]; then
+      fl service create -d --name "pend$i" --replicas "$per" --constraint node.labels.flbench==none busybox:latest sleep 100000 >/dev/null
+    else
+      dk 13 service create -d --name "pend$i" --replicas "$per" --constraint node.labels.flbench==none --no-resolve-image \
+        --stop-signal SIGKILL busybox:latest sleep 100000 >/dev/null
+    fi
+  done
+  tc=$(el "$t0")
+  while :; do
+    cnt=$(mem_counts "$kind")
+    [ -z "$t_exist" ] && [ "${cnt% *}" -ge "$MEM_TASKS" ] && t_exist=$(el "$t0")
+    [ "${cnt#* }" -ge "$MEM_TASKS" ] && { t_reason=$(el "$t0"); break; }
+    awk -v t="$(el "$t0")" 'BEGIN{exit !(t > 600)}' && break
+    sleep 0.5
+  done
+  c1=$(cpu_ms "$pid"); ccreate=$((c1 - c0))
+  perf_off
+  log "$kind: $cnt tasks/with a reason; all exist after ${t_exist:-never} s, all pending with a reason after ${t_reason:-never} s, CPU ${ccreate} ms"
+  sleep 5
+  m1=$(mem_kib "$pid"); l1=$(load1); c0=$(cpu_ms "$pid"); sleep "$IDLE_S"; c1=$(cpu_ms "$pid"); idle1=$((c1 - c0))
+  log "$kind: with the tasks: RSS/PSS (KiB) $m1, CPU ${idle1} ms in ${IDLE_S} s idle"
+  perf_on "$kind-scale-big" "$pid"
+  scale_round "$kind" scalebig "with-$MEM_TASKS-pending"
+  perf_off
+  m2=$(mem_kib "$pid")
+  t0=$EPOCHREALTIME
+  for i in $(seq "$MEM_SVCS"); do
+    if [ "$kind" = flotilla ]; then fl service rm "pend$i" >/dev/null; else dk 13 service rm "pend$i" >/dev/null; fi || log "WARNING: $kind: rm pend$i failed"
+  done
+  for _ in $(seq 600); do [ "$(mem_counts "$kind")" = "0 0" ] && break; sleep 0.5; done
+  t_rm=$(el "$t0")
+  printf '{"kind":"%s","tasks":%d,"services":%d,"rss0_kib":%d,"pss0_kib":%d,"idle0_cpu_ms":%d,"create_cmds_s":%s,"exist_s":%s,"reason_s":%s,"create_cpu_ms":%d,"rss1_kib":%d,"pss1_kib":%d,"idle1_cpu_ms":%d,"idle_s":%d,"rss2_kib":%d,"pss2_kib":%d,"rm_s":%s,"final":"%s","load0":%s,"load1":%s}\n' \
+    "$kind" "$MEM_TASKS" "$MEM_SVCS" "${m0% *}" "${m0#* }" "$idle0" "$tc" "${t_exist:-null}" "${t_reason:-null}" "$ccreate" \
+    "${m1% *}" "${m1#* }" "$idle1" "$IDLE_S" "${m2% *}" "${m2#* }" "$t_rm" "$cnt" "$l0" "$l1" | tee -a "$MEM" >&2
+}
+if has mem; then
+  log "controller memory with $MEM_TASKS pending tasks"
+  mem_phase flotilla
+  [ "$swarm1_ok" = 1 ] && mem_phase swarm
+fi
+if [ -n "${PIDS[dockerd13]:-}" ]; then   # the single-node Swarm is done: leave (removes its services), stop
+  timeout 60 "$DOCKER" -H "unix://$run/d13/docker.sock" swarm leave --force >/dev/null 2>&1 || true
+  kill "${PIDS[dockerd13]}" "${PIDS[ctrd13]:-}" 2>/dev/null || true
+fi
+kill "${PIDS[fl5]:-}" 2>/dev/null || true
+for h in 6 7 8; do
+  ids=$("$FL" -H "unix://$run/a$h/agent.sock" ps -aq 2>/dev/null || true)
+  [ -n "$ids" ] && "$FL" -H "unix://$run/a$h/agent.sock" rm -f $ids >/dev/null 2>&1
+  kill "${PIDS[agent$h]:-}" 2>/dev/null || true
+done
+
+# --- Node loss: Docker Swarm, manager h9 (drained) + workers h10-h12 ----------------------------------
+swarm_ok=0 swarm_why="skipped (SWARM=0, or no loss phase)"
+if [ "$SWARM" = 1 ] && ((SWARM_ROUNDS > 0)); then
   log "node loss (Docker Swarm): 1 manager + 3 workers"
   if swarm_setup 2> "$work/swarm-setup.err"; then
     swarm_ok=1 swarm_why=""
@@ -545,6 +724,35 @@ echo "| node loss → 6/6 running again (s), median of $(nsel flotilla running_s
 echo "| node loss → node DOWN (s), median | $(fmt "$nfd" 2) | $(fmt "$nsd" 2) (Swarm) | $(ratio "$nfd" "$nsd") | | |"
 echo "| scheduler: placements/s, wall (1M tasks, 10k nodes, one thread) | $(fmt "$sched_pps" 0) | 3,750 (Nomad C1M, end to end) | $(ratio "$sched_pps" 3750) | ≥ 100,000/s | $(yes_no "$(awk -v x="${sched_pps:-0}" 'BEGIN{print (x+0 >= 100000)}')") |"
 echo "| scheduler: placements per CPU-second | $(fmt "$sched_cpu" 0) | | | | |"
+ssel() { jq -r --arg k "$1" --arg t "$2" "select(.kind==\$k and (.tag|test(\$t)) and .running_s != null) | .running_s" "$SC" 2>/dev/null; }
+if [ -s "$SC" ]; then
+  sfr=$(ssel flotilla '^r' | med) ssr=$(ssel swarm '^r' | med) rs=$(ratio "$(ssel flotilla '^r' | med)" "$(ssel swarm '^r' | med)")
+  echo "| service create --replicas $SCALE_N → all running (s), median of $(ssel flotilla '^r' | wc -l) / $(ssel swarm '^r' | wc -l); flotilla 1 manager + 3 workers, Swarm 1 node | $(fmt "$sfr" 2) | $(fmt "$ssr" 2) (Swarm, 1 node) | $rs | ≤ 0.3× | $(yes_no "$(awk -v r="$rs" 'BEGIN{print (r != "—" && r+0 <= 0.3)}')") |"
+  sfb=$(ssel flotilla '^with' | med) ssb=$(ssel swarm '^with' | med)
+  [ "$sfb" = nan ] && [ "$ssb" = nan ] ||
+    echo "| the same with $MEM_TASKS pending tasks in the store (s), 1 round | $(fmt "$sfb" 2) | $(fmt "$ssb" 2) (Swarm, 1 node) | $(ratio "$sfb" "$ssb") | | |"
+fi
+# msel KIND JQ-EXPRESSION: a value of the memory phase's line of KIND
+msel() { jq -r --arg k "$1" "select(.kind==\$k) | $2" "$MEM" 2>/dev/null | head -1; }
+if [ -s "$MEM" ]; then
+  for w in "idle (no task)|rss0_kib|pss0_kib" "with $MEM_TASKS pending tasks|rss1_kib|pss1_kib"; do
+    IFS='|' read -r what r p <<< "$w"
+    fr=$(msel flotilla ".$r") fp=$(msel flotilla ".$p") sr=$(msel swarm ".$r") sp=$(msel swarm ".$p")
+    echo "| manager memory $what: RSS / PSS (MiB) | $(fmt "$(awk -v x="$fr" 'BEGIN{print x/1024}')" 1) / $(fmt "$(awk -v x="$fp" 'BEGIN{print x/1024}')" 1) | $(fmt "$(awk -v x="$sr" 'BEGIN{print x/1024}')" 1) / $(fmt "$(awk -v x="$sp" 'BEGIN{print x/1024}')" 1) (dockerd) | $(ratio "$fr" "$sr") / $(ratio "$fp" "$sp") | | |"
+  done
+  fpt=$(msel flotilla '(.pss1_kib - .pss0_kib) * 1024 / .tasks') spt=$(msel swarm '(.pss1_kib - .pss0_kib) * 1024 / .tasks')
+  echo "| manager memory per pending task: PSS increase / tasks (bytes) | $(fmt "$fpt" 0) | $(fmt "$spt" 0) (dockerd) | $(ratio "$fpt" "$spt") | | |"
+  fe=$(msel flotilla .exist_s) fx=$(msel flotilla .reason_s) se=$(msel swarm .exist_s) sx=$(msel swarm .reason_s)
+  echo "| create $MEM_TASKS pending tasks ($MEM_SVCS services): all exist / all pending with a reason (s) | $(fmt "$fe" 1) / $(fmt "$fx" 1) | $(fmt "$se" 1) / $(fmt "$sx" 1) (Swarm) | $(ratio "$fe" "$se") / $(ratio "$fx" "$sx") | | |"
+  fc=$(msel flotilla '.create_cpu_ms / 1000') sc=$(msel swarm '.create_cpu_ms / 1000')
+  echo "| manager CPU over that creation, polls included (s) | $(fmt "$fc" 2) | $(fmt "$sc" 2) (dockerd) | $(ratio "$fc" "$sc") | | |"
+  fi0=$(msel flotilla '.idle0_cpu_ms / .idle_s') fi1=$(msel flotilla '.idle1_cpu_ms / .idle_s')
+  si0=$(msel swarm '.idle0_cpu_ms / .idle_s') si1=$(msel swarm '.idle1_cpu_ms / .idle_s')
+  echo "| manager CPU while idle, no task → $MEM_TASKS pending tasks (ms per s) | $(fmt "$fi0" 1) → $(fmt "$fi1" 1) | $(fmt "$si0" 1) → $(fmt "$si1" 1) (dockerd) | $(ratio "$fi1" "$si1") (with tasks) | | |"
+  frm=$(msel flotilla .rm_s) srm=$(msel swarm .rm_s)
+  echo "| remove the $MEM_SVCS services until no task is listed (s) | $(fmt "$frm" 1) | $(fmt "$srm" 1) (Swarm) | $(ratio "$frm" "$srm") | | |"
+fi
+if { ((SCALE_ROUNDS > 0)) || has mem; } && [ "$swarm1_ok" != 1 ]; then echo; echo "Single-node Swarm: $swarm1_why"; fi
 [ "$swarm_ok" = 1 ] || { echo; echo "Swarm: $swarm_why"; }
 echo
 echo "Scheduler bench line: \`${sched_line:-none}\`"
@@ -564,4 +772,13 @@ echo
 echo "Node loss (kind, round, tasks on the killed node, s to DOWN, s to 6/6 running):"
 echo '```'
 jq -r '"\(.kind) round \(.round): moved \(.moved), down \(.down_s) s, running \(.running_s) s"' "$NL" 2>/dev/null
+echo '```'
+echo
+echo "service create --replicas $SCALE_N (kind, round: s to all running, s the create command took, polls, manager CPU, load at start):"
+echo '```'
+jq -r '"\(.kind) \(.tag): \(.running_s) s (create \(.create_cmd_s) s, \(.polls) polls, manager CPU \(.mgr_cpu_ms) ms, load \(.load))"' "$SC" 2>/dev/null
+echo '```'
+echo "Memory phase (one JSON line per side; KiB, ms, s):"
+echo '```'
+cat "$MEM"
 echo '```'
