@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use flotilla_tests::agent::text;
-use flotilla_tests::cluster::{json_items, ClusterLab};
+use flotilla_tests::cluster::{files_containing, json_items, ClusterLab};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -132,6 +132,13 @@ fn join_tokens_are_checked() -> Result<()> {
         assert_eq!(node_count(lab)?, 1);
         lab.add_worker_with_token(3, 1, &rotated)?;
         assert_eq!(node_count(lab)?, 2);
+
+        // The tokens are credentials: the raft log and snapshots hold them sealed only.
+        for t in [&worker, &rotated, &manager] {
+            let secret = t.rsplit('-').next().context("token secret")?;
+            let found = files_containing(&lab.controller_dir(1), secret.as_bytes());
+            assert!(found.is_empty(), "join token in clear in {found:?}");
+        }
         Ok(())
     })
 }

@@ -340,10 +340,8 @@ impl Control for ControlService {
                 let token = JoinToken::generate(&digest, role)
                     .map_err(|e| Status::internal(e.to_string()))?
                     .to_string();
-                match role {
-                    Role::Worker => c.worker_token = token,
-                    Role::Manager => c.manager_token = token,
-                }
+                super::set_join_token(&mut c, role, &token, &self.ctx.data_key)
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 touch(&mut c.meta, 0);
                 let mut b = Batch::new();
                 b.update(c);
@@ -368,8 +366,8 @@ impl Control for ControlService {
         let c = cluster(&state)?;
         let raft = self.ctx.membership.summary();
         Ok(Response::new(pb::GetJoinTokensResponse {
-            worker: c.worker_token,
-            manager: c.manager_token,
+            worker: super::join_token(&c, Role::Worker, &self.ctx.data_key)?,
+            manager: super::join_token(&c, Role::Manager, &self.ctx.data_key)?,
             manager_addrs: raft.members.iter().map(|m| m.1.clone()).collect(),
         }))
     }

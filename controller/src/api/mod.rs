@@ -118,3 +118,50 @@ impl Ctx {
         }
     }
 }
+
+/// The additional data a sealed join token is bound to (a sealed worker token cannot be passed
+/// off as the manager one).
+fn token_aad(cluster_id: &str, role: flotilla_pki::Role) -> Vec<u8> {
+    format!("join-token/{cluster_id}/{}", role.as_str()).into_bytes()
+}
+
+/// The cluster's current join token for `role`, opened with the data key (or the plaintext
+/// one of a cluster created before tokens were sealed).
+pub fn join_token(
+    c: &flotilla_proto::control::v1::Cluster,
+    role: flotilla_pki::Role,
+    key: &DataKey,
+) -> Result<String, Status> {
+    let (sealed, plain) = match role {
+        flotilla_pki::Role::Worker => (&c.worker_token_sealed, &c.worker_token),
+        flotilla_pki::Role::Manager => (&c.manager_token_sealed, &c.manager_token),
+    };
+    if sealed.is_empty() {
+        return Ok(plain.clone());
+    }
+    let bytes = key
+        .open(sealed, &token_aad(&c.id, role))
+        .map_err(|e| Status::internal(format!("cannot open the join token: {e}")))?;
+    String::from_utf8(bytes).map_err(|_| Status::internal("the sealed join token is not text"))
+}
+
+/// Replaces the cluster's join token for `role` (sealed; the plaintext field is cleared).
+pub fn set_join_token(
+    c: &mut flotilla_proto::control::v1::Cluster,
+    role: flotilla_pki::Role,
+    token: &str,
+    key: &DataKey,
+) -> Result<(), flotilla_pki::CaError> {
+    let sealed = key.seal(token.as_bytes(), &token_aad(&c.id, role))?;
+    match role {
+        flotilla_pki::Role::Worker => {
+            c.worker_token_sealed = sealed;
+            c.worker_token.clear();
+        }
+        flotilla_pki::Role::Manager => {
+            c.manager_token_sealed = sealed;
+            c.manager_token.clear();
+        }
+    }
+    Ok(())
+}

@@ -79,7 +79,9 @@ impl NodeCa for NodeCaService {
         let c = self.cluster()?;
         let digest = flotilla_pki::pem_digest(&c.root_ca_cert)
             .map_err(|e| Status::internal(e.to_string()))?;
-        let role = match_join_token(&r.token, &digest, &c.worker_token, &c.manager_token)
+        let worker = super::join_token(&c, Role::Worker, &self.ctx.data_key)?;
+        let manager = super::join_token(&c, Role::Manager, &self.ctx.data_key)?;
+        let role = match_join_token(&r.token, &digest, &worker, &manager)
             .map_err(|e| Status::permission_denied(e.to_string()))?;
         let ca = self.root_ca(&c)?;
         let node_id = random_id();

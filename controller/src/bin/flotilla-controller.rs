@@ -234,13 +234,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("To add a worker, run on it:");
         println!(
             "    flotilla-agent serve --join {} --token {}",
-            cfg.advertise, c.worker_token
+            cfg.advertise,
+            manager.join_token(flotilla_pki::Role::Worker)?
         );
         println!();
         println!("To add a manager, run on it:");
         println!(
             "    flotilla-controller join --token {} {}",
-            c.manager_token, cfg.advertise
+            manager.join_token(flotilla_pki::Role::Manager)?,
+            cfg.advertise
         );
         if let Some(dir) = &cfg.config_dir {
             println!();

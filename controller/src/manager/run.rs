@@ -331,6 +331,7 @@ pub struct Manager {
     loops: tokio::task::JoinHandle<()>,
     removed: watch::Receiver<bool>,
     state_dir: PathBuf,
+    data_key: Arc<DataKey>,
 }
 
 impl Manager {
@@ -559,7 +560,20 @@ impl Manager {
             loops,
             removed,
             state_dir: cfg.state_dir.clone(),
+            data_key,
         })
+    }
+
+    /// The cluster's current join token for `role` (for `init` to print).
+    pub fn join_token(&self, role: Role) -> anyhow::Result<String> {
+        let c = self
+            .store
+            .read()
+            .cluster
+            .clone()
+            .context("the cluster has no cluster object yet")?;
+        crate::api::join_token(&c, role, &self.data_key)
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))
     }
 
     /// raft's view of the cluster.
@@ -724,7 +738,7 @@ fn new_cluster_object(
     cfg: &ManagerConfig,
 ) -> anyhow::Result<Cluster> {
     let now = now_ms();
-    Ok(Cluster {
+    let mut c = Cluster {
         id: id.cluster_id.clone(),
         meta: Some(Meta {
             version: 0,
@@ -739,9 +753,13 @@ fn new_cluster_object(
         }),
         root_ca_cert: ca.cert_pem().to_string(),
         root_ca_key_sealed: ca.seal_key(data_key)?,
-        worker_token: JoinToken::generate(ca.digest(), Role::Worker)?.to_string(),
-        manager_token: JoinToken::generate(ca.digest(), Role::Manager)?.to_string(),
-    })
+        ..Default::default()
+    };
+    for role in [Role::Worker, Role::Manager] {
+        let token = JoinToken::generate(ca.digest(), role)?.to_string();
+        crate::api::set_join_token(&mut c, role, &token, data_key)?;
+    }
+    Ok(c)
 }
 
 /// The node object of a manager: it runs no agent, so it is never a scheduling target unless an
