@@ -46,6 +46,18 @@ impl DataKey {
         Ok(DataKey(key))
     }
 
+    /// A keyed digest of `data` for display and comparison (`secret inspect`): HMAC-SHA256 under
+    /// a key derived from this one for `purpose`, so a digest cannot be used to guess a short
+    /// secret offline the way a plain sha256 can. Form: `hmac-sha256:<hex>`.
+    pub fn digest(&self, purpose: &str, data: &[u8]) -> String {
+        let derive = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        let sub = ring::hmac::sign(&derive, format!("flotilla digest key/{purpose}").as_bytes());
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, sub.as_ref());
+        let tag = ring::hmac::sign(&key, data);
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("hmac-sha256:{hex}")
+    }
+
     /// The raw key, to hand to a joining manager. Never log it.
     pub fn to_bytes(&self) -> [u8; DATA_KEY_LEN] {
         self.0
@@ -145,6 +157,26 @@ impl DataKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_keyed_and_stable() {
+        let k = DataKey::generate().unwrap();
+        let d = k.digest("secret", b"hunter2");
+        assert!(d.starts_with("hmac-sha256:") && d.len() == 12 + 64, "{d}");
+        assert_eq!(d, k.digest("secret", b"hunter2"), "same key, same data");
+        assert_ne!(d, k.digest("secret", b"hunter3"));
+        assert_ne!(d, k.digest("config", b"hunter2"), "purposes are separate");
+        let other = DataKey::generate().unwrap();
+        assert_ne!(
+            d,
+            other.digest("secret", b"hunter2"),
+            "another cluster, another digest"
+        );
+        // Not the plain sha256 an attacker could brute-force offline.
+        use sha2::Digest as _;
+        let plain = hex::encode(sha2::Sha256::digest(b"hunter2"));
+        assert!(!d.contains(&plain));
+    }
 
     #[test]
     fn seal_open_round_trip() {

@@ -902,7 +902,7 @@ impl Control for ControlService {
         }
         let id = random_id();
         let data = std::mem::take(&mut spec.data);
-        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&data));
+        let digest = self.ctx.data_key.digest("secret", &data);
         let sealed = self
             .ctx
             .data_key

@@ -1,7 +1,7 @@
 //! `flotilla secret create|ls|inspect|rm` and `flotilla config create|ls|inspect|rm`: named
 //! blobs that services mount (secrets under /run/secrets, configs at any path). One
 //! implementation serves both; they differ in what is shown: a secret's data is never printed
-//! (inspect shows its sha256 digest), a config's data is shown by `inspect --pretty`.
+//! (inspect shows its keyed digest), a config's data is shown by `inspect --pretty`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -222,7 +222,14 @@ pub fn pretty(which: Which, i: &Item) -> String {
         }
     }
     if which == Which::Secret {
-        kv(&mut s, "Digest", format!("sha256:{}", i.digest));
+        // Keyed (`hmac-sha256:…`) since secrets got cluster-keyed digests; a bare hex digest is a
+        // plain sha256 of a secret created before.
+        let digest = if i.digest.contains(':') {
+            i.digest.clone()
+        } else {
+            format!("sha256:{}", i.digest)
+        };
+        kv(&mut s, "Digest", digest);
     }
     kv(&mut s, "Created at", objects::rfc3339_ms(i.created_at));
     kv(&mut s, "Updated at", objects::rfc3339_ms(i.updated_at));
