@@ -47,38 +47,81 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A lazy gRPC channel to `addr` (`host:port`) over TLS with `cfg`, verifying the server as
 /// [`MANAGER_SERVER_NAME`]. An unusable address shows as an error of the first call.
 pub fn channel(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Channel {
-    let addr: Arc<str> = Arc::from(addr);
-    let connector = TlsConnector::from(cfg);
-    let dial = tower::service_fn(move |_: Uri| {
-        let addr = addr.clone();
-        let connector = connector.clone();
-        async move { dial(&addr, &connector).await }
-    });
-    // The URI is only the HTTP/2 authority; the connector dials `addr` itself.
-    Endpoint::from_static("http://manager.flotilla")
+    endpoint(MANAGER_SERVER_NAME).connect_with_connector_lazy(dialer(
+        addr,
+        cfg,
+        MANAGER_SERVER_NAME,
+    ))
+}
+
+/// A gRPC channel to `addr` over TLS with `cfg`, verifying the server as `server_name` (e.g.
+/// [`super::WORKER_SERVER_NAME`] for an agent's TCP API), connected before it returns: a wrong
+/// address, a refused handshake or a server that does not speak TLS is this call's error.
+pub async fn connect(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &'static str,
+) -> Result<Channel, tonic::transport::Error> {
+    endpoint(server_name)
+        .connect_with_connector(dialer(addr, cfg, server_name))
+        .await
+}
+
+fn endpoint(server_name: &'static str) -> Endpoint {
+    // The URI is only the HTTP/2 authority; the connector dials the address itself.
+    Endpoint::from_shared(format!("http://{server_name}"))
+        .expect("a server name is a valid authority")
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(dial)
+}
+
+type Dialed = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+fn dialer(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &'static str,
+) -> impl tower::Service<
+    Uri,
+    Response = Dialed,
+    Error = io::Error,
+    Future = impl std::future::Future<Output = Result<Dialed, io::Error>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    let addr: Arc<str> = Arc::from(addr);
+    let connector = TlsConnector::from(cfg);
+    tower::service_fn(move |_: Uri| {
+        let addr = addr.clone();
+        let connector = connector.clone();
+        async move { dial(&addr, &connector, server_name).await }
+    })
 }
 
 async fn dial(
     addr: &str,
     connector: &TlsConnector,
-) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, io::Error> {
+    server_name: &'static str,
+) -> Result<Dialed, io::Error> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(addr, error = %e, "cannot set TCP_NODELAY");
     }
-    let name = ServerName::try_from(MANAGER_SERVER_NAME)
+    let name = ServerName::try_from(server_name)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let peer = if server_name == MANAGER_SERVER_NAME {
+        "the manager"
+    } else {
+        "the server"
+    };
     let tls = connector.connect(name, tcp).await.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("TLS handshake with the manager at {addr} failed: {e}"),
+            format!("TLS handshake with {peer} at {addr} failed: {e}"),
         )
     })?;
     Ok(TokioIo::new(tls))
