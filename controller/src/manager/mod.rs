@@ -3,6 +3,7 @@
 
 pub mod loops;
 pub mod proposer;
+pub mod renew;
 pub mod run;
 
 /// A new object id: 25 characters of [0-9a-z] (about 129 bits), like swarmkit's.
