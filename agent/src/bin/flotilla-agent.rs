@@ -360,8 +360,11 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
         let session_stop = tokio_util::sync::CancellationToken::new();
         let mut tcp_tls = None;
         if let Some(m) = membership {
-            tcp_tls = Some(m.tls.server_config()?);
-            start_cluster_member(m, engine.clone(), secrets_dir, session_stop.clone())?;
+            // The TCP API presents the node certificate of the moment: renewal replaces it in
+            // `live` without closing the listener.
+            let live = m.live_tls()?;
+            tcp_tls = Some(live.server_config());
+            start_cluster_member(m, live, engine.clone(), secrets_dir, session_stop.clone())?;
         }
         if let Some(addr) = args.tcp {
             if tcp_tls.is_none() && !plain_tcp_allowed(addr) {
@@ -451,15 +454,16 @@ fn only_admins(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Sta
 /// the managers (reconnecting forever), and certificate renewal.
 fn start_cluster_member(
     m: flotilla_agent::membership::Membership,
+    live: flotilla_pki::LiveTls,
     engine: std::sync::Arc<flotilla_agent::engine::Engine>,
     secrets_dir: PathBuf,
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<()> {
     use std::sync::Arc;
     let (executor, statuses) = flotilla_agent::executor::Executor::new(engine, secrets_dir);
-    let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(m.client_config()?);
+    let client_cfg = live.client_config();
     let connect: flotilla_agent::cluster::Connect =
-        Arc::new(move |addr: &str| flotilla_pki::channel(addr, cfg_rx.borrow().clone()));
+        Arc::new(move |addr: &str| flotilla_pki::channel(addr, Arc::clone(&client_cfg)));
     let (info_tx, mut info_rx) = tokio::sync::watch::channel(None);
     let mut session = flotilla_agent::cluster::SessionConfig::new(
         m.managers.clone(),
@@ -488,9 +492,8 @@ fn start_cluster_member(
     }
     tokio::spawn(flotilla_agent::membership::renew_loop(
         m.files.clone(),
-        m.tls.clone(),
+        live,
         Arc::new(move || known.lock().unwrap_or_else(|p| p.into_inner()).clone()),
-        cfg_tx,
     ));
     eprintln!(
         "flotilla-agent: node {} of cluster {}",
