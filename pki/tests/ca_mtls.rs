@@ -444,3 +444,39 @@ async fn live_certificates_serve_new_handshakes_without_a_restart() {
         .unwrap();
     assert_eq!(last(), cli1.identity.serial);
 }
+
+#[tokio::test]
+async fn connect_reports_a_refused_client_certificate_at_connect_time() {
+    // A worker-named server, as an agent's TCP API.
+    let c = start(Role::Worker).await;
+    let other = RootCa::generate("testcluster").unwrap();
+    let (cert, key) = node_material(&other, "intruder", Role::Manager);
+    let cfg = client_config(c.ca().cert_pem(), Some((&cert, &key))).unwrap();
+    let err = ca::connect(&c.addr(), cfg, ca::WORKER_SERVER_NAME)
+        .await
+        .expect_err("the server refuses the client certificate");
+    let mut text = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(e) = src {
+        text = format!("{text}: {e}");
+        src = e.source();
+    }
+    assert!(
+        text.contains("ended the TLS session after the handshake"),
+        "{text}"
+    );
+    assert!(text.contains("received fatal alert"), "{text}");
+
+    // The same dial with a certificate of the cluster works, and the first bytes it read are
+    // handed on (the call succeeds).
+    let (cert, key) = node_material(c.ca(), "w1", Role::Worker);
+    let cfg = client_config(c.ca().cert_pem(), Some((&cert, &key))).unwrap();
+    let ch = ca::connect(&c.addr(), cfg, ca::WORKER_SERVER_NAME)
+        .await
+        .unwrap();
+    let resp = NodeCaClient::new(ch)
+        .renew_node_certificate(RenewNodeCertificateRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().cert_pem, "w1");
+}

@@ -209,9 +209,7 @@ pub fn unreachable_message(host: &str, cause: &str) -> String {
         msg.push_str(" The agent's certificate was not issued by the CA the CLI trusts: use the CA of the agent's cluster (--tlscacert or the cluster's context).");
     } else if lower.contains("not valid for name") {
         msg.push_str(" The server's certificate is not a flotilla agent's (worker.flotilla).");
-    } else if lower.contains("alert")
-        && (lower.contains("unknownca") || lower.contains("certificate"))
-    {
+    } else if lower.contains("received fatal alert") {
         msg.push_str(" The agent refused the client certificate: use an admin certificate of the agent's cluster (--tlscert/--tlskey or the cluster's context).");
     } else if lower.contains("tls") || lower.contains("handshake") {
         msg.push_str(" Check --tlscacert/--tlscert/--tlskey or the cluster context.");
@@ -319,8 +317,12 @@ pub struct ApiError {
 /// See `Agent::err`.
 pub fn api_error(host: &str, s: tonic::Status) -> anyhow::Error {
     use std::error::Error as _;
-    if s.code() == tonic::Code::Unavailable {
-        if let Some(src) = s.source() {
+    // A call that failed in the transport (UNAVAILABLE, or UNKNOWN "transport error" when the
+    // connection broke under it) never reached the agent.
+    if let Some(src) = s.source() {
+        if s.code() == tonic::Code::Unavailable
+            || src.downcast_ref::<tonic::transport::Error>().is_some()
+        {
             return anyhow::anyhow!(unreachable_message(host, &root_cause(src)));
         }
     }
@@ -518,7 +520,7 @@ mod tests {
         let h = "tcp://10.0.0.5:2377";
         let m = unreachable_message(h, "TLS handshake with the server at 10.0.0.5:2377 failed: invalid peer certificate: UnknownIssuer");
         assert!(m.contains("not issued by the CA the CLI trusts"), "{m}");
-        let m = unreachable_message(h, "received fatal alert: UnknownCA");
+        let m = unreachable_message(h, "the server at 10.0.0.5:2377 ended the TLS session after the handshake: received fatal alert: DecryptError");
         assert!(m.contains("refused the client certificate"), "{m}");
         let m = unreachable_message(h, "connection closed before message completed");
         assert!(m.contains("connect with --tls"), "{m}");
