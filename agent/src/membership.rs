@@ -167,6 +167,14 @@ pub async fn renew_loop(
         match renew_once(&files, &live, &managers()).await {
             Ok(new) => {
                 info!(serial = %new.identity.serial, expires = ?new.not_after, "node certificate renewed");
+                let now = std::time::SystemTime::now();
+                if new.expires_soon(now) {
+                    // Its life was capped (the root CA expires soon): don't ask again at once.
+                    let retry = new.retry_delay(now);
+                    warn!(expires = ?new.not_after, retry_in = ?retry,
+                        "the renewed certificate is already due for renewal: the root CA expires soon");
+                    tokio::time::sleep(retry).await;
+                }
             }
             Err(e) => {
                 let retry = tls.retry_delay(std::time::SystemTime::now());

@@ -177,6 +177,13 @@ impl Renewer {
             let mut wait = cur.renew_at().duration_since(now).unwrap_or_default();
             if wait.is_zero() {
                 match self.renew_now() {
+                    // A new certificate due at once (the root CA caps its life) must not make
+                    // the loop spin: wait as after a failure.
+                    Ok(new) if new.expires_soon(SystemTime::now()) => {
+                        wait = new.retry_delay(SystemTime::now());
+                        warn!(expires = ?new.not_after, retry_in = ?wait,
+                            "the renewed certificate is already due for renewal: the root CA expires soon");
+                    }
                     Ok(_) => continue,
                     Err(e) => {
                         wait = cur.retry_delay(now);
