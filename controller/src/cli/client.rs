@@ -153,12 +153,21 @@ pub fn choose_tls(addr: &str, flags: &TlsFlags) -> Result<TlsChoice, ParseError>
     Ok(TlsChoice::Plain)
 }
 
-/// The CA, certificate and key (PEM) of a TLS choice, and where they came from (for messages).
+/// The PEM material of a TLS choice.
+struct TlsMaterial {
+    ca: String,
+    /// Certificate and key.
+    client: Option<(String, String)>,
+    /// Where it came from, for messages.
+    source: String,
+}
+
+/// The CA, certificate and key (PEM) of a TLS choice.
 fn tls_material(
     addr: &str,
     choice: &TlsChoice,
     context: Option<&str>,
-) -> anyhow::Result<(String, Option<(String, String)>, String)> {
+) -> anyhow::Result<TlsMaterial> {
     use anyhow::Context as _;
     let read = |p: &PathBuf, what: &str| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {what} {}", p.display()))
@@ -171,7 +180,11 @@ fn tls_material(
                 Some((c, k)) => Some((read(c, "--tlscert")?, read(k, "--tlskey")?)),
                 None => None,
             };
-            Ok((ca_pem, client, format!("--tlscacert {}", ca.display())))
+            Ok(TlsMaterial {
+                ca: ca_pem,
+                client,
+                source: format!("--tlscacert {}", ca.display()),
+            })
         }
         TlsChoice::Context => {
             let dir = super::context::config_dir()?;
@@ -180,11 +193,11 @@ fn tls_material(
                     "tcp://{addr} needs mutual TLS ({e}): give --tlscacert, --tlscert and --tlskey, or a cluster context with an admin certificate (`flotilla context create`); a loopback agent with --insecure-tcp takes --tls=false"
                 )
             })?;
-            Ok((
-                ctx.ca_pem,
-                Some((ctx.cert_pem, ctx.key_pem)),
-                format!("context {}", ctx.meta.name),
-            ))
+            Ok(TlsMaterial {
+                ca: ctx.ca_pem,
+                client: Some((ctx.cert_pem, ctx.key_pem)),
+                source: format!("context {}", ctx.meta.name),
+            })
         }
     }
 }
@@ -264,7 +277,7 @@ impl Agent {
                     ep.connect().await
                 }
                 choice => {
-                    let (ca, client, source) = tls_material(&addr, &choice, context)?;
+                    let TlsMaterial { ca, client, source } = tls_material(&addr, &choice, context)?;
                     let client = client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
                     let cfg = flotilla_pki::client_config(&ca, client).map_err(|e| {
                         anyhow::anyhow!("the TLS material ({source}) is not usable: {e}")

@@ -266,7 +266,7 @@ mod tests {
         let mut b = Batch::new();
         b.create(Cluster {
             id: "c1".into(),
-            meta: meta.clone(),
+            meta,
             spec: Some(ClusterSpec {
                 node_cert_expiry_secs: expiry.as_secs(),
                 ..Default::default()
