@@ -332,3 +332,48 @@ fn certificates_renew_before_expiry_without_a_restart() -> Result<()> {
         Ok(())
     })
 }
+
+/// Why managers issue their own certificates: one stopped past its certificate's expiry renews
+/// it at start, from the CA key in its own state, before anyone could accept its handshakes
+/// again (via the leader it would need a valid certificate to ask).
+#[test]
+fn a_manager_stopped_past_expiry_renews_at_start() -> Result<()> {
+    let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut lab = ClusterLab::new(1)?;
+    lab.scenario(|lab| {
+        lab.init(1, &["--cert-expiry", "20s", "--unsafe-short-cert-expiry"])?;
+        lab.cli_ok(&["node", "ls"])?;
+        lab.stop_manager(1)?;
+        let dir = lab.controller_dir(1).join("tls");
+        let stopped = on_disk(dir.clone())?;
+        if let Ok(left) = stopped.not_after.duration_since(SystemTime::now()) {
+            std::thread::sleep(left + Duration::from_secs(1));
+        }
+        assert!(
+            on_disk(dir.clone())?.not_after < SystemTime::now(),
+            "expired while stopped"
+        );
+        lab.restart_manager(1)?;
+        let node = manager_node_id(lab, 1)?;
+        // The CLI verifies the manager's certificate at every handshake: it gets through only
+        // once the manager presents a valid one.
+        lab.eventually(Duration::from_secs(15), || {
+            let shown = inspected_serial(lab, &node)?;
+            let now = on_disk(dir.clone())?;
+            if now.identity.serial == stopped.identity.serial {
+                bail!("still the expired certificate on disk");
+            }
+            if shown != now.identity.serial {
+                bail!(
+                    "node inspect shows {shown}, the disk {}",
+                    now.identity.serial
+                );
+            }
+            Ok(())
+        })?;
+        assert!(lab
+            .manager_log(1)
+            .contains("renewed this manager's certificate"));
+        Ok(())
+    })
+}
