@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_pki::{
-    client_config, fetch_and_verify_root_ca, JoinToken, NodeKey, NodeTls, NodeTlsFiles, Role,
+    client_config, fetch_and_verify_root_ca, JoinToken, LiveTls, NodeKey, NodeTls, NodeTlsFiles,
+    Role,
 };
 use flotilla_proto::control::v1::{
     node_ca_client::NodeCaClient, IssueNodeCertificateRequest, NodeDescription, NodeRole,
@@ -140,9 +141,10 @@ impl Membership {
         &self.dir
     }
 
-    /// The client TLS configuration of this node.
-    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, MembershipError> {
-        Ok(self.tls.client_config()?)
+    /// This node's certificate as the agent's connections present it, replaced in place by
+    /// [`renew_loop`].
+    pub fn live_tls(&self) -> Result<LiveTls, MembershipError> {
+        Ok(LiveTls::new(self.tls.clone())?)
     }
 }
 
@@ -153,17 +155,18 @@ fn read_managers(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Renews the node certificate at two thirds of its life (retrying every minute on failure),
-/// or at once when `now` is notified (the node's role changed), and reports each new client
-/// configuration on `updated`.
+/// Renews the node certificate at two thirds of its life (retrying after
+/// `NodeTls::retry_delay` on failure), or at once when `now` is notified (the node's role
+/// changed), and installs each new one in `live`, which every connection of the agent (the
+/// session to the managers, the TCP API) presents from its next handshake on.
 pub async fn renew_loop(
     files: NodeTlsFiles,
-    mut tls: NodeTls,
+    live: LiveTls,
     managers: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
-    updated: tokio::sync::watch::Sender<Arc<rustls::ClientConfig>>,
     now: Arc<tokio::sync::Notify>,
 ) {
     loop {
+        let tls = live.current();
         let wait = tls
             .renew_at()
             .duration_since(std::time::SystemTime::now())
@@ -172,18 +175,23 @@ pub async fn renew_loop(
             _ = tokio::time::sleep(wait) => {}
             _ = now.notified() => {}
         }
-        match renew_once(&files, &tls, &managers()).await {
+        match renew_once(&files, &live, &managers()).await {
             Ok(new) => {
-                info!("node certificate renewed");
-                if let Ok(cfg) = new.client_config() {
-                    let _ = updated.send(cfg);
+                info!(serial = %new.identity.serial, expires = ?new.not_after, "node certificate renewed");
+                let now = std::time::SystemTime::now();
+                if new.expires_soon(now) {
+                    // Its life was capped (the root CA expires soon): don't ask again at once.
+                    let retry = new.retry_delay(now);
+                    warn!(expires = ?new.not_after, retry_in = ?retry,
+                        "the renewed certificate is already due for renewal: the root CA expires soon");
+                    tokio::time::sleep(retry).await;
                 }
-                tls = new;
             }
             Err(e) => {
-                warn!(error = %e, "cannot renew the node certificate; retrying in a minute");
+                let retry = tls.retry_delay(std::time::SystemTime::now());
+                warn!(error = %e, retry_in = ?retry, "cannot renew the node certificate");
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                    _ = tokio::time::sleep(retry) => {}
                     _ = now.notified() => {}
                 }
             }
@@ -193,11 +201,12 @@ pub async fn renew_loop(
 
 async fn renew_once(
     files: &NodeTlsFiles,
-    tls: &NodeTls,
+    live: &LiveTls,
     managers: &[String],
 ) -> Result<NodeTls, MembershipError> {
+    let tls = live.current();
     let key = NodeKey::generate()?;
-    let cfg = tls.client_config()?;
+    let cfg = live.client_config();
     let mut last = None;
     for addr in managers {
         let mut client = NodeCaClient::new(flotilla_pki::channel(addr, Arc::clone(&cfg)));
@@ -208,7 +217,9 @@ async fn renew_once(
             .await
         {
             Ok(r) => {
-                return Ok(files.save(&tls.ca_pem, &r.into_inner().cert_pem, &key.key_pem)?);
+                let new = files.save(&tls.ca_pem, &r.into_inner().cert_pem, &key.key_pem)?;
+                live.replace(new.clone())?;
+                return Ok(new);
             }
             Err(s) => {
                 last = Some(MembershipError::Refused {

@@ -34,6 +34,7 @@ mod datakey;
 mod error;
 mod fsutil;
 mod identity;
+mod live;
 mod node;
 mod random;
 mod root;
@@ -44,16 +45,17 @@ mod transport;
 pub use datakey::{DataKey, DATA_KEY_LEN};
 pub use error::CaError;
 pub use identity::{peer_addr, peer_identity, MtlsConnectInfo, PeerIdentity, PeerRole};
+pub use live::LiveTls;
 pub use node::{NodeKey, NodeTls, NodeTlsFiles, RENEW_FRACTION};
-pub use root::{IssuedCert, Role, RootCa, ROOT_CA_VALIDITY};
+pub use root::{IssuedCert, Role, RootCa, MIN_CERT_VALIDITY, ROOT_CA_VALIDITY};
 pub use tls::{
-    bootstrap_client_config, client_config, crypto_provider, server_config, ALPN_H2,
-    MANAGER_SERVER_NAME, WORKER_SERVER_NAME,
+    bootstrap_client_config, client_config, client_config_with, crypto_provider, server_config,
+    server_config_with, ALPN_H2, MANAGER_SERVER_NAME, WORKER_SERVER_NAME,
 };
 pub use token::{match_join_token, JoinToken};
 pub use transport::{
-    channel, fetch_and_verify_root_ca, tls_incoming, MtlsConnector, MtlsStream, CONNECT_TIMEOUT,
-    HANDSHAKE_TIMEOUT,
+    channel, connect, fetch_and_verify_root_ca, tls_incoming, MtlsConnector, MtlsStream,
+    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 
 /// sha256 of a DER blob, lower-case hex: the CA digest join tokens carry.

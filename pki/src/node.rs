@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 
-use super::root::single_cert_der;
+use super::root::{single_cert_der, NOT_BEFORE_SKEW};
 use super::{client_config, fsutil, random, server_config, CaError, PeerIdentity};
 
 /// Fraction of a certificate's lifetime after which the node renews it.
@@ -134,14 +134,34 @@ impl NodeTls {
         })
     }
 
-    /// When to renew: [`RENEW_FRACTION`] of the way from not-before to not-after.
+    /// The moment the CA issued the certificate: its not-before plus the CA's backdating
+    /// ([`NOT_BEFORE_SKEW`]), never after not-after. The backdating only absorbs clock skew
+    /// between hosts; counting it as lifetime would move the renewal point of a short-lived
+    /// certificate before its issuing (a 30 s certificate backdated 5 minutes "is" 2/3 used up
+    /// the moment it is made, and a renewal loop would spin).
+    pub fn issued_at(&self) -> SystemTime {
+        (self.not_before + NOT_BEFORE_SKEW).min(self.not_after)
+    }
+
+    /// When to renew: [`RENEW_FRACTION`] of the way from issuing ([`NodeTls::issued_at`]) to
+    /// not-after.
     pub fn renew_at(&self) -> SystemTime {
-        let life = self
-            .not_after
-            .duration_since(self.not_before)
-            .unwrap_or_default();
+        let issued = self.issued_at();
+        let life = self.not_after.duration_since(issued).unwrap_or_default();
         let (num, den) = RENEW_FRACTION;
-        self.not_before + life * num / den
+        issued + life * num / den
+    }
+
+    /// How long to wait after a failed renewal attempt at `now`: a tenth of the time left
+    /// before expiry, between 1 s and 60 s. A minute suits certificates valid for days; one
+    /// valid for 30 s must retry within its last 10 s, and an expired one keeps retrying every
+    /// minute (a manager may come back).
+    pub fn retry_delay(&self, now: SystemTime) -> Duration {
+        let left = self.not_after.duration_since(now).unwrap_or_default();
+        if left.is_zero() {
+            return Duration::from_secs(60);
+        }
+        (left / 10).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 
     /// True once `now` has reached [`NodeTls::renew_at`].
@@ -317,15 +337,54 @@ mod tests {
     }
 
     #[test]
-    fn renewal_point_is_two_thirds() {
+    fn renewal_point_is_two_thirds_of_the_life_since_issuing() {
         let ca = RootCa::generate("c").unwrap();
         let (cert, key) = material(&ca, "n1");
         let tls = NodeTls::new(ca.cert_pem(), &cert, &key).unwrap();
-        let life = tls.not_after.duration_since(tls.not_before).unwrap();
-        assert_eq!(tls.renew_at(), tls.not_before + life * 2 / 3);
+        // Backdated by the CA, but the lifetime counts from the issuing moment.
+        assert_eq!(tls.issued_at(), tls.not_before + NOT_BEFORE_SKEW);
+        let now = SystemTime::now();
+        assert!(tls.issued_at() <= now && tls.issued_at() + Duration::from_secs(5) > now);
+        assert_eq!(tls.not_after.duration_since(tls.issued_at()).unwrap(), DAY);
+        assert_eq!(tls.renew_at(), tls.issued_at() + DAY * 2 / 3);
         assert!(!tls.expires_soon(SystemTime::now()));
         assert!(!tls.expires_soon(tls.renew_at() - Duration::from_secs(1)));
         assert!(tls.expires_soon(tls.renew_at()));
         assert!(tls.expires_soon(tls.not_after + DAY));
+    }
+
+    #[test]
+    fn short_certificates_renew_after_issuing_not_at_once() {
+        let ca = RootCa::generate("c").unwrap();
+        let key = NodeKey::generate().unwrap();
+        let validity = crate::MIN_CERT_VALIDITY;
+        let issued = ca
+            .issue(&key.csr_pem, "n1", Role::Manager, validity)
+            .unwrap();
+        let tls = NodeTls::new(ca.cert_pem(), &issued.cert_pem, &key.key_pem).unwrap();
+        let now = SystemTime::now();
+        // 20 s: renew about 13 s after issuing, not (as from not-before) minutes ago.
+        let wait = tls
+            .renew_at()
+            .duration_since(now)
+            .expect("renewal is ahead");
+        assert!(
+            wait > Duration::from_secs(10) && wait <= Duration::from_secs(14),
+            "{wait:?}"
+        );
+        assert!(!tls.expires_soon(now));
+    }
+
+    #[test]
+    fn retry_delay_shrinks_with_the_time_left() {
+        let ca = RootCa::generate("c").unwrap();
+        let (cert, key) = material(&ca, "n1");
+        let tls = NodeTls::new(ca.cert_pem(), &cert, &key).unwrap();
+        let s = Duration::from_secs;
+        assert_eq!(tls.retry_delay(tls.not_after - DAY / 2), s(60));
+        assert_eq!(tls.retry_delay(tls.not_after - s(100)), s(10));
+        assert_eq!(tls.retry_delay(tls.not_after - s(5)), s(1));
+        // Expired: keep trying, slowly.
+        assert_eq!(tls.retry_delay(tls.not_after + s(1)), s(60));
     }
 }

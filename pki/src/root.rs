@@ -23,8 +23,14 @@ use super::{der_digest, random, CaError, DataKey, MANAGER_SERVER_NAME, WORKER_SE
 
 /// Validity of a new root CA: 20 years.
 pub const ROOT_CA_VALIDITY: Duration = Duration::from_secs(20 * 365 * 24 * 3600);
-/// How far in the past issued certificates start, for hosts whose clocks lag.
-const NOT_BEFORE_SKEW: Duration = Duration::from_secs(5 * 60);
+/// How far in the past issued certificates start, for hosts whose clocks lag. Renewal points
+/// are computed from the issuing moment, not from not-before ([`super::NodeTls::renew_at`]).
+pub(crate) const NOT_BEFORE_SKEW: Duration = Duration::from_secs(5 * 60);
+/// The shortest validity the CA issues. Below it a node renewing at two thirds of the lifetime
+/// has too little time left for a retry after a failed attempt (a few seconds of network or
+/// leader trouble); clusters meant for production use hours or days (see the `--cert-expiry`
+/// flag of `flotilla-controller init`).
+pub const MIN_CERT_VALIDITY: Duration = Duration::from_secs(20);
 /// Prefix of the root CA's common name; the rest is the cluster id.
 const ROOT_CN_PREFIX: &str = "flotilla-root-ca-";
 
@@ -303,9 +309,9 @@ impl RootCa {
         ekus: &[ExtendedKeyUsagePurpose],
         validity: Duration,
     ) -> Result<IssuedCert, CaError> {
-        if validity < Duration::from_secs(60) {
+        if validity < MIN_CERT_VALIDITY {
             return Err(CaError::InvalidCertificate(format!(
-                "certificate validity {validity:?} is shorter than a minute"
+                "certificate validity {validity:?} is shorter than the minimum {MIN_CERT_VALIDITY:?}"
             )));
         }
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| match e {

@@ -11,12 +11,21 @@
 //!   of the key of whatever certificate it shows). It exists for exactly one call,
 //!   `NodeCA.GetRootCACertificate`, whose answer the caller checks against the digest in its join
 //!   token before trusting it ([`super::fetch_and_verify_root_ca`]); nothing secret is sent over it.
+//! - TLS session resumption is off on both sides: a resumed TLS 1.3 session carries the client
+//!   certificate of the original handshake without verifying it again, so an expired (or
+//!   renewed-away) certificate could keep authenticating; every connection here is long-lived, so
+//!   a full handshake per connection costs nothing that matters.
+//! - The certificate a port presents can be fixed ([`server_config`], [`client_config`]) or
+//!   replaced while the process runs ([`super::LiveTls`], built on [`server_config_with`] and
+//!   [`client_config_with`]).
 use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::ResolvesServerCert;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 use super::root::single_cert_der;
@@ -66,6 +75,18 @@ pub fn server_config(
     cert_pem: &str,
     key_pem: &str,
 ) -> Result<Arc<ServerConfig>, CaError> {
+    server_config_with(
+        ca_pem,
+        Arc::new(FixedServerCert(Arc::new(certified_key(cert_pem, key_pem)?))),
+    )
+}
+
+/// [`server_config`] presenting whatever `resolver` gives at each handshake (a certificate that
+/// is replaced while the port stays open).
+pub fn server_config_with(
+    ca_pem: &str,
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<ServerConfig>, CaError> {
     let provider = crypto_provider();
     let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
         roots(ca_pem)?,
@@ -74,14 +95,15 @@ pub fn server_config(
     .allow_unauthenticated()
     .build()
     .map_err(|e| CaError::Tls(format!("client certificate verifier: {e}")))?;
-    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| CaError::Tls(e.to_string()))?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(|e| CaError::Tls(format!("server certificate and key: {e}")))?;
+        .with_cert_resolver(resolver);
     cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption (see the module documentation).
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    cfg.send_tls13_tickets = 0;
     Ok(Arc::new(cfg))
 }
 
@@ -91,21 +113,85 @@ pub fn client_config(
     ca_pem: &str,
     client: Option<(&str, &str)>,
 ) -> Result<Arc<ClientConfig>, CaError> {
-    let builder = ClientConfig::builder_with_provider(crypto_provider())
+    match client {
+        Some((cert_pem, key_pem)) => client_config_with(
+            ca_pem,
+            Arc::new(FixedClientCert(Arc::new(certified_key(cert_pem, key_pem)?))),
+        ),
+        None => client_config_anonymous(ca_pem),
+    }
+}
+
+fn client_config_anonymous(ca_pem: &str) -> Result<Arc<ClientConfig>, CaError> {
+    let mut cfg = ClientConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| CaError::Tls(e.to_string()))?
-        .with_root_certificates(roots(ca_pem)?);
-    let mut cfg = match client {
-        Some((cert_pem, key_pem)) => {
-            let (chain, key) = chain_and_key(cert_pem, key_pem)?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| CaError::Tls(format!("client certificate and key: {e}")))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+        .with_root_certificates(roots(ca_pem)?)
+        .with_no_client_auth();
+    finish_client(&mut cfg);
     Ok(Arc::new(cfg))
+}
+
+/// [`client_config`] presenting whatever `resolver` gives at each handshake.
+pub fn client_config_with(
+    ca_pem: &str,
+    resolver: Arc<dyn ResolvesClientCert>,
+) -> Result<Arc<ClientConfig>, CaError> {
+    let mut cfg = ClientConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| CaError::Tls(e.to_string()))?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_cert_resolver(resolver);
+    finish_client(&mut cfg);
+    Ok(Arc::new(cfg))
+}
+
+fn finish_client(cfg: &mut ClientConfig) {
+    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    // No resumption (see the module documentation).
+    cfg.resumption = rustls::client::Resumption::disabled();
+}
+
+/// A certificate and its key, ready for rustls (the key is checked against the certificate).
+pub(crate) fn certified_key(
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::sign::CertifiedKey, CaError> {
+    let (chain, key) = chain_and_key(cert_pem, key_pem)?;
+    rustls::sign::CertifiedKey::from_der(chain, key, &crypto_provider())
+        .map_err(|e| CaError::Tls(format!("certificate and key: {e}")))
+}
+
+/// A server certificate that never changes.
+#[derive(Debug)]
+struct FixedServerCert(Arc<rustls::sign::CertifiedKey>);
+
+impl ResolvesServerCert for FixedServerCert {
+    fn resolve(
+        &self,
+        _: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A client certificate that never changes (sent whatever CA hints the server gives: flotilla
+/// servers trust exactly one CA).
+#[derive(Debug)]
+struct FixedClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _: &[&[u8]],
+        _: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }
 
 /// The client side for the first contact of a joining node: accepts any server certificate.
@@ -118,7 +204,7 @@ pub fn bootstrap_client_config() -> Result<Arc<ClientConfig>, CaError> {
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(UnverifiedServer { provider }))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![ALPN_H2.to_vec()];
+    finish_client(&mut cfg);
     Ok(Arc::new(cfg))
 }
 

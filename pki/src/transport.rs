@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
@@ -47,38 +47,166 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A lazy gRPC channel to `addr` (`host:port`) over TLS with `cfg`, verifying the server as
 /// [`MANAGER_SERVER_NAME`]. An unusable address shows as an error of the first call.
 pub fn channel(addr: &str, cfg: Arc<rustls::ClientConfig>) -> Channel {
+    endpoint(MANAGER_SERVER_NAME).connect_with_connector_lazy(dialer(
+        addr,
+        cfg,
+        MANAGER_SERVER_NAME,
+    ))
+}
+
+/// A gRPC channel to `addr` over TLS with `cfg`, verifying the server as `server_name` (e.g.
+/// [`super::WORKER_SERVER_NAME`] for an agent's TCP API), connected before it returns: a wrong
+/// address, a refused handshake, a refused client certificate or a server that does not speak
+/// TLS is this call's error, with what happened in its message.
+///
+/// The refused client certificate needs care: in TLS 1.3 the client's handshake is over before
+/// the server has checked the client certificate, so a refusal only arrives as an alert on the
+/// client's first read, which hyper would report as a cancelled or broken call (or not at all).
+/// So this waits for the server's first bytes after the handshake (an HTTP/2 server sends its
+/// SETTINGS frame at once) and hands them on to the HTTP/2 client ahead of the rest.
+pub async fn connect(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &'static str,
+) -> Result<Channel, tonic::transport::Error> {
     let addr: Arc<str> = Arc::from(addr);
     let connector = TlsConnector::from(cfg);
     let dial = tower::service_fn(move |_: Uri| {
         let addr = addr.clone();
         let connector = connector.clone();
-        async move { dial(&addr, &connector).await }
+        async move {
+            let mut tls = dial(&addr, &connector, server_name).await?.into_inner();
+            let mut head = vec![0u8; 1024];
+            let n = match tokio::time::timeout(CONNECT_TIMEOUT, tls.read(&mut head)).await {
+                Ok(Ok(0)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        format!("the server at {addr} closed the connection right after the TLS handshake"),
+                    ))
+                }
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("the server at {addr} ended the TLS session after the handshake: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the server at {addr} sent nothing within {CONNECT_TIMEOUT:?} of the TLS handshake: not a flotilla gRPC port?"),
+                    ))
+                }
+            };
+            head.truncate(n);
+            Ok::<_, io::Error>(TokioIo::new(Confirmed {
+                head,
+                pos: 0,
+                inner: tls,
+            }))
+        }
     });
-    // The URI is only the HTTP/2 authority; the connector dials `addr` itself.
-    Endpoint::from_static("http://manager.flotilla")
+    endpoint(server_name).connect_with_connector(dial).await
+}
+
+/// A client TLS stream whose first bytes were already read ([`connect`]): they are read again
+/// first.
+struct Confirmed {
+    head: Vec<u8>,
+    pos: usize,
+    inner: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl AsyncRead for Confirmed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.head.len() {
+            let n = buf.remaining().min(this.head.len() - this.pos);
+            buf.put_slice(&this.head[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Confirmed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+fn endpoint(server_name: &'static str) -> Endpoint {
+    // The URI is only the HTTP/2 authority; the connector dials the address itself.
+    Endpoint::from_shared(format!("http://{server_name}"))
+        .expect("a server name is a valid authority")
         .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(dial)
+}
+
+type Dialed = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+
+fn dialer(
+    addr: &str,
+    cfg: Arc<rustls::ClientConfig>,
+    server_name: &'static str,
+) -> impl tower::Service<
+    Uri,
+    Response = Dialed,
+    Error = io::Error,
+    Future = impl std::future::Future<Output = Result<Dialed, io::Error>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    let addr: Arc<str> = Arc::from(addr);
+    let connector = TlsConnector::from(cfg);
+    tower::service_fn(move |_: Uri| {
+        let addr = addr.clone();
+        let connector = connector.clone();
+        async move { dial(&addr, &connector, server_name).await }
+    })
 }
 
 async fn dial(
     addr: &str,
     connector: &TlsConnector,
-) -> Result<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, io::Error> {
+    server_name: &'static str,
+) -> Result<Dialed, io::Error> {
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {addr}: {e}")))?;
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(addr, error = %e, "cannot set TCP_NODELAY");
     }
-    let name = ServerName::try_from(MANAGER_SERVER_NAME)
+    let name = ServerName::try_from(server_name)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let peer = if server_name == MANAGER_SERVER_NAME {
+        "the manager"
+    } else {
+        "the server"
+    };
     let tls = connector.connect(name, tcp).await.map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("TLS handshake with the manager at {addr} failed: {e}"),
+            format!("TLS handshake with {peer} at {addr} failed: {e}"),
         )
     })?;
     Ok(TokioIo::new(tls))

@@ -31,6 +31,8 @@ struct TestCa {
     manager_token: String,
     authenticated_calls: AtomicUsize,
     next_node: AtomicUsize,
+    /// Serial of the last client certificate `RenewNodeCertificate` saw.
+    last_serial: std::sync::Mutex<String>,
 }
 
 #[tonic::async_trait]
@@ -76,6 +78,7 @@ impl NodeCa for TestCa {
     ) -> Result<Response<RenewNodeCertificateResponse>, Status> {
         let id = peer_identity(&req)?;
         self.authenticated_calls.fetch_add(1, Ordering::SeqCst);
+        *self.last_serial.lock().unwrap() = id.serial.clone();
         let role = id
             .role
             .node_role()
@@ -132,6 +135,11 @@ async fn start(server_role: Role) -> Cluster {
     let ca = RootCa::generate("testcluster").unwrap();
     let (cert, key) = node_material(&ca, "srv", server_role);
     let cfg = server_config(ca.cert_pem(), &cert, &key).unwrap();
+    start_with(ca, cfg).await
+}
+
+/// Serves `TestCa` of `ca` on 127.0.0.1 with the server configuration `cfg`.
+async fn start_with(ca: RootCa, cfg: Arc<rustls::ServerConfig>) -> Cluster {
     let svc = Arc::new(TestCa {
         worker_token: JoinToken::generate(ca.digest(), Role::Worker)
             .unwrap()
@@ -142,6 +150,7 @@ async fn start(server_role: Role) -> Cluster {
         ca,
         authenticated_calls: AtomicUsize::new(0),
         next_node: AtomicUsize::new(1),
+        last_serial: Default::default(),
     });
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -382,4 +391,98 @@ async fn silent_clients_do_not_block_others() {
     assert_eq!(renew(&c.addr(), cfg).await.unwrap().cert_pem, "w1");
     assert!(started.elapsed() < Duration::from_secs(3));
     drop(silent);
+}
+
+/// The serial of the certificate the server at `addr` presents in a new handshake.
+async fn server_serial(addr: SocketAddr, ca_pem: &str) -> String {
+    let cfg = client_config(ca_pem, None).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(ca::MANAGER_SERVER_NAME).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let leaf = &tls.get_ref().1.peer_certificates().unwrap()[0];
+    ca::PeerIdentity::from_der(leaf).unwrap().serial
+}
+
+#[tokio::test]
+async fn live_certificates_serve_new_handshakes_without_a_restart() {
+    let root = RootCa::generate("testcluster").unwrap();
+    let tls_of = |id: &str, role: Role| {
+        let (cert, key) = node_material(&root, id, role);
+        ca::NodeTls::new(root.cert_pem(), &cert, &key).unwrap()
+    };
+    let (srv1, srv2) = (tls_of("srv", Role::Manager), tls_of("srv", Role::Manager));
+    let (cli1, cli2) = (tls_of("w1", Role::Worker), tls_of("w1", Role::Worker));
+    let server = ca::LiveTls::new(srv1.clone()).unwrap();
+    let client = ca::LiveTls::new(cli1.clone()).unwrap();
+    let ca_pem = root.cert_pem().to_string();
+    let c = start_with(root, server.server_config()).await;
+    let last = || c.svc.last_serial.lock().unwrap().clone();
+
+    // One channel for the whole test: its connection was authenticated once, at its handshake.
+    let old_conn = MtlsConnector::new(client.client_config()).channel(&c.addr());
+    let mut old_client = NodeCaClient::new(old_conn);
+    old_client
+        .renew_node_certificate(RenewNodeCertificateRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(last(), cli1.identity.serial);
+    assert_eq!(server_serial(c.addr, &ca_pem).await, srv1.identity.serial);
+
+    server.replace(srv2.clone()).unwrap();
+    client.replace(cli2.clone()).unwrap();
+    // New handshakes, both ways, use the new certificates...
+    assert_eq!(server_serial(c.addr, &ca_pem).await, srv2.identity.serial);
+    assert_eq!(
+        renew(&c.addr(), client.client_config())
+            .await
+            .unwrap()
+            .cert_pem,
+        "w1"
+    );
+    assert_eq!(last(), cli2.identity.serial);
+    // ...and the established connection keeps working as it was authenticated.
+    old_client
+        .renew_node_certificate(RenewNodeCertificateRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(last(), cli1.identity.serial);
+}
+
+#[tokio::test]
+async fn connect_reports_a_refused_client_certificate_at_connect_time() {
+    // A worker-named server, as an agent's TCP API.
+    let c = start(Role::Worker).await;
+    let other = RootCa::generate("testcluster").unwrap();
+    let (cert, key) = node_material(&other, "intruder", Role::Manager);
+    let cfg = client_config(c.ca().cert_pem(), Some((&cert, &key))).unwrap();
+    let err = ca::connect(&c.addr(), cfg, ca::WORKER_SERVER_NAME)
+        .await
+        .expect_err("the server refuses the client certificate");
+    let mut text = err.to_string();
+    let mut src = std::error::Error::source(&err);
+    while let Some(e) = src {
+        text = format!("{text}: {e}");
+        src = e.source();
+    }
+    assert!(
+        text.contains("ended the TLS session after the handshake"),
+        "{text}"
+    );
+    assert!(text.contains("received fatal alert"), "{text}");
+
+    // The same dial with a certificate of the cluster works, and the first bytes it read are
+    // handed on (the call succeeds).
+    let (cert, key) = node_material(c.ca(), "w1", Role::Worker);
+    let cfg = client_config(c.ca().cert_pem(), Some((&cert, &key))).unwrap();
+    let ch = ca::connect(&c.addr(), cfg, ca::WORKER_SERVER_NAME)
+        .await
+        .unwrap();
+    let resp = NodeCaClient::new(ch)
+        .renew_node_certificate(RenewNodeCertificateRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(resp.into_inner().cert_pem, "w1");
 }

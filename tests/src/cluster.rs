@@ -100,6 +100,8 @@ pub struct ClusterLab {
     /// The host whose manager the lab's own CLI calls go through (0: host 1 with the admin
     /// context `init` wrote); see [`ClusterLab::use_manager`].
     via: std::cell::Cell<u8>,
+    /// Extra `flotilla-agent serve` arguments per host ([`ClusterLab::set_agent_args`]).
+    agent_args: BTreeMap<u8, Vec<String>>,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -171,6 +173,7 @@ impl ClusterLab {
                 manager_token: String::new(),
                 busybox_tar: None,
                 via: std::cell::Cell::new(0),
+                agent_args: BTreeMap::new(),
             };
             lab.delete_namespaces(); // leftovers of a crashed earlier owner of this number
             lab.create_network()?;
@@ -608,7 +611,36 @@ impl ClusterLab {
                 .arg("--token")
                 .arg(token);
         }
+        c.args(self.agent_args.get(&i).into_iter().flatten());
         c
+    }
+
+    /// Extra arguments of every later `flotilla-agent serve` on host `i` (e.g. `--tcp ADDR`).
+    pub fn set_agent_args(&mut self, i: u8, args: &[&str]) {
+        self.agent_args
+            .insert(i, args.iter().map(|a| a.to_string()).collect());
+    }
+
+    /// Closes every established TCP connection in host `i`'s namespace (`ss -K`): both ends see
+    /// a reset and must dial again, with a new TLS handshake.
+    pub fn reset_connections(&self, i: u8) -> Result<()> {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.netns(i),
+                "ss",
+                "-K",
+                "-t",
+                "state",
+                "established",
+            ])
+            .output()
+            .context("run ss -K")?;
+        if !o.status.success() {
+            bail!("ss -K on host {i} failed: {}", text(&o));
+        }
+        Ok(())
     }
 
     /// The state directory of host `i`'s agent (its cluster membership is under `cluster/`).

@@ -383,9 +383,13 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
             },
         ));
         if let Some(m) = membership {
-            tcp_tls = Some(m.tls.server_config()?);
+            // The TCP API presents the node certificate of the moment: renewal replaces it in
+            // `live` without closing the listener.
+            let live = m.live_tls()?;
+            tcp_tls = Some(live.server_config());
             active = Some(start_cluster_member(
                 m,
+                live,
                 engine.clone(),
                 secrets_dir,
                 session_stop.clone(),
@@ -486,6 +490,7 @@ fn only_admins(req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Sta
 /// node. Returns what `cluster leave` needs.
 fn start_cluster_member(
     m: flotilla_agent::membership::Membership,
+    live: flotilla_pki::LiveTls,
     engine: std::sync::Arc<flotilla_agent::engine::Engine>,
     secrets_dir: PathBuf,
     stop: tokio_util::sync::CancellationToken,
@@ -494,9 +499,9 @@ fn start_cluster_member(
     use std::sync::Arc;
     let (executor, statuses) = flotilla_agent::executor::Executor::new(engine, secrets_dir);
     let executor = Arc::new(executor);
-    let (cfg_tx, cfg_rx) = tokio::sync::watch::channel(m.client_config()?);
+    let client_cfg = live.client_config();
     let connect: flotilla_agent::cluster::Connect =
-        Arc::new(move |addr: &str| flotilla_pki::channel(addr, cfg_rx.borrow().clone()));
+        Arc::new(move |addr: &str| flotilla_pki::channel(addr, Arc::clone(&client_cfg)));
     let (info_tx, mut info_rx) = tokio::sync::watch::channel(None);
     let mut session = flotilla_agent::cluster::SessionConfig::new(
         m.managers.clone(),
@@ -530,9 +535,8 @@ fn start_cluster_member(
     let renew_now = Arc::new(tokio::sync::Notify::new());
     tokio::spawn(flotilla_agent::membership::renew_loop(
         m.files.clone(),
-        m.tls.clone(),
+        live,
         Arc::clone(&known_managers),
-        cfg_tx,
         Arc::clone(&renew_now),
     ));
     tokio::spawn(flotilla_agent::cluster::member::role_loop(

@@ -21,6 +21,18 @@ use crate::store::Batch;
 /// Default validity of node certificates.
 pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 
+/// The validity of node certificates the cluster issues (`ClusterSpec.node_cert_expiry_secs`,
+/// [`DEFAULT_CERT_EXPIRY`] when unset). Agents renew through `RenewNodeCertificate`, managers
+/// locally (`manager::renew`); both use this.
+pub fn cert_expiry(c: &Cluster) -> Duration {
+    let secs = c.spec.as_ref().map_or(0, |s| s.node_cert_expiry_secs);
+    if secs == 0 {
+        DEFAULT_CERT_EXPIRY
+    } else {
+        Duration::from_secs(secs)
+    }
+}
+
 pub struct NodeCaService {
     pub ctx: Arc<Ctx>,
 }
@@ -41,12 +53,7 @@ impl NodeCaService {
     }
 
     fn expiry(c: &Cluster) -> Duration {
-        let secs = c.spec.as_ref().map_or(0, |s| s.node_cert_expiry_secs);
-        if secs == 0 {
-            DEFAULT_CERT_EXPIRY
-        } else {
-            Duration::from_secs(secs)
-        }
+        cert_expiry(c)
     }
 }
 

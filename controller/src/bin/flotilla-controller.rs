@@ -45,6 +45,13 @@ enum Cmd {
         /// Agent heartbeat period of the new cluster (a node is down after 3 missed).
         #[arg(long, default_value = "1s", value_parser = parse_duration)]
         heartbeat_period: Duration,
+        /// Validity of node certificates (e.g. 90d, 720h): every node, manager or worker,
+        /// renews its certificate at two thirds of it, without a restart. At least 1h.
+        #[arg(long, default_value = "90d", value_parser = parse_cert_expiry)]
+        cert_expiry: Duration,
+        /// Accept a --cert-expiry under an hour (down to 20s): for tests of certificate renewal.
+        #[arg(long, hide = true)]
+        unsafe_short_cert_expiry: bool,
     },
     /// Join an existing cluster as a manager, with a manager join token (or, on a promoted
     /// node, with the node's manager certificate: --node-tls).
@@ -116,6 +123,58 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Swarm's minimum `--cert-expiry`: shorter validities renew so often that a short outage of the
+/// managers leaves nodes with expired certificates.
+const MIN_CERT_EXPIRY: Duration = Duration::from_secs(3600);
+
+/// `30s`, `45m`, `720h`, `90d` (one number, one unit).
+fn parse_cert_expiry(s: &str) -> Result<Duration, String> {
+    let bad = || {
+        format!("invalid certificate validity {s:?}: give a number and a unit s, m, h or d, e.g. 90d or 720h")
+    };
+    let i = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (num, unit) = s.split_at(i);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "s" => Some(n),
+        "m" => n.checked_mul(60),
+        "h" => n.checked_mul(3600),
+        "d" => n.checked_mul(24 * 3600),
+        _ => return Err(bad()),
+    }
+    .ok_or_else(bad)?;
+    let d = Duration::from_secs(secs);
+    if d > flotilla_pki::ROOT_CA_VALIDITY {
+        return Err(format!(
+            "certificate validity {s:?} is longer than the root CA's (20 years)"
+        ));
+    }
+    Ok(d)
+}
+
+/// Checks `--cert-expiry` against the minimum: 1h, or the CA's 20 s floor with
+/// `--unsafe-short-cert-expiry`.
+fn check_cert_expiry(d: Duration, allow_short: bool) -> anyhow::Result<Duration> {
+    let min = if allow_short {
+        flotilla_pki::MIN_CERT_VALIDITY
+    } else {
+        MIN_CERT_EXPIRY
+    };
+    if d < min {
+        anyhow::bail!(
+            "--cert-expiry {}s is shorter than the minimum {}s{}",
+            d.as_secs(),
+            min.as_secs(),
+            if allow_short {
+                ""
+            } else {
+                " (nodes renew at two thirds of it; validities under an hour are only for tests, with --unsafe-short-cert-expiry)"
+            }
+        );
+    }
+    Ok(d)
+}
+
 fn config(common: &Common, heartbeat: Duration) -> anyhow::Result<ManagerConfig> {
     let advertise = match &common.advertise {
         Some(a) => a.clone(),
@@ -134,6 +193,8 @@ fn config(common: &Common, heartbeat: Duration) -> anyhow::Result<ManagerConfig>
         config_dir: None,
         context_name: "default".into(),
         snapshot_interval: common.snapshot_interval,
+        // Only `init` uses it (a cluster-wide setting afterwards).
+        cert_expiry: flotilla_controller::api::nodeca::DEFAULT_CERT_EXPIRY,
     })
 }
 
@@ -176,8 +237,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config_dir,
             context,
             heartbeat_period,
+            cert_expiry,
+            unsafe_short_cert_expiry,
         } => {
             let mut cfg = config(&common, heartbeat_period)?;
+            cfg.cert_expiry = check_cert_expiry(cert_expiry, unsafe_short_cert_expiry)?;
             if force_new_cluster {
                 (cfg, Start::ForceNewCluster, false)
             } else {
@@ -289,5 +353,39 @@ async fn wait_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cert_expiry_values() {
+        let s = Duration::from_secs;
+        assert_eq!(parse_cert_expiry("90d").unwrap(), s(90 * 24 * 3600));
+        assert_eq!(parse_cert_expiry("720h").unwrap(), s(720 * 3600));
+        assert_eq!(parse_cert_expiry("45m").unwrap(), s(45 * 60));
+        assert_eq!(parse_cert_expiry("30s").unwrap(), s(30));
+        for bad in ["", "90", "d", "1.5h", "-1h", "1w", "99999999999999999999d"] {
+            assert!(parse_cert_expiry(bad).is_err(), "{bad:?}");
+        }
+        assert!(parse_cert_expiry("8000d")
+            .unwrap_err()
+            .contains("longer than the root CA"));
+
+        assert_eq!(check_cert_expiry(s(3600), false).unwrap(), s(3600));
+        let e = check_cert_expiry(s(30), false).unwrap_err().to_string();
+        assert!(e.contains("shorter than the minimum 3600s"), "{e}");
+        assert!(e.contains("--unsafe-short-cert-expiry"), "{e}");
+        assert_eq!(check_cert_expiry(s(30), true).unwrap(), s(30));
+        let e = check_cert_expiry(s(10), true).unwrap_err().to_string();
+        assert!(e.contains("shorter than the minimum 20s"), "{e}");
+    }
+
+    #[test]
+    fn clap_tree_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 }

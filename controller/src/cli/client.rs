@@ -1,8 +1,19 @@
 //! The connection to the node agent: parsing `--host`/`FLOTILLA_HOST` (`unix:///path` or
-//! `tcp://HOST:PORT`), dialing it with tonic (a unix socket through a custom connector), typed
-//! clients for each service, and turning gRPC statuses into the one-line errors the CLI prints.
+//! `tcp://HOST:PORT`), dialing it with tonic (a unix socket through a custom connector, TCP in
+//! plain text or mutual TLS), typed clients for each service, and turning gRPC statuses into the
+//! one-line errors the CLI prints.
+//!
+//! TLS on `tcp://` hosts ([`choose_tls`]), docker-like: `--tlscacert/--tlscert/--tlskey` give the
+//! files; `--tls` uses the cluster context's CA and admin certificate; `--tls=false` forces plain
+//! text. Without any of them a loopback address is dialed in plain text (the only place an agent
+//! serves it, with `--insecure-tcp`) and any other address with the context's material (an agent
+//! serves TCP beyond loopback only as a cluster member, in mutual TLS). The agent is verified as
+//! `worker.flotilla` (every agent holds a worker certificate) against the CA, whatever address was
+//! dialed.
+//!
 //! Invariant: a failure to reach the agent always reads "cannot connect to the flotilla agent at
-//! <host>: <cause>. Is it running? ..." so users are told what to do.
+//! <host>: <cause>. <what to do>" so users are told what to do; TLS failures say which side's
+//! certificate was the problem ([`unreachable_message`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -69,6 +80,128 @@ pub fn parse_host(s: &str) -> Result<Host, ParseError> {
     bad("no scheme")
 }
 
+/// The TLS flags of the command line, as given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFlags {
+    /// `--tls` / `--tls=BOOL`.
+    pub tls: Option<bool>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// How to dial a `tcp://` agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsChoice {
+    Plain,
+    /// Mutual TLS with these files (no client certificate when `client` is None: the agent
+    /// then refuses every call, with a message that says so).
+    Files {
+        ca: PathBuf,
+        client: Option<(PathBuf, PathBuf)>,
+    },
+    /// Mutual TLS with the cluster context's CA and admin certificate.
+    Context,
+}
+
+/// Whether `addr` (`host:port`) names a loopback address.
+fn is_loopback(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Picks plain text or TLS for a `tcp://` agent at `addr` (see the module documentation).
+pub fn choose_tls(addr: &str, flags: &TlsFlags) -> Result<TlsChoice, ParseError> {
+    let files = flags.ca.is_some() || flags.cert.is_some() || flags.key.is_some();
+    if flags.tls == Some(false) {
+        if files {
+            return Err(ParseError(
+                "--tls=false contradicts --tlscacert/--tlscert/--tlskey".into(),
+            ));
+        }
+        return Ok(TlsChoice::Plain);
+    }
+    if files {
+        let client = match (&flags.cert, &flags.key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ParseError(
+                    "--tlscert needs --tlskey (the certificate's private key)".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(ParseError(
+                    "--tlskey needs --tlscert (the certificate of that key)".into(),
+                ))
+            }
+        };
+        let Some(ca) = flags.ca.clone() else {
+            return Err(ParseError(
+                "--tlscert/--tlskey need --tlscacert: the cluster CA certificate that signed the agent's certificate".into(),
+            ));
+        };
+        return Ok(TlsChoice::Files { ca, client });
+    }
+    if flags.tls == Some(true) || !is_loopback(addr) {
+        return Ok(TlsChoice::Context);
+    }
+    Ok(TlsChoice::Plain)
+}
+
+/// The PEM material of a TLS choice.
+struct TlsMaterial {
+    ca: String,
+    /// Certificate and key.
+    client: Option<(String, String)>,
+    /// Where it came from, for messages.
+    source: String,
+}
+
+/// The CA, certificate and key (PEM) of a TLS choice.
+fn tls_material(
+    addr: &str,
+    choice: &TlsChoice,
+    context: Option<&str>,
+) -> anyhow::Result<TlsMaterial> {
+    use anyhow::Context as _;
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {what} {}", p.display()))
+    };
+    match choice {
+        TlsChoice::Plain => unreachable!("plain text has no TLS material"),
+        TlsChoice::Files { ca, client } => {
+            let ca_pem = read(ca, "--tlscacert")?;
+            let client = match client {
+                Some((c, k)) => Some((read(c, "--tlscert")?, read(k, "--tlskey")?)),
+                None => None,
+            };
+            Ok(TlsMaterial {
+                ca: ca_pem,
+                client,
+                source: format!("--tlscacert {}", ca.display()),
+            })
+        }
+        TlsChoice::Context => {
+            let dir = super::context::config_dir()?;
+            let ctx = super::context::resolve(&dir, context).map_err(|e| {
+                anyhow::anyhow!(
+                    "tcp://{addr} needs mutual TLS ({e}): give --tlscacert, --tlscert and --tlskey, or a cluster context with an admin certificate (`flotilla context create`); a loopback agent with --insecure-tcp takes --tls=false"
+                )
+            })?;
+            Ok(TlsMaterial {
+                ca: ctx.ca_pem,
+                client: Some((ctx.cert_pem, ctx.key_pem)),
+                source: format!("context {}", ctx.meta.name),
+            })
+        }
+    }
+}
+
 /// A connection to one agent.
 #[derive(Clone)]
 pub struct Agent {
@@ -79,11 +212,26 @@ pub struct Agent {
 
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// The message when the agent cannot be reached.
+/// The message when the agent cannot be reached: the cause, then what to do about it.
 pub fn unreachable_message(host: &str, cause: &str) -> String {
     let mut msg = format!("cannot connect to the flotilla agent at {host}: {cause}.");
+    let lower = cause.to_ascii_lowercase();
     if cause.contains("Permission denied") {
         msg.push_str(" The socket belongs to root: run as root or with sudo.");
+    } else if lower.contains("unknownissuer") || lower.contains("badsignature") {
+        msg.push_str(" The agent's certificate was not issued by the CA the CLI trusts: use the CA of the agent's cluster (--tlscacert or the cluster's context).");
+    } else if lower.contains("not valid for name") {
+        msg.push_str(" The server's certificate is not a flotilla agent's (worker.flotilla).");
+    } else if lower.contains("received fatal alert") {
+        msg.push_str(" The agent refused the client certificate: use an admin certificate of the agent's cluster (--tlscert/--tlskey or the cluster's context).");
+    } else if lower.contains("tls") || lower.contains("handshake") {
+        msg.push_str(" Check --tlscacert/--tlscert/--tlskey or the cluster context.");
+    } else if host.starts_with("tcp://")
+        && !lower.contains("refused")
+        && !lower.contains("timed out")
+    {
+        // A plain-text client to a TLS port sees the connection closed or a protocol error.
+        msg.push_str(" If the agent serves mutual TLS (a cluster member does on TCP), connect with --tls (the cluster context's admin certificate) or --tlscacert/--tlscert/--tlskey.");
     } else {
         msg.push_str(" Is it running? Start it with: flotilla-agent serve");
     }
@@ -100,8 +248,13 @@ pub fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Agent {
-    /// Dials the agent; fails with the "is it running" message when it is not reachable.
-    pub async fn connect(host: &str) -> anyhow::Result<Agent> {
+    /// Dials the agent (TLS for `tcp://` hosts as [`choose_tls`] says; `context` is the
+    /// `--context` flag); fails with the "is it running" message when it is not reachable.
+    pub async fn connect(
+        host: &str,
+        tls: &TlsFlags,
+        context: Option<&str>,
+    ) -> anyhow::Result<Agent> {
         let parsed = parse_host(host)?;
         tracing::debug!(host, "connecting to the agent");
         let result = match parsed {
@@ -117,11 +270,22 @@ impl Agent {
                 }))
                 .await
             }
-            Host::Tcp(addr) => {
-                let ep = Endpoint::from_shared(format!("http://{addr}"))?
-                    .connect_timeout(Duration::from_secs(5));
-                ep.connect().await
-            }
+            Host::Tcp(addr) => match choose_tls(&addr, tls)? {
+                TlsChoice::Plain => {
+                    let ep = Endpoint::from_shared(format!("http://{addr}"))?
+                        .connect_timeout(Duration::from_secs(5));
+                    ep.connect().await
+                }
+                choice => {
+                    let TlsMaterial { ca, client, source } = tls_material(&addr, &choice, context)?;
+                    let client = client.as_ref().map(|(c, k)| (c.as_str(), k.as_str()));
+                    let cfg = flotilla_pki::client_config(&ca, client).map_err(|e| {
+                        anyhow::anyhow!("the TLS material ({source}) is not usable: {e}")
+                    })?;
+                    tracing::debug!(host, %source, "dialing the agent with mutual TLS");
+                    flotilla_pki::connect(&addr, cfg, flotilla_pki::WORKER_SERVER_NAME).await
+                }
+            },
         };
         match result {
             Ok(channel) => Ok(Agent {
@@ -174,13 +338,22 @@ pub struct ApiError {
 /// See `Agent::err`.
 pub fn api_error(host: &str, s: tonic::Status) -> anyhow::Error {
     use std::error::Error as _;
-    if s.code() == tonic::Code::Unavailable {
-        if let Some(src) = s.source() {
+    // A call that failed in the transport (UNAVAILABLE, or UNKNOWN "transport error" when the
+    // connection broke under it) never reached the agent.
+    if let Some(src) = s.source() {
+        if s.code() == tonic::Code::Unavailable
+            || src.downcast_ref::<tonic::transport::Error>().is_some()
+        {
             return anyhow::anyhow!(unreachable_message(host, &root_cause(src)));
         }
     }
     let message = if s.code() == tonic::Code::Unimplemented {
         format!("the agent at {host} does not support this command yet (it answered UNIMPLEMENTED); upgrade the agent")
+    } else if s.code() == tonic::Code::Unauthenticated && host.starts_with("tcp://") {
+        format!(
+            "{} (give --tlscert and --tlskey, or use a cluster context's admin certificate)",
+            s.message()
+        )
     } else if s.message().is_empty() {
         s.code().description().to_string()
     } else {
@@ -271,10 +444,115 @@ mod tests {
     #[tokio::test]
     async fn absent_socket_says_is_it_running() {
         let host = "unix:///nonexistent-dir-flotilla/agent.sock";
-        let e = Agent::connect(host).await.err().expect("no agent there");
+        let e = Agent::connect(host, &TlsFlags::default(), None)
+            .await
+            .err()
+            .expect("no agent there");
         assert_eq!(
             e.to_string(),
             format!("cannot connect to the flotilla agent at {host}: No such file or directory (os error 2). Is it running? Start it with: flotilla-agent serve")
         );
+    }
+
+    #[test]
+    fn tls_choice() {
+        let p = |s: &str| Some(PathBuf::from(s));
+        let none = TlsFlags::default();
+        // Loopback: plain unless asked; elsewhere: the context's material.
+        assert_eq!(
+            choose_tls("127.0.0.1:2377", &none).unwrap(),
+            TlsChoice::Plain
+        );
+        assert_eq!(choose_tls("[::1]:2377", &none).unwrap(), TlsChoice::Plain);
+        assert_eq!(
+            choose_tls("localhost:2377", &none).unwrap(),
+            TlsChoice::Plain
+        );
+        assert_eq!(
+            choose_tls("10.0.0.5:2377", &none).unwrap(),
+            TlsChoice::Context
+        );
+        assert_eq!(choose_tls("node1:2377", &none).unwrap(), TlsChoice::Context);
+        let tls = |v| TlsFlags {
+            tls: Some(v),
+            ..Default::default()
+        };
+        assert_eq!(
+            choose_tls("127.0.0.1:1", &tls(true)).unwrap(),
+            TlsChoice::Context
+        );
+        assert_eq!(
+            choose_tls("10.0.0.5:1", &tls(false)).unwrap(),
+            TlsChoice::Plain
+        );
+        // Files.
+        let files = TlsFlags {
+            ca: p("ca.pem"),
+            cert: p("c.pem"),
+            key: p("k.pem"),
+            ..Default::default()
+        };
+        assert_eq!(
+            choose_tls("127.0.0.1:1", &files).unwrap(),
+            TlsChoice::Files {
+                ca: "ca.pem".into(),
+                client: Some(("c.pem".into(), "k.pem".into()))
+            }
+        );
+        let ca_only = TlsFlags {
+            ca: p("ca.pem"),
+            ..Default::default()
+        };
+        assert_eq!(
+            choose_tls("10.0.0.5:1", &ca_only).unwrap(),
+            TlsChoice::Files {
+                ca: "ca.pem".into(),
+                client: None
+            }
+        );
+        let e = |f: TlsFlags| choose_tls("10.0.0.5:1", &f).unwrap_err().0;
+        assert!(e(TlsFlags {
+            cert: p("c"),
+            ca: p("ca"),
+            ..Default::default()
+        })
+        .contains("--tlscert needs --tlskey"));
+        assert!(e(TlsFlags {
+            key: p("k"),
+            ca: p("ca"),
+            ..Default::default()
+        })
+        .contains("--tlskey needs --tlscert"));
+        assert!(e(TlsFlags {
+            cert: p("c"),
+            key: p("k"),
+            ..Default::default()
+        })
+        .contains("need --tlscacert"));
+        assert!(e(TlsFlags {
+            tls: Some(false),
+            ..files
+        })
+        .contains("contradicts"));
+    }
+
+    #[test]
+    fn tls_failures_say_what_to_do() {
+        let h = "tcp://10.0.0.5:2377";
+        let m = unreachable_message(h, "TLS handshake with the server at 10.0.0.5:2377 failed: invalid peer certificate: UnknownIssuer");
+        assert!(m.contains("not issued by the CA the CLI trusts"), "{m}");
+        let m = unreachable_message(h, "the server at 10.0.0.5:2377 ended the TLS session after the handshake: received fatal alert: DecryptError");
+        assert!(m.contains("refused the client certificate"), "{m}");
+        let m = unreachable_message(h, "connection closed before message completed");
+        assert!(m.contains("connect with --tls"), "{m}");
+        let m = unreachable_message(h, "Connection refused (os error 111)");
+        assert!(m.contains("Is it running?"), "{m}");
+        let e = api_error(
+            h,
+            tonic::Status::unauthenticated(
+                "no client certificate: this port requires a flotilla node or admin certificate",
+            ),
+        );
+        assert!(e.to_string().contains("give --tlscert and --tlskey"), "{e}");
     }
 }

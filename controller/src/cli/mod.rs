@@ -45,7 +45,10 @@ use volume::VolumeCmd;
 const LONG_ABOUT: &str = "flotilla: run containers on this node (docker-compatible commands).
 
 The CLI talks to the node agent (`flotilla-agent serve`) over gRPC, on its unix socket by \
-default. Point it elsewhere with --host or FLOTILLA_HOST (unix:///path or tcp://HOST:PORT).
+default. Point it elsewhere with --host or FLOTILLA_HOST (unix:///path or tcp://HOST:PORT). \
+A cluster member's agent serves TCP in mutual TLS: the CLI then uses the cluster context's admin \
+certificate, or --tlscacert/--tlscert/--tlskey (loopback addresses are dialed in plain text \
+unless --tls or the files are given).
 
 The cluster commands (cluster, node, service, secret, config) talk to a manager's control API \
 over mutual TLS, as set by a context: --context NAME, else FLOTILLA_CONTEXT, else the current \
@@ -89,6 +92,26 @@ pub struct Cli {
     /// Cluster context of the cluster commands (default: FLOTILLA_CONTEXT, else the current one)
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
+    /// Mutual TLS to a tcp:// agent with the cluster context's CA and admin certificate
+    /// (default: on for non-loopback addresses); --tls=false for plain text
+    #[arg(
+        long,
+        global = true,
+        env = "FLOTILLA_TLS",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub tls: Option<bool>,
+    /// Trust certificates signed by this CA only (PEM) for a tcp:// agent
+    #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_TLS_CACERT")]
+    pub tlscacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for a tcp:// agent: an admin certificate of its cluster
+    #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_TLS_CERT")]
+    pub tlscert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --tlscert
+    #[arg(long, global = true, value_name = "FILE", env = "FLOTILLA_TLS_KEY")]
+    pub tlskey: Option<std::path::PathBuf>,
     /// Level of the CLI's own diagnostics on stderr
     #[arg(
         long,
@@ -212,14 +235,16 @@ pub enum Cmd {
 /// What every command needs: where the agent is, and which cluster context to use.
 pub struct Ctx {
     pub host: String,
-    /// `--context`, for the cluster commands.
+    /// `--context`, for the cluster commands (and a tcp:// agent's TLS material).
     pub context: Option<String>,
+    /// TLS to a tcp:// agent.
+    pub tls: client::TlsFlags,
 }
 
 impl Ctx {
     /// Connects to the agent.
     pub async fn agent(&self) -> anyhow::Result<Agent> {
-        Agent::connect(&self.host).await
+        Agent::connect(&self.host, &self.tls, self.context.as_deref()).await
     }
 }
 
@@ -330,6 +355,12 @@ pub fn main() -> i32 {
     let ctx = Ctx {
         host: cli.host.clone(),
         context: cli.context.clone(),
+        tls: client::TlsFlags {
+            tls: cli.tls,
+            ca: cli.tlscacert.clone(),
+            cert: cli.tlscert.clone(),
+            key: cli.tlskey.clone(),
+        },
     };
     let result = rt.block_on(dispatch(&ctx, cli.command));
     term::restore_all();

@@ -3,6 +3,7 @@
 
 pub mod loops;
 pub mod proposer;
+pub mod renew;
 pub mod roles;
 pub mod run;
 

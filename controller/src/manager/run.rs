@@ -2,8 +2,9 @@
 //! NodeCA, Dispatcher, Raft), raft over the store, and the leader-only loops.
 //!
 //! State directory: `manager.json` (identity: node id, raft id, cluster id, addresses),
-//! `tls/` (this manager's certificate, see `flotilla_pki::NodeTlsFiles`), `data.key` (seals
-//! secrets and the CA key in the log; 0600), `raft/` (the durable log and snapshots).
+//! `tls/` (this manager's certificate, see `flotilla_pki::NodeTlsFiles`; renewed in place by
+//! `super::renew`), `data.key` (seals secrets and the CA key in the log; 0600), `raft/` (the
+//! durable log and snapshots).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use flotilla_pki::{
-    client_config, fetch_and_verify_root_ca, tls_incoming, DataKey, JoinToken, MtlsConnector,
-    NodeKey, NodeTlsFiles, PeerRole, Role, RootCa,
+    client_config, fetch_and_verify_root_ca, tls_incoming, DataKey, JoinToken, LiveTls,
+    MtlsConnector, NodeKey, NodeTls, NodeTlsFiles, PeerRole, Role, RootCa,
 };
 use flotilla_proto::control::v1::{
     self as pb, control_server::ControlServer, dispatcher_server::DispatcherServer,
@@ -68,6 +69,9 @@ pub struct ManagerConfig {
     pub context_name: String,
     /// Applied entries between raft snapshots.
     pub snapshot_interval: u64,
+    /// Validity of node certificates written into a new cluster's spec (and of the first
+    /// manager's own certificate); nodes renew at two thirds of it.
+    pub cert_expiry: Duration,
 }
 
 /// What a manager remembers about itself.
@@ -385,12 +389,7 @@ impl Manager {
                 let ca = RootCa::generate(&cluster_id)?;
                 let data_key = DataKey::load_or_create(&key_path)?;
                 let key = NodeKey::generate()?;
-                let issued = ca.issue(
-                    &key.csr_pem,
-                    &node_id,
-                    Role::Manager,
-                    crate::api::nodeca::DEFAULT_CERT_EXPIRY,
-                )?;
+                let issued = ca.issue(&key.csr_pem, &node_id, Role::Manager, cfg.cert_expiry)?;
                 tls_files.save(ca.cert_pem(), &issued.cert_pem, &key.key_pem)?;
                 let id = Identity {
                     node_id: node_id.clone(),
@@ -422,7 +421,10 @@ impl Manager {
         }
 
         let store = Store::new();
-        let client_cfg = tls.client_config()?;
+        // Every port and dial of this manager presents the certificate `live` holds at each
+        // handshake; the renewal loop replaces it.
+        let live = LiveTls::new(tls.clone())?;
+        let client_cfg = live.client_config();
         let connector = Arc::new(Mtls(MtlsConnector::new(Arc::clone(&client_cfg))));
         let mut rcfg = RaftConfig::new(
             identity.raft_id,
@@ -473,8 +475,7 @@ impl Manager {
             dial: Arc::new(move |addr: &str| flotilla_pki::channel(addr, Arc::clone(&dial_cfg))),
         });
         let (stop, stop_rx) = watch::channel(false);
-        let server_cfg = tls.server_config()?;
-        let incoming = tls_incoming(listener, server_cfg);
+        let incoming = tls_incoming(listener, live.server_config());
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -519,7 +520,7 @@ impl Manager {
         if let Some((ca, data_key)) = new_cluster {
             wait_leader(&raft, Duration::from_secs(10)).await?;
             let c = new_cluster_object(&identity, &ca, &data_key, &cfg)?;
-            let node = manager_node(&identity);
+            let node = manager_node(&identity, &tls);
             let mut b = Batch::new();
             b.create(c).create(node);
             proposer
@@ -533,6 +534,16 @@ impl Manager {
             save_identity(&cfg.state_dir, &identity)?;
         }
 
+        tokio::spawn(
+            super::renew::Renewer {
+                live,
+                files: tls_files,
+                store: store.clone(),
+                proposer: Arc::clone(&proposer),
+                data_key: Arc::clone(&data_key),
+            }
+            .run(stop_rx.clone()),
+        );
         let loops = tokio::spawn(loops::leader_loops(
             raft.leadership(),
             store.clone(),
@@ -749,7 +760,7 @@ fn new_cluster_object(
             name: "default".into(),
             task_history_limit: 5,
             heartbeat_period_ms: cfg.heartbeat_period.as_millis() as u64,
-            node_cert_expiry_secs: crate::api::nodeca::DEFAULT_CERT_EXPIRY.as_secs(),
+            node_cert_expiry_secs: cfg.cert_expiry.as_secs(),
         }),
         root_ca_cert: ca.cert_pem().to_string(),
         root_ca_key_sealed: ca.seal_key(data_key)?,
@@ -762,9 +773,9 @@ fn new_cluster_object(
     Ok(c)
 }
 
-/// The node object of a manager: it runs no agent, so it is never a scheduling target unless an
-/// agent registers a session for it.
-fn manager_node(id: &Identity) -> Node {
+/// The node object of a manager (with its certificate `tls`): it runs no agent, so it is never a
+/// scheduling target unless an agent registers a session for it.
+fn manager_node(id: &Identity, tls: &NodeTls) -> Node {
     let now = now_ms();
     Node {
         id: id.node_id.clone(),
@@ -787,8 +798,12 @@ fn manager_node(id: &Identity) -> Node {
         }),
         manager_status: None,
         role: NodeRole::Manager as i32,
-        cert_expires_at: 0,
-        cert_serial: String::new(),
+        cert_expires_at: tls
+            .not_after
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0),
+        cert_serial: tls.identity.serial.clone(),
     }
 }
 
