@@ -1,9 +1,9 @@
 //! A randomized fault test of the replicated store: three managers, six clients (two through each
 //! manager, calling the gRPC API directly from inside that manager's network namespace) doing
 //! reads, blind writes and compare-and-sets on a few registers (a label of a service each) and
-//! creating and looking up configs, while a seeded schedule SIGKILLs and restarts managers,
-//! SIGSTOPs and resumes them, and cuts their links, one at a time (plus once two at a time, to
-//! lose the quorum briefly). Everything is then healed, every manager is read, and the history is
+//! creating and looking up configs, while a seeded schedule SIGKILLs or SIGTERMs and restarts
+//! managers, SIGSTOPs and resumes them, and cuts their links, one at a time (plus once two at a
+//! time, to lose the quorum briefly). Everything is then healed, every manager is read, and the history is
 //! checked:
 //! - every acknowledged config is listed by every manager, nothing else is, and all agree;
 //! - the whole history is linearizable (Wing–Gong–Lowe search, `flotilla_tests::linearizability`),
@@ -492,16 +492,20 @@ fn leader(lab: &ClusterLab, tls: &MtlsConnector, up: &[u8]) -> Option<u8> {
     None
 }
 
+/// What one manager answered after healing; times in ns since the history's start.
+struct FinalRead {
+    /// Per register: (invoke, complete, value, version).
+    regs: Vec<(u64, u64, u64, u64)>,
+    /// When the config list was asked and answered.
+    list: (u64, u64),
+    names: BTreeSet<String>,
+}
+
 /// Every register read through the manager of `host`, and the names of all configs.
-fn read_all(
-    lab: &ClusterLab,
-    tls: &MtlsConnector,
-    host: u8,
-) -> Result<(Vec<(u64, u64, u64, u64)>, u64, u64, BTreeSet<String>)> {
+fn read_all(lab: &ClusterLab, tls: &MtlsConnector, host: u8, start: Instant) -> Result<FinalRead> {
     let (addr, tls) = (lab.manager_addr(host), tls.clone());
     join(in_netns(&lab.netns(host), move || async move {
         let mut api = client(&addr, &tls);
-        let start = Instant::now();
         let mut regs = Vec::new();
         for k in 0..KEYS {
             let invoke = start.elapsed().as_nanos() as u64;
@@ -539,7 +543,11 @@ fn read_all(
             .into_iter()
             .filter_map(|c| c.spec.map(|s| s.name))
             .collect();
-        Ok((regs, invoke, complete, names))
+        Ok(FinalRead {
+            regs,
+            list: (invoke, complete),
+            names,
+        })
     }))
 }
 
@@ -725,7 +733,21 @@ fn chaos(lab: &mut ClusterLab, seed: u64) -> Result<()> {
                 _ => MANAGERS[rng.below(3) as usize],
             };
             let hold = rng.millis(800, 3500);
-            match rng.below(3) {
+            match rng.below(4) {
+                3 => {
+                    let asked = Instant::now();
+                    lab.stop_manager(victim)?;
+                    note(
+                        &mut faults,
+                        format!(
+                            "SIGTERM manager {victim} (exited after {:?}), down for {hold:?}",
+                            asked.elapsed()
+                        ),
+                    );
+                    std::thread::sleep(hold);
+                    lab.restart_manager(victim)?;
+                    note(&mut faults, format!("restarted manager {victim}"));
+                }
                 0 => {
                     lab.kill_manager(victim)?;
                     note(
@@ -772,7 +794,7 @@ fn chaos(lab: &mut ClusterLab, seed: u64) -> Result<()> {
     );
     for h in MANAGERS {
         lab.eventually(Duration::from_secs(30), || {
-            read_all(lab, &tls, h).map(|_| ())
+            read_all(lab, &tls, h, shared.start).map(|_| ())
         })
         .with_context(|| format!("the manager of host {h} does not answer after healing"))?;
     }
@@ -795,14 +817,17 @@ fn chaos(lab: &mut ClusterLab, seed: u64) -> Result<()> {
     let mut listed: BTreeMap<u8, BTreeSet<String>> = BTreeMap::new();
     let mut finals: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
     for h in MANAGERS {
-        let base = shared.now();
-        let (regs, li, lc, names) = read_all(lab, &tls, h)?;
+        let FinalRead {
+            regs,
+            list: (li, lc),
+            names,
+        } = read_all(lab, &tls, h, shared.start)?;
         for (k, (i, c, v, version)) in regs.iter().enumerate() {
             records.push(Record {
                 client: 100 + h as usize,
                 host: h,
-                invoke: base + i,
-                complete: base + c,
+                invoke: *i,
+                complete: *c,
                 call: Call::Reg(
                     k,
                     RegisterInput::Read,
@@ -822,8 +847,8 @@ fn chaos(lab: &mut ClusterLab, seed: u64) -> Result<()> {
             records.push(Record {
                 client: 100 + h as usize,
                 host: h,
-                invoke: base + li,
-                complete: base + lc,
+                invoke: li,
+                complete: lc,
                 call: Call::Name(n.clone(), ExistsInput::Lookup, Outcome::Ok(o)),
                 version: 0,
                 error: String::new(),
