@@ -662,6 +662,73 @@ async fn pending_proposals_fail_when_leadership_is_lost() {
     c.shutdown().await;
 }
 
+/// A leader whose raft node stops with proposals in flight (a storage error stops it the same
+/// way) must not make the followers that forwarded them propose again: those entries may
+/// already be replicated and commit under the next leader, and a second copy would apply twice.
+/// Each proposal here is a `cas` of a fresh key from empty: applied twice, the second copy is
+/// refused, and the writer is told "conflict" about a write that took effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_proposals_in_flight_when_the_leader_stops_apply_once() {
+    let _serial = SERIAL.lock().await;
+    let mut c = Cluster::new(3, default_tweak).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let via = c.followers(leader)[0];
+    let n = c.node(via).clone();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..32)
+        .map(|w| {
+            let (n, stop) = (n.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut results = Vec::new();
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let key = format!("k{w}-{i}");
+                    let r = n.propose(format!("cas {key}  v").into_bytes()).await;
+                    if r.is_err() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    results.push((key, r));
+                }
+                results
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The raft node first, its server after: forwarded calls in flight get its answer.
+    c.kill(leader).await;
+    let rest = c.ids();
+    c.wait_leader(&rest).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut twice = Vec::new();
+    let (mut ok, mut open) = (0, 0);
+    for w in writers {
+        for (key, r) in within(Duration::from_secs(20), "writer", w)
+            .await
+            .expect("task")
+        {
+            match r {
+                Ok(_) => ok += 1,
+                Err(RaftError::Refused(m)) => twice.push(format!("{key}: {m}")),
+                Err(_) => open += 1,
+            }
+        }
+    }
+    eprintln!(
+        "{ok} acknowledged, {open} indeterminate, {} refused",
+        twice.len()
+    );
+    assert!(ok > 100, "only {ok} writes went through");
+    assert!(
+        twice.is_empty(),
+        "{} forwarded writes were applied twice ({ok} acknowledged, {open} indeterminate): {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_membership_changes() {
     let _serial = SERIAL.lock().await;

@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod executor;
+pub mod linearizability;
 pub mod network;
 pub mod registry;
 pub mod runtime;

@@ -89,6 +89,16 @@ pub enum RaftError {
     #[error("the raft node is stopped{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     Stopped { reason: String },
 
+    /// The node stopped after it handed the request to raft: the entry may be replicated
+    /// already and commit under the next leader, so unlike [`RaftError::Stopped`] it must not be
+    /// sent again.
+    #[error(
+        "the raft node stopped while the request was in flight{}: it may or may not have been \
+         applied; check the state before retrying",
+        if reason.is_empty() { String::new() } else { format!(" ({reason})") }
+    )]
+    StoppedInFlight { reason: String },
+
     #[error("raft: {0}")]
     Raft(#[from] ::raft::Error),
 }
@@ -117,6 +127,7 @@ impl RaftError {
             RaftError::Membership(_) => "membership",
             RaftError::Dropped(_) => "dropped",
             RaftError::Stopped { .. } => "stopped",
+            RaftError::StoppedInFlight { .. } => "stopped-in-flight",
             _ => "internal",
         }
     }
@@ -130,7 +141,8 @@ impl RaftError {
             .unwrap_or("");
         let msg = status.message().to_string();
         match kind {
-            // The leader lost its leader meanwhile: the caller looks for the new one.
+            // The leader lost its leader meanwhile, or stopped before it took the request: the
+            // caller looks for the new one.
             "no-leader" | "stopped" => RaftError::NotLeader {
                 raft_id: leader_id,
                 leader_id: 0,
@@ -179,6 +191,9 @@ impl RaftError {
                     .unwrap_or(&msg)
                     .into(),
             ),
+            "stopped-in-flight" => RaftError::StoppedInFlight {
+                reason: format!("manager {leader_id} at {addr}"),
+            },
             "dropped" => RaftError::Dropped(
                 msg.strip_prefix("raft dropped the proposal: ")
                     .unwrap_or(&msg)
@@ -206,6 +221,7 @@ impl From<RaftError> for tonic::Status {
             RaftError::NoLeader { .. }
             | RaftError::QuorumLost { .. }
             | RaftError::Stopped { .. }
+            | RaftError::StoppedInFlight { .. }
             | RaftError::Forward { .. } => tonic::Code::Unavailable,
             RaftError::NotLeader { .. } => tonic::Code::FailedPrecondition,
             RaftError::LeadershipLost { .. } | RaftError::Dropped(_) => tonic::Code::Aborted,
@@ -297,6 +313,27 @@ mod tests {
         let e = RaftError::from_status(&s, 3, "a:1");
         assert!(!e.is_retryable());
         assert!(e.to_string().contains("a:1"), "{e}");
+    }
+
+    #[test]
+    fn stopped_is_retried_only_before_raft_took_the_request() {
+        let s: tonic::Status = RaftError::Stopped {
+            reason: String::new(),
+        }
+        .into();
+        assert!(RaftError::from_status(&s, 3, "a:1").is_retryable());
+        let s: tonic::Status = RaftError::StoppedInFlight {
+            reason: String::new(),
+        }
+        .into();
+        let e = RaftError::from_status(&s, 3, "a:1");
+        assert!(matches!(e, RaftError::StoppedInFlight { .. }), "{e:?}");
+        assert!(!e.is_retryable());
+        let t = e.to_string();
+        assert!(
+            t.contains("may or may not have been applied") && t.contains("a:1"),
+            "{t}"
+        );
     }
 
     #[test]

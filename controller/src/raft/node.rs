@@ -358,7 +358,8 @@ impl<S: StateMachine> RaftNode<S> {
         }
     }
 
-    /// Stops the node: pending requests fail with [`RaftError::Stopped`], the transport ends,
+    /// Stops the node: pending requests fail with [`RaftError::Stopped`] (writes raft already
+    /// took with [`RaftError::StoppedInFlight`]: they may still commit), the transport ends,
     /// the database is closed (the state directory can be reopened once this returns).
     pub async fn shutdown(self) {
         let _ = self.inner.events.send(Event::Shutdown);

@@ -10,8 +10,9 @@
 //!   are applied only once durable on this node and committed on a majority).
 //! - Every waiter is answered exactly once: applied, refused, failed with `LeadershipLost` when
 //!   this node stops being leader (or its term changes; `QuorumLost` when it stepped down because
-//!   a majority stopped answering), or failed with `Stopped` when the loop
-//!   ends (shutdown, storage failure, or a panic of the state machine).
+//!   a majority stopped answering), or failed when the loop ends (shutdown, storage failure, or
+//!   a panic of the state machine): `StoppedInFlight` for proposals and membership changes raft
+//!   already took (they may still commit under the next leader), `Stopped` for the rest.
 //! - `members` and `conf_state` are exactly those at `applied`; snapshots carry them.
 //! - Blocking I/O (fsync) happens on this thread only, never on the async runtime.
 
@@ -1069,6 +1070,19 @@ impl<S: StateMachine> ReadyLoop<S> {
     }
 
     fn stop(&mut self, reason: String) {
+        // Proposals and membership changes raft already took may be replicated and commit under
+        // the next leader: their callers (a follower that forwarded one among them) must not
+        // send them again. What raft never saw can be retried elsewhere.
+        for (_, r) in self.proposals.drain() {
+            let _ = r.send(Err(RaftError::StoppedInFlight {
+                reason: reason.clone(),
+            }));
+        }
+        for (_, r) in self.conf_waiters.drain() {
+            let _ = r.send(Err(RaftError::StoppedInFlight {
+                reason: reason.clone(),
+            }));
+        }
         let r = reason.clone();
         self.fail_waiters(|| RaftError::Stopped { reason: r.clone() });
         // Whatever queued up behind the stop gets the same answer.
