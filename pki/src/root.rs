@@ -259,7 +259,9 @@ impl RootCa {
     /// A node certificate for `node_id` with `role`, for the public key of `csr_pem`.
     ///
     /// Subject CN = node id, O = cluster id, OU = `flotilla-manager` | `flotilla-worker`; DNS
-    /// names: the node id and `manager.flotilla` (managers) or `worker.flotilla` (workers).
+    /// names: the node id, `worker.flotilla` (every node: its agent's TCP API is verified under
+    /// that name, and a promoted node's agent presents its manager certificate), and
+    /// `manager.flotilla` for managers only (a worker can never pass for a manager).
     /// Extended key usages: client and server authentication.
     pub fn issue(
         &self,
@@ -273,7 +275,10 @@ impl RootCa {
             csr_pem,
             node_id,
             role.ou(),
-            &[node_id, role.server_name()],
+            &match role {
+                Role::Manager => vec![node_id, MANAGER_SERVER_NAME, WORKER_SERVER_NAME],
+                Role::Worker => vec![node_id, WORKER_SERVER_NAME],
+            },
             &[
                 ExtendedKeyUsagePurpose::ServerAuth,
                 ExtendedKeyUsagePurpose::ClientAuth,
@@ -541,7 +546,10 @@ mod tests {
             first(&mut cert.subject().iter_organizational_unit()),
             "flotilla-manager"
         );
-        assert_eq!(dns_names(&der), ["node7", "manager.flotilla"]);
+        assert_eq!(
+            dns_names(&der),
+            ["node7", "manager.flotilla", "worker.flotilla"]
+        );
         assert!(!cert.is_ca());
         let not_after = cert.validity().not_after.timestamp();
         assert_eq!(not_after * 1000, issued.not_after_unix_ms);

@@ -78,6 +78,10 @@ fn demote_promote_and_leave() -> Result<()> {
         lab.join_manager(2, 1)?;
         lab.join_manager(3, 1)?;
         lab.add_worker_with_image(4, 1)?;
+        // Its TCP API needs the node certificate it has from now on (mutual TLS).
+        let tcp4 = format!("tcp://{}:2378", lab.addr(4));
+        lab.set_agent_args(4, &["--tcp", tcp4.trim_start_matches("tcp://")]);
+        lab.restart_agent(4)?;
         lab.add_worker_with_image(5, 1)?;
         wait_members(lab, &[1, 2, 3])?;
         let m2 = lab.node_of_host(2)?;
@@ -175,6 +179,20 @@ fn demote_promote_and_leave() -> Result<()> {
         lab.use_manager(0)?;
         let names = lab.cli_ok(&["config", "ls", "--format", "json"])?;
         assert!(names.contains("via-promoted"), "{names}");
+
+        // Its agent's TCP API now presents the node's manager certificate, still verified as
+        // a flotilla agent's.
+        let o = lab.cli_on(1, &["-H", &tcp4, "ps", "--format", "{{.Names}}"])?;
+        assert!(
+            o.status.success(),
+            "ps over mTLS on the promoted node: {}",
+            text(&o)
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("web."),
+            "{}",
+            text(&o)
+        );
 
         // `cluster leave` on a manager node needs --force.
         let o = lab.agent_cli(4, &["cluster", "leave"])?;
