@@ -158,12 +158,14 @@ fn read_managers(dir: &Path) -> Vec<String> {
 /// Renews the node certificate at two thirds of its life (retrying after
 /// `NodeTls::retry_delay` on failure), or at once when `now` is notified (the node's role
 /// changed), and installs each new one in `live`, which every connection of the agent (the
-/// session to the managers, the TCP API) presents from its next handshake on.
+/// session to the managers, the TCP API) presents from its next handshake on. Ends with `stop`
+/// (the node left the cluster: nothing may write its certificate again).
 pub async fn renew_loop(
     files: NodeTlsFiles,
     live: LiveTls,
     managers: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     now: Arc<tokio::sync::Notify>,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     loop {
         let tls = live.current();
@@ -174,8 +176,14 @@ pub async fn renew_loop(
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = now.notified() => {}
+            _ = stop.cancelled() => return,
         }
-        match renew_once(&files, &live, &managers()).await {
+        let known = managers();
+        let renewed = tokio::select! {
+            r = renew_once(&files, &live, &known) => r,
+            _ = stop.cancelled() => return,
+        };
+        match renewed {
             Ok(new) => {
                 info!(serial = %new.identity.serial, expires = ?new.not_after, "node certificate renewed");
                 let now = std::time::SystemTime::now();
@@ -193,6 +201,7 @@ pub async fn renew_loop(
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
                     _ = now.notified() => {}
+                    _ = stop.cancelled() => return,
                 }
             }
         }

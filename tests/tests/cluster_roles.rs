@@ -239,6 +239,25 @@ fn demote_promote_and_leave() -> Result<()> {
             Ok(())
         })?;
         lab.cli_ok(&["node", "rm", &w5])?;
+
+        // A promoted node leaving with --force is out of the raft group before it is answered
+        // (the remaining manager keeps its quorum), its manager stopped and forgotten.
+        lab.cli_ok(&["node", "promote", &w4])?;
+        wait_members(lab, &[1, 4])?;
+        lab.eventually(Duration::from_secs(30), || {
+            match manager_status(lab, &w4)?.as_str() {
+                "Reachable" | "Leader" => Ok(()),
+                s => bail!("w4 is {s:?}"),
+            }
+        })?;
+        let o = lab.agent_cli(4, &["cluster", "leave", "--force"])?;
+        assert!(o.status.success(), "leave --force: {}", text(&o));
+        assert!(text(&o).contains("demoted"), "{}", text(&o));
+        assert_eq!(members(lab)?.len(), 1, "removed before the answer");
+        write(lab, "after-forced-leave")?;
+        assert!(!lab.agent_state_dir(4).join("manager").exists());
+        assert!(!lab.agent_state_dir(4).join("cluster").exists());
+        assert_eq!(lab.node_state(&w4)?, "down");
         Ok(())
     })
 }

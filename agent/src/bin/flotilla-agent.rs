@@ -538,6 +538,7 @@ fn start_cluster_member(
         live,
         Arc::clone(&known_managers),
         Arc::clone(&renew_now),
+        stop.clone(),
     ));
     tokio::spawn(flotilla_agent::cluster::member::role_loop(
         m.files.clone(),

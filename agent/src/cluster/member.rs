@@ -47,6 +47,8 @@ pub struct ManagerProc {
     settings: ManagerSettings,
     child: Mutex<Option<std::process::Child>>,
     last_start: Mutex<Option<Instant>>,
+    /// Joins tried so far (each goes through the next known manager).
+    attempts: std::sync::atomic::AtomicUsize,
 }
 
 const PID_FILE: &str = "controller.pid";
@@ -64,6 +66,7 @@ impl ManagerProc {
             settings,
             child: Mutex::new(None),
             last_start: Mutex::new(None),
+            attempts: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -109,7 +112,13 @@ impl ManagerProc {
                 s.controller_bin.display()
             ));
         }
-        let first = managers.first().ok_or("no manager known to join through")?;
+        if managers.is_empty() {
+            return Err("no manager known to join through".into());
+        }
+        let attempt = self
+            .attempts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let first = &managers[attempt % managers.len()];
         let advertise = match &s.advertise {
             Some(a) => a.clone(),
             None => format!("{}:{}", local_ip_towards(first)?, s.listen.port()),

@@ -466,6 +466,20 @@ impl Control for ControlService {
             let deadline = tokio::time::Instant::now() + ROLE_CHANGE_WAIT;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
+                // Demoting the manager serving this call: it stops once it sees its removal,
+                // so answer as soon as raft has applied it.
+                if n.id == self.ctx.node_id
+                    && !self
+                        .ctx
+                        .membership
+                        .summary()
+                        .members
+                        .iter()
+                        .any(|m| m.2 == n.id)
+                {
+                    n.role = want;
+                    break;
+                }
                 if self.ctx.barrier().await.is_err() {
                     continue;
                 }

@@ -18,6 +18,10 @@ use crate::dispatcher::now_ms;
 use crate::manager::random_id;
 use crate::store::Batch;
 
+/// The status message of a node that left the cluster (`cluster leave`): it gets no new
+/// certificate, so it stays out until it joins again with a token.
+pub const LEFT_MESSAGE: &str = "left the cluster (remove it with `flotilla node rm`)";
+
 /// Default validity of node certificates.
 pub const DEFAULT_CERT_EXPIRY: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -163,6 +167,16 @@ impl NodeCa for NodeCaService {
                     id.node_id
                 )));
             };
+            if node
+                .status
+                .as_ref()
+                .is_some_and(|st| st.message == LEFT_MESSAGE)
+            {
+                return Err(Status::permission_denied(format!(
+                    "node {} left the cluster: join it again with a token",
+                    id.node_id
+                )));
+            }
             // The role the cluster gives the node now: promote/demote change it, and the
             // node's next certificate follows.
             let role = if node.role == NodeRole::Manager as i32 {
@@ -221,7 +235,10 @@ impl NodeCa for NodeCaService {
                     id.node_id
                 )))
             }
-            Some(n) if n.role != NodeRole::Manager as i32 => {
+            Some(n)
+                if n.role != NodeRole::Manager as i32
+                    || n.spec.as_ref().map(|s| s.desired_role) == Some(NodeRole::Worker as i32) =>
+            {
                 return Err(Status::permission_denied(format!(
                     "node {} is not a manager (demoted): promote it again first",
                     id.node_id
@@ -231,8 +248,16 @@ impl NodeCa for NodeCaService {
         }
         let summary = self.ctx.membership.summary();
         let raft_id = match summary.members.iter().find(|m| m.2 == id.node_id) {
-            // A retry of a join that already went through.
-            Some(m) => m.0,
+            // A retry of a join that went through but never started (still a learner).
+            Some(m) if summary.learners.contains(&m.0) => m.0,
+            // A voter with that node id: its log and votes live on, a fresh state under the
+            // same raft id could vote against what it promised.
+            Some(m) => {
+                return Err(Status::failed_precondition(format!(
+                    "node {} is already a voting raft member (raft id {} at {}): demote it first (`flotilla node demote {}`), then promote it again",
+                    id.node_id, m.0, m.1, id.node_id
+                )))
+            }
             None => {
                 let mut raft_id = 0;
                 while raft_id == 0 || summary.members.iter().any(|m| m.0 == raft_id) {
@@ -296,7 +321,7 @@ impl NodeCa for NodeCaService {
             spec.desired_role = NodeRole::Worker as i32;
             node.status = Some(NodeStatus {
                 state: NodeState::Down as i32,
-                message: "left the cluster (remove it with `flotilla node rm`)".into(),
+                message: LEFT_MESSAGE.into(),
                 addr: node
                     .status
                     .as_ref()
@@ -311,6 +336,28 @@ impl NodeCa for NodeCaService {
             b.update(node);
             match self.ctx.proposer.propose(b.into_proto()).await {
                 Ok(_) => {
+                    // A manager leaves the raft group before it is answered: its agent stops
+                    // it right after, and the removal must commit while it still counts.
+                    let summary = self.ctx.membership.summary();
+                    if let Some(m) = summary.members.iter().find(|m| m.2 == id.node_id) {
+                        // The leader's role loop may remove it first: gone is gone.
+                        if let Err(e) = self.ctx.membership.remove_member(m.0).await {
+                            let _ = self.ctx.barrier().await;
+                            let still = self
+                                .ctx
+                                .membership
+                                .summary()
+                                .members
+                                .iter()
+                                .any(|x| x.0 == m.0);
+                            if still {
+                                return Err(Status::unavailable(format!(
+                                    "node {} is marked as leaving but is still a raft member: {e}; retry",
+                                    id.node_id
+                                )));
+                            }
+                        }
+                    }
                     info!(node = %id.node_id, was_manager, "node left the cluster");
                     return Ok(Response::new(pb::LeaveClusterResponse { was_manager }));
                 }

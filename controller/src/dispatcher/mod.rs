@@ -463,6 +463,11 @@ impl Dispatcher {
                                 Assignments { full: false, tasks, removed_tasks: removed, secrets: new_secrets, removed_secrets, configs: new_configs, removed_configs }
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => {
+                                let role = me.store.read().nodes.get(&node).map(|n| n.role);
+                                if let Some(role) = role.filter(|r| *r != sent_role) {
+                                    sent_role = role;
+                                    if out_tx.send(Ok(session_info(role))).await.is_err() { return; }
+                                }
                                 let state = me.store.read();
                                 let full = full_assignments(&state, &node, &me.open_secret);
                                 sent_secrets = full.secrets.iter().map(|s| s.id.clone()).collect();
@@ -538,6 +543,15 @@ impl Dispatcher {
                     "node {node_id} is not a member of this cluster (removed?): join it again with a new token"
                 )));
             };
+            if node
+                .status
+                .as_ref()
+                .is_some_and(|s| s.message == crate::api::nodeca::LEFT_MESSAGE)
+            {
+                return Err(Status::permission_denied(format!(
+                    "node {node_id} left the cluster: join it again with a new token"
+                )));
+            }
             if description.is_some() {
                 node.description = description.clone();
             }
@@ -629,9 +643,15 @@ impl Dispatcher {
                     return;
                 }
                 Err(e) if e.is_conflict() => continue,
-                Err(e) => {
+                Err(ProposeError::Unavailable(e)) => {
                     warn!(error = %e, "could not record task statuses yet: retrying");
                     break;
+                }
+                Err(e) => {
+                    // Refused for good (a task removed meanwhile...): retrying cannot help.
+                    warn!(error = %e, "task statuses refused by the store: dropped");
+                    pending.clear();
+                    return;
                 }
             }
         }

@@ -210,10 +210,11 @@ impl Membership for RaftMembership {
     }
 }
 
-/// The Raft service, only for manager certificates.
-/// The Raft service, only for manager certificates whose node is a manager of this cluster's
-/// store (a removed node keeps a valid certificate until it expires).
-struct GuardedRaft(RaftService<StoreMachine>, Store);
+/// The Raft service, only for manager certificates whose node is a member of this manager's
+/// raft configuration or a manager of its store (a removed node keeps a valid certificate until
+/// it expires). Either is enough: a manager behind may not have applied the store write or the
+/// configuration change that made the caller — maybe the current leader — a manager yet.
+struct GuardedRaft(RaftService<StoreMachine>, Store, RaftNode<StoreMachine>);
 
 impl GuardedRaft {
     fn require_manager<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
@@ -228,7 +229,13 @@ impl GuardedRaft {
             .read()
             .nodes
             .get(&id.node_id)
-            .is_some_and(|n| n.role == NodeRole::Manager as i32);
+            .is_some_and(|n| n.role == NodeRole::Manager as i32)
+            || self
+                .2
+                .status()
+                .members
+                .iter()
+                .any(|m| m.node_id == id.node_id);
         // An empty store is a joining manager's, before its first snapshot arrives.
         if !known && self.1.read().cluster.is_some() {
             return Err(tonic::Status::permission_denied(format!(
@@ -493,6 +500,7 @@ impl Manager {
                 rpb::raft_server::RaftServer::new(GuardedRaft(
                     RaftService::new(raft.clone()),
                     store.clone(),
+                    raft.clone(),
                 ))
                 .max_decoding_message_size(256 << 20)
                 .max_encoding_message_size(256 << 20),
@@ -556,7 +564,6 @@ impl Manager {
         let (removed_tx, removed) = watch::channel(false);
         tokio::spawn(removal_watch(
             raft.clone(),
-            store.clone(),
             identity.clone(),
             connector,
             removed_tx,
@@ -637,31 +644,11 @@ fn forget_state(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether this manager was removed from the raft group, as far as it can tell locally: it was
-/// a member and the applied configuration no longer lists it, or the store says its node is a
-/// worker now (written by the leader once the removal committed) or is gone.
-fn removed_locally(
-    saw_self: bool,
-    st: &crate::raft::RaftStatus,
-    store: &Store,
-    node_id: &str,
-) -> bool {
-    if saw_self && !st.members.is_empty() && !st.members.iter().any(|m| m.raft_id == st.raft_id) {
-        return true;
-    }
-    let state = store.read();
-    if state.cluster.is_none() {
-        return false;
-    }
-    match state.nodes.get(node_id) {
-        None => true,
-        Some(n) => {
-            n.role == NodeRole::Worker as i32
-                && n.spec
-                    .as_ref()
-                    .is_none_or(|s| s.desired_role == NodeRole::Worker as i32)
-        }
-    }
+/// Whether this manager's applied raft configuration says it was removed: it was a member and
+/// no longer is. (The local store is no evidence: a joiner replaying the log sees the cluster
+/// long before its own node, a promoted node sees itself a worker until the promotion.)
+fn removed_locally(saw_self: bool, st: &crate::raft::RaftStatus) -> bool {
+    saw_self && !st.members.is_empty() && !st.members.iter().any(|m| m.raft_id == st.raft_id)
 }
 
 /// Watches for this manager's removal from the raft group. A removed member may never learn it
@@ -670,7 +657,6 @@ fn removed_locally(
 /// raft port refuses a node the store no longer knows as a manager.
 async fn removal_watch(
     raft: RaftNode<StoreMachine>,
-    store: Store,
     identity: Identity,
     connector: Arc<Mtls>,
     removed: watch::Sender<bool>,
@@ -686,31 +672,49 @@ async fn removal_watch(
         }
         let st = raft.status();
         saw_self |= st.members.iter().any(|m| m.raft_id == st.raft_id);
-        let mut gone = removed_locally(saw_self, &st, &store, &identity.node_id);
-        // No leader, or a configuration without this manager (a removed member is not
-        // promotable: it never campaigns, so it may keep an old leader forever).
+        let mut gone = removed_locally(saw_self, &st);
+        // No leader, a leader not heard from, or a configuration without this manager (a
+        // removed member is not promotable: it never campaigns, and keeps its old leader).
         let unsure = st.leader_id == 0
+            || (!st.is_leader && !st.reachable_ids.contains(&st.leader_id))
             || (!st.members.is_empty() && !st.members.iter().any(|m| m.raft_id == st.raft_id));
         if !gone && unsure {
             let since = *leaderless_since.get_or_insert_with(std::time::Instant::now);
             if since.elapsed() >= patience {
                 leaderless_since = Some(std::time::Instant::now());
-                for m in st.members.iter().filter(|m| m.raft_id != st.raft_id) {
-                    let mut c = rpb::raft_client::RaftClient::new(connector.0.channel(&m.addr));
-                    let asked = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        c.status(rpb::StatusRequest {}),
-                    )
-                    .await;
-                    if let Ok(Err(s)) = asked {
-                        if s.code() == tonic::Code::PermissionDenied
-                            && s.message().contains("is not a manager of this cluster")
-                        {
-                            info!(peer = %m.addr, "the other managers no longer know this one as a manager");
-                            gone = true;
-                            break;
-                        }
-                    }
+                // A majority of the other members must refuse it: one peer whose store is
+                // behind (down since before this manager joined) must not make it wipe itself.
+                // Voters only: a learner still replaying the log may not know this one yet.
+                let others: Vec<String> = st
+                    .members
+                    .iter()
+                    .filter(|m| m.raft_id != st.raft_id && !st.learners.contains(&m.raft_id))
+                    .map(|m| m.addr.clone())
+                    .collect();
+                let mut asks = tokio::task::JoinSet::new();
+                for addr in others.clone() {
+                    let mut c = rpb::raft_client::RaftClient::new(connector.0.channel(&addr));
+                    asks.spawn(async move {
+                        let asked = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            c.status(rpb::StatusRequest {}),
+                        )
+                        .await;
+                        matches!(asked, Ok(Err(s)) if s.code() == tonic::Code::PermissionDenied
+                            && s.message().contains("is not a manager of this cluster"))
+                    });
+                }
+                let mut refused = 0;
+                while let Some(r) = asks.join_next().await {
+                    refused += usize::from(r.unwrap_or(false));
+                }
+                if !others.is_empty() && refused > others.len() / 2 {
+                    info!(
+                        refused,
+                        of = others.len(),
+                        "the other managers no longer know this one as a manager"
+                    );
+                    gone = true;
                 }
             }
         } else {

@@ -184,7 +184,8 @@ fn encode_snapshot_data(members: &BTreeMap<u64, Member>, state: Vec<u8>) -> Vec<
 struct LearnerWatch {
     target: u64,
     since: Instant,
-    promoting: bool,
+    /// The answer to its queued promotion; a failed one is tried again.
+    promoting: Option<oneshot::Receiver<Result<Vec<Member>, RaftError>>>,
     warned: bool,
 }
 
@@ -341,6 +342,8 @@ impl<S: StateMachine> ReadyLoop<S> {
         {
             let mut st = lock(&published.status);
             st.members = status_members;
+            st.learners.clone_from(&conf_state.learners);
+            st.learners.sort_unstable();
             st.applied_index = applied;
             st.snapshot_index = snapshot_index;
             st.commit_index = raw.raft.raft_log.committed;
@@ -661,15 +664,27 @@ impl<S: StateMachine> ReadyLoop<S> {
             let w = self.learners.entry(id).or_insert(LearnerWatch {
                 target: committed,
                 since: Instant::now(),
-                promoting: false,
+                promoting: None,
                 warned: false,
             });
-            if w.promoting {
-                continue;
+            if let Some(rx) = w.promoting.as_mut() {
+                match rx.try_recv() {
+                    // Still queued, or done (the learner leaves the configuration).
+                    Err(oneshot::error::TryRecvError::Empty) | Ok(Ok(_)) => continue,
+                    Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => w.promoting = None,
+                }
             }
-            let matched = self.raw.raft.prs().get(id).map_or(0, |p| p.matched);
-            if matched >= w.target {
-                w.promoting = true;
+            let (matched, active) = self
+                .raw
+                .raft
+                .prs()
+                .get(id)
+                .map_or((0, false), |p| (p.matched, p.recent_active));
+            // Caught up and heard from lately: a learner that died after catching up must not
+            // become a voter the quorum then waits for.
+            if matched >= w.target && active {
+                let (tx, rx) = oneshot::channel();
+                w.promoting = Some(rx);
                 let m = self.members.get(&id).cloned().unwrap_or(Member {
                     raft_id: id,
                     addr: String::new(),
@@ -681,7 +696,6 @@ impl<S: StateMachine> ReadyLoop<S> {
                     matched,
                     "new manager caught up: making it a voter"
                 );
-                let (tx, _rx) = oneshot::channel();
                 self.queued_conf.push_back((MemberChange::Promote(m), tx));
             } else if !w.warned && w.since.elapsed() > self.cfg.request_timeout {
                 w.warned = true;
