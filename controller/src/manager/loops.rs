@@ -21,7 +21,7 @@ use crate::dispatcher::{now_ms, Dispatcher};
 use crate::orchestrator;
 use crate::raft::LeaderState;
 use crate::scheduler::{Decision, Scheduler};
-use crate::store::{Batch, State, Store};
+use crate::store::{Batch, Kind, State, Store};
 
 /// Waits for leadership, runs the loops while it lasts, and again at each new term.
 pub async fn leader_loops(
@@ -83,11 +83,14 @@ pub async fn leader_loops(
     }
 }
 
-/// Waits for the next applied batch (true), a lag (true: do a full pass), or stop (false).
+/// Waits for the next applied batch touching one of `kinds` (true), a lag (true: do a full
+/// pass), the timer (true), or stop (false). Batches of other kinds (configs, secrets: most of
+/// the API's writes) cost the loop nothing: its pass reads every task.
 async fn next_change(
     rx: &mut broadcast::Receiver<Arc<crate::store::Applied>>,
     stop: &mut watch::Receiver<bool>,
     timer: Option<tokio::time::Instant>,
+    kinds: &[Kind],
 ) -> bool {
     let sleep = async {
         match timer {
@@ -95,12 +98,32 @@ async fn next_change(
             None => std::future::pending().await,
         }
     };
-    tokio::select! {
-        r = rx.recv() => !matches!(r, Err(broadcast::error::RecvError::Closed)),
-        _ = stop.changed() => false,
-        _ = sleep => true,
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            r = rx.recv() => match r {
+                Ok(applied) if !touches(&applied, kinds) => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return true,
+                Err(broadcast::error::RecvError::Closed) => return false,
+            },
+            _ = stop.changed() => return false,
+            _ = &mut sleep => return true,
+        }
     }
 }
+
+/// Whether a batch changed an object of one of `kinds`.
+fn touches(applied: &crate::store::Applied, kinds: &[Kind]) -> bool {
+    applied
+        .events
+        .iter()
+        .any(|e| kinds.contains(&e.object().kind()))
+}
+
+/// What the orchestrators read: services and their tasks, nodes, the cluster's settings.
+const RECONCILE_KINDS: &[Kind] = &[Kind::Service, Kind::Task, Kind::Node, Kind::Cluster];
+/// What the scheduler reads: tasks and nodes.
+const SCHEDULE_KINDS: &[Kind] = &[Kind::Task, Kind::Node];
 
 /// Drains whatever else arrived within `window` (debounce: one pass for a burst of batches).
 async fn settle(rx: &mut broadcast::Receiver<Arc<crate::store::Applied>>, window: Duration) {
@@ -180,7 +203,7 @@ async fn reconcile_loop(
             // Our own write shows up as an event: look again right away.
             continue;
         }
-        if !next_change(&mut rx, &mut stop, wake).await {
+        if !next_change(&mut rx, &mut stop, wake, RECONCILE_KINDS).await {
             return;
         }
         settle(&mut rx, Duration::from_millis(10)).await;
@@ -283,7 +306,7 @@ async fn schedule_loop(store: Store, proposer: Arc<dyn Proposer>, mut stop: watc
             }
             continue;
         }
-        if !next_change(&mut rx, &mut stop, None).await {
+        if !next_change(&mut rx, &mut stop, None, SCHEDULE_KINDS).await {
             return;
         }
         settle(&mut rx, Duration::from_millis(10)).await;
@@ -342,6 +365,39 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[tokio::test]
+    async fn loops_wake_only_for_the_kinds_they_read() {
+        use flotilla_proto::control::v1::Config;
+        let store = Store::new();
+        let p = super::super::proposer::LocalProposer::new(store.clone());
+        let mut rx = store.watch();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let mut b = Batch::new();
+        b.create(Config {
+            id: "c1".into(),
+            ..Default::default()
+        });
+        p.propose(b.into_proto()).await.expect("config");
+        let waited = tokio::time::timeout(
+            Duration::from_millis(100),
+            next_change(&mut rx, &mut stop, None, SCHEDULE_KINDS),
+        )
+        .await;
+        assert!(
+            waited.is_err(),
+            "a config write must not wake the scheduler"
+        );
+        let mut b = Batch::new();
+        b.create(node("n1", NodeAvailability::Active, "a"));
+        p.propose(b.into_proto()).await.expect("node");
+        let woke = tokio::time::timeout(
+            Duration::from_millis(100),
+            next_change(&mut rx, &mut stop, None, SCHEDULE_KINDS),
+        )
+        .await;
+        assert_eq!(woke.ok(), Some(true), "a node write wakes it");
     }
 
     #[test]
