@@ -258,6 +258,14 @@ fn demote_promote_and_leave() -> Result<()> {
         assert!(!lab.agent_state_dir(4).join("manager").exists());
         assert!(!lab.agent_state_dir(4).join("cluster").exists());
         assert_eq!(lab.node_state(&w4)?, "down");
+        // Its TCP API (cluster certificates only) closed with its membership.
+        lab.eventually(Duration::from_secs(10), || {
+            let o = lab.cli_on(1, &["-H", &tcp4, "ps"])?;
+            if o.status.success() {
+                bail!("the TCP API still answers after leave");
+            }
+            Ok(())
+        })?;
         Ok(())
     })
 }

@@ -432,13 +432,18 @@ fn serve(args: ServeArgs) -> Result<ExitCode> {
                 .await
                 .with_context(|| format!("listen on {addr}"))?;
             eprintln!("flotilla-agent: serving on tcp://{addr} (mutual TLS: admin or manager certificates of the cluster)");
+            // Also ends when the node leaves the cluster: its certificates no longer speak for it.
+            let left = session_stop.clone();
             tokio::spawn(async move {
                 let incoming = flotilla_pki::tls_incoming(l, tls);
                 let _ = tonic::transport::Server::builder()
                     .layer(tonic::service::InterceptorLayer::new(only_admins))
                     .add_routes(tcp_routes)
                     .serve_with_incoming_shutdown(incoming, async move {
-                        let _ = stop.changed().await;
+                        tokio::select! {
+                            _ = stop.changed() => {}
+                            _ = left.cancelled() => {}
+                        }
                     })
                     .await;
             });
