@@ -269,3 +269,58 @@ fn demote_promote_and_leave() -> Result<()> {
         Ok(())
     })
 }
+
+/// `cluster update` changes the settings live: a shorter heartbeat period reaches the connected
+/// agent (it would be declared down otherwise, beating at the old period), bad values are
+/// refused, `cluster status` shows them.
+#[test]
+fn cluster_update_changes_settings_live() -> Result<()> {
+    let mut lab = ClusterLab::new(2)?;
+    lab.scenario(|lab| {
+        lab.init(1, &[])?;
+        lab.add_worker(2, 1)?;
+        let w2 = lab.node_of_host(2)?;
+        let e = lab.cli_fails(&["cluster", "update", "--dispatcher-heartbeat", "10ms"])?;
+        assert!(e.contains("out of range"), "{e}");
+        let e = lab.cli_fails(&["cluster", "update"])?;
+        assert!(e.contains("nothing to update"), "{e}");
+        let out = lab.cli_ok(&[
+            "cluster",
+            "update",
+            "--dispatcher-heartbeat",
+            "300ms",
+            "--task-history-limit",
+            "2",
+            "--cert-expiry",
+            "30d",
+        ])?;
+        assert!(out.contains("updated"), "{out}");
+        let status = lab.cli_ok(&["cluster", "status"])?;
+        assert!(
+            status.contains("certificates 30d, heartbeat 300ms, task history 2"),
+            "{status}"
+        );
+        // Past the grace for agents still beating at the old period (3 x 1 s), never down:
+        // the agent beats at 300 ms (at 1 s it would miss the 900 ms limit).
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < until {
+            assert_eq!(
+                lab.node_state(&w2)?,
+                "ready",
+                "the agent beats at the new period"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The settings came within the same session (SessionInfo sent again), not by a
+        // reconnection.
+        let log = lab.agent_log(2);
+        let infos: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("dispatcher session established"))
+            .filter_map(|l| l.split("session=").nth(1))
+            .collect();
+        let ids: BTreeSet<&str> = infos.iter().map(|s| s.trim()).collect();
+        assert!(infos.len() >= 2 && ids.len() == 1, "{infos:?}");
+        Ok(())
+    })
+}

@@ -281,38 +281,39 @@ impl Control for ControlService {
     ) -> Result<Response<pb::GetClusterResponse>, Status> {
         self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
-        let raft = self.ctx.membership.summary();
-        let state = self.ctx.store.read();
-        let c = cluster(&state)?;
-        let managers = raft
-            .members
-            .iter()
-            .map(|(rid, addr, node)| pb::ManagerInfo {
-                node_id: node.clone(),
-                raft_id: *rid,
-                addr: addr.clone(),
-                leader: *rid == raft.leader_raft_id,
-                reachable: *rid == raft.raft_id || raft.reachable.contains(rid),
-            })
-            .collect::<Vec<_>>();
-        let leader_node_id = managers
-            .iter()
-            .find(|m| m.leader)
-            .map(|m| m.node_id.clone())
-            .unwrap_or_default();
-        Ok(Response::new(pb::GetClusterResponse {
-            id: c.id.clone(),
-            spec: c.spec.clone(),
-            managers,
-            leader_node_id,
-            term: raft.term,
-            commit_index: raft.commit_index,
-            nodes: state.nodes.len() as u64,
-            services: state.services.len() as u64,
-            tasks: state.tasks.len() as u64,
-            node_id: self.ctx.node_id.clone(),
-            root_ca_cert: c.root_ca_cert.clone(),
-        }))
+        Ok(Response::new(self.cluster_view()?))
+    }
+
+    async fn update_cluster(
+        &self,
+        req: Request<pb::UpdateClusterRequest>,
+    ) -> Result<Response<pb::GetClusterResponse>, Status> {
+        self.ctx.require_admin(&req)?;
+        let spec = req
+            .into_inner()
+            .spec
+            .ok_or_else(|| Status::invalid_argument("no cluster spec given"))?;
+        validate::cluster_spec(&spec).map_err(Status::invalid_argument)?;
+        for _ in 0..3 {
+            self.ctx.barrier().await?;
+            let mut c = cluster(&self.ctx.store.read())?;
+            let name = c.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+            c.spec = Some(pb::ClusterSpec {
+                name,
+                ..spec.clone()
+            });
+            touch(&mut c.meta, 0);
+            let mut b = Batch::new();
+            b.update(c);
+            match self.ctx.proposer.propose(b.into_proto()).await {
+                Ok(_) => return Ok(Response::new(self.cluster_view()?)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(status_of(e)),
+            }
+        }
+        Err(Status::aborted(
+            "the cluster changed concurrently three times: nothing updated, retry",
+        ))
     }
 
     async fn get_join_tokens(
@@ -1121,6 +1122,44 @@ fn with_manager_status(mut n: Node, raft: &super::RaftSummary) -> Node {
         });
     }
     n
+}
+
+impl ControlService {
+    /// The cluster as `GetCluster` answers it, from the local store (after a barrier).
+    fn cluster_view(&self) -> Result<pb::GetClusterResponse, Status> {
+        let raft = self.ctx.membership.summary();
+        let state = self.ctx.store.read();
+        let c = cluster(&state)?;
+        let managers = raft
+            .members
+            .iter()
+            .map(|(rid, addr, node)| pb::ManagerInfo {
+                node_id: node.clone(),
+                raft_id: *rid,
+                addr: addr.clone(),
+                leader: *rid == raft.leader_raft_id,
+                reachable: *rid == raft.raft_id || raft.reachable.contains(rid),
+            })
+            .collect::<Vec<_>>();
+        let leader_node_id = managers
+            .iter()
+            .find(|m| m.leader)
+            .map(|m| m.node_id.clone())
+            .unwrap_or_default();
+        Ok(pb::GetClusterResponse {
+            id: c.id.clone(),
+            spec: c.spec.clone(),
+            managers,
+            leader_node_id,
+            term: raft.term,
+            commit_index: raft.commit_index,
+            nodes: state.nodes.len() as u64,
+            services: state.services.len() as u64,
+            tasks: state.tasks.len() as u64,
+            node_id: self.ctx.node_id.clone(),
+            root_ca_cert: c.root_ca_cert.clone(),
+        })
+    }
 }
 
 #[cfg(test)]

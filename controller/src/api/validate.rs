@@ -113,3 +113,79 @@ mod tests {
         assert!(name("service", &"a".repeat(64)).is_err());
     }
 }
+
+/// A cluster spec as `cluster update` may set it: certificate validity 1 h to 20 years (Swarm's
+/// minimum; under an hour only `init --unsafe-short-cert-expiry` for tests), heartbeat period
+/// 100 ms to 5 min, task history 1 to 1000 per slot.
+pub fn cluster_spec(spec: &flotilla_proto::control::v1::ClusterSpec) -> Result<(), String> {
+    let expiry = std::time::Duration::from_secs(spec.node_cert_expiry_secs);
+    if expiry < crate::cli::parse::MIN_CERT_EXPIRY || expiry > flotilla_pki::ROOT_CA_VALIDITY {
+        return Err(format!(
+            "certificate validity {}s out of range: between 1h and 20 years",
+            spec.node_cert_expiry_secs
+        ));
+    }
+    if !(100..=300_000).contains(&spec.heartbeat_period_ms) {
+        return Err(format!(
+            "heartbeat period {}ms out of range: between 100ms and 5m",
+            spec.heartbeat_period_ms
+        ));
+    }
+    if !(1..=1000).contains(&spec.task_history_limit) {
+        return Err(format!(
+            "task history limit {} out of range: between 1 and 1000",
+            spec.task_history_limit
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod cluster_tests {
+    use super::cluster_spec;
+    use flotilla_proto::control::v1::ClusterSpec;
+
+    #[test]
+    fn cluster_settings_are_bounded() {
+        let ok = ClusterSpec {
+            name: "default".into(),
+            task_history_limit: 5,
+            heartbeat_period_ms: 1000,
+            node_cert_expiry_secs: 90 * 86_400,
+        };
+        assert!(cluster_spec(&ok).is_ok());
+        for (bad, what) in [
+            (
+                ClusterSpec {
+                    node_cert_expiry_secs: 60,
+                    ..ok.clone()
+                },
+                "certificate validity",
+            ),
+            (
+                ClusterSpec {
+                    heartbeat_period_ms: 10,
+                    ..ok.clone()
+                },
+                "heartbeat period",
+            ),
+            (
+                ClusterSpec {
+                    heartbeat_period_ms: 600_000,
+                    ..ok.clone()
+                },
+                "heartbeat period",
+            ),
+            (
+                ClusterSpec {
+                    task_history_limit: 0,
+                    ..ok.clone()
+                },
+                "task history",
+            ),
+        ] {
+            let e = cluster_spec(&bad).expect_err(what);
+            assert!(e.contains(what), "{e}");
+        }
+    }
+}

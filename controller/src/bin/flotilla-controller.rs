@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use flotilla_controller::cli::parse::{parse_cert_expiry, MIN_CERT_EXPIRY};
 use flotilla_controller::manager::run::{Manager, ManagerConfig, Start};
 
 #[derive(Parser)]
@@ -121,35 +122,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("duration {s:?} out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
-}
-
-/// Swarm's minimum `--cert-expiry`: shorter validities renew so often that a short outage of the
-/// managers leaves nodes with expired certificates.
-const MIN_CERT_EXPIRY: Duration = Duration::from_secs(3600);
-
-/// `30s`, `45m`, `720h`, `90d` (one number, one unit).
-fn parse_cert_expiry(s: &str) -> Result<Duration, String> {
-    let bad = || {
-        format!("invalid certificate validity {s:?}: give a number and a unit s, m, h or d, e.g. 90d or 720h")
-    };
-    let i = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (num, unit) = s.split_at(i);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => Some(n),
-        "m" => n.checked_mul(60),
-        "h" => n.checked_mul(3600),
-        "d" => n.checked_mul(24 * 3600),
-        _ => return Err(bad()),
-    }
-    .ok_or_else(bad)?;
-    let d = Duration::from_secs(secs);
-    if d > flotilla_pki::ROOT_CA_VALIDITY {
-        return Err(format!(
-            "certificate validity {s:?} is longer than the root CA's (20 years)"
-        ));
-    }
-    Ok(d)
 }
 
 /// Checks `--cert-expiry` against the minimum: 1h, or the CA's 20 s floor with

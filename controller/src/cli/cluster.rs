@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::control::Cluster;
 use super::format::{self, outln};
-use super::Ctx;
+use super::{with_exit, Ctx};
 
 /// Cluster commands.
 #[derive(Debug, Subcommand)]
@@ -36,6 +36,44 @@ working (nodes that already joined are not affected).",
   flotilla -H unix:///run/flotilla/agent.sock cluster leave --force"
     )]
     Leave(LeaveArgs),
+    /// Change the cluster's settings, like `docker swarm update`
+    #[command(
+        long_about = "Change the cluster's settings. A new certificate validity applies to the \
+certificates issued from now on (each node renews at two thirds of its current one); a new \
+heartbeat period reaches connected agents at once (a shorter one is enforced only after every \
+agent had time to beat at the old one); the task history limit applies at the next cleanup.",
+        after_help = "Examples:
+  flotilla cluster update --cert-expiry 30d
+  flotilla cluster update --dispatcher-heartbeat 5s --task-history-limit 10"
+    )]
+    Update(UpdateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Validity of node certificates, 1h to 20 years (e.g. 720h, 90d)
+    #[arg(long, value_name = "DURATION", value_parser = super::parse::parse_cert_expiry)]
+    pub cert_expiry: Option<std::time::Duration>,
+    /// Agents' heartbeat period, 100ms to 5m (a node is down after 3 missed)
+    #[arg(long, value_name = "DURATION", value_parser = super::parse::parse_duration)]
+    pub dispatcher_heartbeat: Option<std::time::Duration>,
+    /// Ended tasks kept per service slot (1 to 1000)
+    #[arg(long, value_name = "N")]
+    pub task_history_limit: Option<u32>,
+}
+
+/// `spec` with the flags of `a` applied; false when no flag was given.
+pub fn apply_update(spec: &mut flotilla_proto::control::v1::ClusterSpec, a: &UpdateArgs) -> bool {
+    if let Some(d) = a.cert_expiry {
+        spec.node_cert_expiry_secs = d.as_secs();
+    }
+    if let Some(d) = a.dispatcher_heartbeat {
+        spec.heartbeat_period_ms = d.as_millis() as u64;
+    }
+    if let Some(n) = a.task_history_limit {
+        spec.task_history_limit = n;
+    }
+    a.cert_expiry.is_some() || a.dispatcher_heartbeat.is_some() || a.task_history_limit.is_some()
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +130,10 @@ pub struct StatusView {
     pub nodes: u64,
     pub services: u64,
     pub tasks: u64,
+    /// Validity of node certificates, seconds.
+    pub cert_expiry_seconds: u64,
+    pub heartbeat_period_ms: u64,
+    pub task_history_limit: u32,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -129,6 +171,9 @@ pub fn status_view(r: &GetClusterResponse) -> StatusView {
         nodes: r.nodes,
         services: r.services,
         tasks: r.tasks,
+        cert_expiry_seconds: r.spec.as_ref().map_or(0, |s| s.node_cert_expiry_secs),
+        heartbeat_period_ms: r.spec.as_ref().map_or(0, |s| s.heartbeat_period_ms),
+        task_history_limit: r.spec.as_ref().map_or(0, |s| s.task_history_limit),
     }
 }
 
@@ -183,7 +228,28 @@ pub fn status_text(v: &StatusView) -> String {
     s.push_str(&format!("Nodes:          {}\n", v.nodes));
     s.push_str(&format!("Services:       {}\n", v.services));
     s.push_str(&format!("Tasks:          {}\n", v.tasks));
+    s.push_str(&format!(
+        "Settings:       certificates {}, heartbeat {}, task history {}\n",
+        compact_secs(v.cert_expiry_seconds),
+        if v.heartbeat_period_ms % 1000 == 0 {
+            format!("{}s", v.heartbeat_period_ms / 1000)
+        } else {
+            format!("{}ms", v.heartbeat_period_ms)
+        },
+        v.task_history_limit
+    ));
     s
+}
+
+/// `90d`, `36h`, `45m`, `20s`: the largest unit that divides the value.
+fn compact_secs(secs: u64) -> String {
+    match secs {
+        0 => "default".into(),
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 /// Runs a cluster subcommand.
@@ -195,6 +261,33 @@ pub async fn dispatch(ctx: &Ctx, cmd: ClusterCmd) -> anyhow::Result<i32> {
     let cl = Cluster::open(ctx).await?;
     match cmd {
         ClusterCmd::Leave(_) => unreachable!("handled above"),
+        ClusterCmd::Update(a) => {
+            let r = cl
+                .api()
+                .get_cluster(GetClusterRequest {})
+                .await
+                .map_err(|s| cl.err(s))?
+                .into_inner();
+            let mut spec = r.spec.unwrap_or_default();
+            if !apply_update(&mut spec, &a) {
+                return Err(with_exit(
+                    125,
+                    anyhow::anyhow!(
+                        "nothing to update: give --cert-expiry, --dispatcher-heartbeat or --task-history-limit"
+                    ),
+                ));
+            }
+            let r = cl
+                .api()
+                .update_cluster(flotilla_proto::control::v1::UpdateClusterRequest {
+                    spec: Some(spec),
+                })
+                .await
+                .map_err(|s| cl.err(s))?
+                .into_inner();
+            outln(&format!("Cluster {} updated.", r.id));
+            Ok(0)
+        }
         ClusterCmd::JoinToken(a) => {
             let r = cl
                 .api()
@@ -292,6 +385,35 @@ mod tests {
     use flotilla_proto::control::v1::{ClusterSpec, ManagerInfo};
 
     #[test]
+    fn update_flags_change_only_what_they_name() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            a: UpdateArgs,
+        }
+        let mut spec = ClusterSpec {
+            name: "default".into(),
+            task_history_limit: 5,
+            heartbeat_period_ms: 1000,
+            node_cert_expiry_secs: 90 * 86_400,
+        };
+        let t = T::try_parse_from(["x", "--cert-expiry", "30d", "--dispatcher-heartbeat", "2s"])
+            .expect("flags");
+        assert!(apply_update(&mut spec, &t.a));
+        assert_eq!(spec.node_cert_expiry_secs, 30 * 86_400);
+        assert_eq!(spec.heartbeat_period_ms, 2000);
+        assert_eq!(spec.task_history_limit, 5, "untouched");
+        let none = T::try_parse_from(["x"]).expect("no flags");
+        assert!(!apply_update(&mut spec, &none.a));
+        assert!(
+            T::try_parse_from(["x", "--cert-expiry", "10"]).is_err(),
+            "no unit"
+        );
+        assert!(T::try_parse_from(["x", "--dispatcher-heartbeat", "soon"]).is_err());
+    }
+
+    #[test]
     fn join_commands() {
         assert_eq!(
             join_text("worker", "FLTKN-1-abc-def", "10.0.0.1:4242"),
@@ -309,7 +431,9 @@ mod tests {
             id: "c0ffee".into(),
             spec: Some(ClusterSpec {
                 name: "default".into(),
-                ..Default::default()
+                task_history_limit: 5,
+                heartbeat_period_ms: 1500,
+                node_cert_expiry_secs: 90 * 86_400,
             }),
             managers: vec![
                 ManagerInfo {
@@ -360,6 +484,7 @@ Managers:       3 (2 reachable, quorum 2)
 Nodes:          5
 Services:       2
 Tasks:          7
+Settings:       certificates 90d, heartbeat 1500ms, task history 5
 "
         );
         let j = serde_json::to_value(&v).unwrap();

@@ -246,6 +246,10 @@ pub struct Dispatcher {
     next_request: std::sync::atomic::AtomicU64,
     /// Addresses of the managers (sent to agents so they can fail over).
     manager_addrs: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The longest heartbeat period in force lately, and until when it counts: a shorter
+    /// period (`cluster update`) applies to the check only once every agent had time to beat
+    /// at the old one.
+    longest_period: Mutex<Option<(Duration, Instant)>>,
 }
 
 impl Dispatcher {
@@ -267,6 +271,7 @@ impl Dispatcher {
             log_routes: Mutex::new(HashMap::new()),
             next_request: std::sync::atomic::AtomicU64::new(1),
             manager_addrs,
+            longest_period: Mutex::new(None),
         })
     }
 
@@ -390,8 +395,7 @@ impl Dispatcher {
         let sid = session_id.clone();
         tokio::spawn(async move {
             let (state, mut watch) = me.store.snapshot_and_watch();
-            let period = me.heartbeat_period();
-            let session_info = |role: i32| DispatcherMessage {
+            let session_info = |role: i32, period: Duration| DispatcherMessage {
                 msg: Some(dispatcher_message::Msg::Session(SessionInfo {
                     session_id: sid.clone(),
                     node_id: node.clone(),
@@ -401,7 +405,8 @@ impl Dispatcher {
                 })),
             };
             let mut sent_role = state.nodes.get(&node).map_or(0, |n| n.role);
-            let info = session_info(sent_role);
+            let mut sent_period = me.heartbeat_period();
+            let info = session_info(sent_role, sent_period);
             let full = full_assignments(&state, &node, &me.open_secret);
             let mut sent_secrets: HashSet<String> =
                 full.secrets.iter().map(|s| s.id.clone()).collect();
@@ -443,9 +448,13 @@ impl Dispatcher {
                                     Event::Updated { new: Object::Node(n), .. } if n.id == node => Some(n.role),
                                     _ => None,
                                 });
-                                if let Some(role) = role.filter(|r| *r != sent_role) {
-                                    sent_role = role;
-                                    if out_tx.send(Ok(session_info(role))).await.is_err() { return; }
+                                // A new heartbeat period (`cluster update`): the agent beats
+                                // at it before the checker expects it.
+                                let period = applied.events.iter().any(|e| matches!(e, Event::Updated { new: Object::Cluster(_), .. })).then(|| me.heartbeat_period()).filter(|p| *p != sent_period);
+                                if role.is_some_and(|r| r != sent_role) || period.is_some() {
+                                    sent_role = role.unwrap_or(sent_role);
+                                    sent_period = period.unwrap_or(sent_period);
+                                    if out_tx.send(Ok(session_info(sent_role, sent_period))).await.is_err() { return; }
                                 }
                                 if tasks.is_empty() && removed.is_empty() { continue; }
                                 let state = me.store.read();
@@ -464,9 +473,11 @@ impl Dispatcher {
                             }
                             Err(broadcast::error::RecvError::Lagged(_)) => {
                                 let role = me.store.read().nodes.get(&node).map(|n| n.role);
-                                if let Some(role) = role.filter(|r| *r != sent_role) {
-                                    sent_role = role;
-                                    if out_tx.send(Ok(session_info(role))).await.is_err() { return; }
+                                let period = me.heartbeat_period();
+                                if role.is_some_and(|r| r != sent_role) || period != sent_period {
+                                    sent_role = role.unwrap_or(sent_role);
+                                    sent_period = period;
+                                    if out_tx.send(Ok(session_info(sent_role, sent_period))).await.is_err() { return; }
                                 }
                                 let state = me.store.read();
                                 let full = full_assignments(&state, &node, &me.open_secret);
@@ -665,12 +676,26 @@ impl Dispatcher {
     }
 
     async fn check_heartbeats(&self, leader_since: Instant) {
-        let period = self.heartbeat_period();
+        let now = Instant::now();
+        let period = {
+            let current = self.heartbeat_period();
+            let mut longest = self
+                .longest_period
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match *longest {
+                Some((old, until)) if old > current && now < until => old,
+                _ => {
+                    // Keep the current one for as long as an agent may still beat at it.
+                    *longest = Some((current, now + current * MISSED_HEARTBEATS));
+                    current
+                }
+            }
+        };
         let limit = period * MISSED_HEARTBEATS;
         // A node that has not reported to this leader yet gets longer: its agent may be backing
         // off after failing to reach any leader (swarmkit's grace for nodes of unknown state).
         let unknown_limit = limit * UNKNOWN_GRACE_FACTOR;
-        let now = Instant::now();
         let stale: Vec<Node> = {
             let state = self.store.read();
             let beats = self.heartbeats.lock().unwrap_or_else(|p| p.into_inner());
