@@ -231,7 +231,7 @@ pub fn status_text(v: &StatusView) -> String {
     s.push_str(&format!(
         "Settings:       certificates {}, heartbeat {}, task history {}\n",
         compact_secs(v.cert_expiry_seconds),
-        if v.heartbeat_period_ms % 1000 == 0 {
+        if v.heartbeat_period_ms.is_multiple_of(1000) {
             format!("{}s", v.heartbeat_period_ms / 1000)
         } else {
             format!("{}ms", v.heartbeat_period_ms)
