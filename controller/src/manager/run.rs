@@ -617,7 +617,9 @@ impl Manager {
     /// Stops serving and shuts raft down (state stays on disk).
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.server).await;
+        // Unary calls finish within this; long-lived streams (peers' raft streams, agents'
+        // sessions, followed logs) never would and are cut: their clients reconnect elsewhere.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.server).await;
         let _ = self.loops.await;
         self.raft.shutdown().await;
     }
