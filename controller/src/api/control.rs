@@ -659,76 +659,83 @@ impl Control for ControlService {
     ) -> Result<Response<Service>, Status> {
         self.ctx.require_admin(&req)?;
         let r = req.into_inner();
-        self.ctx.barrier().await?;
-        let mut s = resolve(
-            "service",
-            &self.ctx.store.read().services,
-            &r.service,
-            service_name,
-        )?
-        .clone();
-        let current_version = s.meta.map_or(0, |m| m.version);
-        if r.version != 0 && r.version != current_version {
-            return Err(Status::aborted(format!(
+        // A blind update (version 0) is retried on a conflict with the orchestrators' own
+        // writes to the service (update status); a versioned one reports it.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.ctx.barrier().await?;
+            let mut s = resolve(
+                "service",
+                &self.ctx.store.read().services,
+                &r.service,
+                service_name,
+            )?
+            .clone();
+            let current_version = s.meta.map_or(0, |m| m.version);
+            if r.version != 0 && r.version != current_version {
+                return Err(Status::aborted(format!(
                 "service {} changed since it was read (version {}, now {current_version}): retry",
                 service_name(&s),
                 r.version
             )));
+            }
+            let (new_spec, state) = if r.rollback {
+                let prev = s.previous_spec.clone().ok_or_else(|| {
+                    Status::failed_precondition(format!(
+                        "service {} has no previous spec to roll back to",
+                        service_name(&s)
+                    ))
+                })?;
+                (prev, UpdateState::RollbackStarted)
+            } else {
+                let mut spec = r
+                    .spec
+                    .clone()
+                    .ok_or_else(|| Status::invalid_argument("no service spec given"))?;
+                validate::service_spec(&spec).map_err(Status::invalid_argument)?;
+                resolve_refs(&self.ctx.store.read(), &mut spec)?;
+                (spec, UpdateState::Updating)
+            };
+            if new_spec.name != service_name(&s) {
+                return Err(Status::invalid_argument(
+                    "a service cannot be renamed (create a new one)",
+                ));
+            }
+            let mode_kind = |sp: &pb::ServiceSpec| matches!(sp.mode, Some(Mode::Global(_)));
+            if s.spec.as_ref().map(mode_kind) != Some(mode_kind(&new_spec)) {
+                return Err(Status::invalid_argument(
+                    "a service's mode (replicated/global) cannot change",
+                ));
+            }
+            let task_changed = s.spec.as_ref().map(|x| (&x.task, &x.endpoint))
+                != Some((&new_spec.task, &new_spec.endpoint));
+            s.previous_spec = s.spec.take();
+            s.spec = Some(new_spec);
+            s.spec_version += 1;
+            if task_changed {
+                s.update_status = Some(UpdateStatus {
+                    state: state as i32,
+                    started_at: now_ms(),
+                    completed_at: 0,
+                    message: if r.rollback {
+                        "manually requested rollback".into()
+                    } else {
+                        "update in progress".into()
+                    },
+                });
+            }
+            touch(&mut s.meta, 0);
+            let mut b = Batch::new();
+            b.update(s.clone());
+            match self.ctx.proposer.propose(b.into_proto()).await {
+                Ok(_) => {}
+                Err(e) if e.is_conflict() && r.version == 0 && attempt < 3 => continue,
+                Err(e) => return Err(status_of(e)),
+            }
+            let stored = self.ctx.store.read().services.get(&s.id).cloned();
+            return Ok(Response::new(stored.unwrap_or(s)));
         }
-        let (new_spec, state) = if r.rollback {
-            let prev = s.previous_spec.clone().ok_or_else(|| {
-                Status::failed_precondition(format!(
-                    "service {} has no previous spec to roll back to",
-                    service_name(&s)
-                ))
-            })?;
-            (prev, UpdateState::RollbackStarted)
-        } else {
-            let mut spec = r
-                .spec
-                .ok_or_else(|| Status::invalid_argument("no service spec given"))?;
-            validate::service_spec(&spec).map_err(Status::invalid_argument)?;
-            resolve_refs(&self.ctx.store.read(), &mut spec)?;
-            (spec, UpdateState::Updating)
-        };
-        if new_spec.name != service_name(&s) {
-            return Err(Status::invalid_argument(
-                "a service cannot be renamed (create a new one)",
-            ));
-        }
-        let mode_kind = |sp: &pb::ServiceSpec| matches!(sp.mode, Some(Mode::Global(_)));
-        if s.spec.as_ref().map(mode_kind) != Some(mode_kind(&new_spec)) {
-            return Err(Status::invalid_argument(
-                "a service's mode (replicated/global) cannot change",
-            ));
-        }
-        let task_changed = s.spec.as_ref().map(|x| (&x.task, &x.endpoint))
-            != Some((&new_spec.task, &new_spec.endpoint));
-        s.previous_spec = s.spec.take();
-        s.spec = Some(new_spec);
-        s.spec_version += 1;
-        if task_changed {
-            s.update_status = Some(UpdateStatus {
-                state: state as i32,
-                started_at: now_ms(),
-                completed_at: 0,
-                message: if r.rollback {
-                    "manually requested rollback".into()
-                } else {
-                    "update in progress".into()
-                },
-            });
-        }
-        touch(&mut s.meta, 0);
-        let mut b = Batch::new();
-        b.update(s.clone());
-        self.ctx
-            .proposer
-            .propose(b.into_proto())
-            .await
-            .map_err(status_of)?;
-        let stored = self.ctx.store.read().services.get(&s.id).cloned();
-        Ok(Response::new(stored.unwrap_or(s)))
     }
 
     async fn remove_service(
