@@ -1,4 +1,5 @@
-//! Three managers replicate the cluster state: they form one raft group with one leader, every
+//! Three managers and three workers form a cluster (a replicated service spreads 2/2/2 over
+//! the workers); the managers replicate the cluster state: one raft group with one leader, every
 //! manager answers the API and forwards writes to the leader; SIGKILL of the leader elects a new
 //! one within 2 s (measured from the kill to the first write acknowledged through a survivor)
 //! and loses no acknowledged write; all managers restart from disk with the services, configs
@@ -130,12 +131,17 @@ fn running_tasks(lab: &ClusterLab, service: &str) -> Result<usize> {
 
 /// 3 managers (hosts 1-3) + a worker (host 4, joined through a follower) running `web` (2
 /// replicas, on the worker).
-fn form(lab: &mut ClusterLab) -> Result<Vec<i32>> {
+/// 3 managers and the workers on `workers`, a service with 2 replicas per worker spread over
+/// them; returns the container shims of the first worker.
+fn form(lab: &mut ClusterLab, workers: &[u8]) -> Result<Vec<i32>> {
     lab.init(1, &[])?;
     lab.join_manager(2, 1)?;
     // Through a follower: the certificate and the membership change are forwarded to the leader.
     lab.join_manager(3, 2)?;
-    lab.add_worker(4, 3)?;
+    for w in workers {
+        lab.add_worker(*w, 3)?;
+    }
+    let replicas = (2 * workers.len()).to_string();
     lab.cli_ok(&[
         "service",
         "create",
@@ -143,18 +149,14 @@ fn form(lab: &mut ClusterLab) -> Result<Vec<i32>> {
         "--name",
         "web",
         "--replicas",
-        "2",
+        &replicas,
         "busybox:latest",
         "sleep",
         "100000",
     ])?;
-    lab.eventually(Duration::from_secs(30), || {
-        match running_tasks(lab, "web")? {
-            2 => Ok(()),
-            n => bail!("{n} of 2 tasks running"),
-        }
-    })?;
-    let shims = lab.shim_pids(4);
+    let want: Vec<(u8, usize)> = workers.iter().map(|w| (*w, 2)).collect();
+    lab.wait_running("web", &want, Duration::from_secs(30))?;
+    let shims = lab.shim_pids(workers[0]);
     assert_eq!(shims.len(), 2, "two containers on the worker: {shims:?}");
     Ok(shims)
 }
@@ -162,14 +164,15 @@ fn form(lab: &mut ClusterLab) -> Result<Vec<i32>> {
 #[test]
 fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let mut lab = ClusterLab::new(4)?;
+    let mut lab = ClusterLab::new(6)?;
     lab.scenario(|lab| {
-        let shims = form(lab)?;
+        // 3 managers + 3 workers, 2 tasks on each worker.
+        let shims = form(lab, &[4, 5, 6])?;
 
         // One raft group: 3 managers, one leader, all reachable; node ls agrees.
         let leader = wait_healthy(lab, &[1, 2, 3], Duration::from_secs(20))?;
         let nodes = json_items(&lab.cli_ok(&["node", "ls", "--format", "json"])?)?;
-        assert_eq!(nodes.len(), 4, "3 managers + 1 worker: {nodes:?}");
+        assert_eq!(nodes.len(), 6, "3 managers + 3 workers: {nodes:?}");
         let mut statuses: Vec<String> = nodes
             .iter()
             .map(|n| n["ManagerStatus"].as_str().unwrap_or_default().to_string())
@@ -177,7 +180,7 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
         statuses.sort();
         assert_eq!(
             statuses,
-            ["", "Leader", "Reachable", "Reachable"],
+            ["", "", "", "Leader", "Reachable", "Reachable"],
             "{nodes:?}"
         );
 
@@ -315,13 +318,13 @@ fn managers_replicate_fail_over_and_restart_from_disk() -> Result<()> {
         wait_new_session(lab, 4, before, leader)?;
         lab.eventually(Duration::from_secs(20), || {
             match running_tasks(lab, "web")? {
-                2 => Ok(()),
-                n => bail!("{n} of 2 tasks running"),
+                6 => Ok(()),
+                n => bail!("{n} of 6 tasks running"),
             }
         })?;
         assert_eq!(
             json_items(&lab.cli_ok(&["node", "ls", "--format", "json"])?)?.len(),
-            4,
+            6,
             "nodes after restart"
         );
         assert_eq!(lab.shim_pids(4), shims, "containers not restarted");
@@ -334,7 +337,7 @@ fn quorum_loss_fails_writes_and_force_new_cluster_recovers() -> Result<()> {
     let _one = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut lab = ClusterLab::new(4)?;
     lab.scenario(|lab| {
-        let shims = form(lab)?;
+        let shims = form(lab, &[4])?;
         wait_healthy(lab, &[1, 2, 3], Duration::from_secs(20))?;
         for k in 0..5 {
             create_via(lab, 1, "config", &format!("before-{k}"))?;
