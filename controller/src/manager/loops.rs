@@ -86,7 +86,7 @@ pub async fn leader_loops(
 /// Waits for the next applied batch touching one of `kinds` (true), a lag (true: do a full
 /// pass), the timer (true), or stop (false). Batches of other kinds (configs, secrets: most of
 /// the API's writes) cost the loop nothing: its pass reads every task.
-async fn next_change(
+pub(super) async fn next_change(
     rx: &mut broadcast::Receiver<Arc<crate::store::Applied>>,
     stop: &mut watch::Receiver<bool>,
     timer: Option<tokio::time::Instant>,

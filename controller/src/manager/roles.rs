@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use super::proposer::Proposer;
 use crate::api::{Membership, RaftSummary};
-use crate::store::{Batch, State, Store};
+use crate::store::{Batch, Kind, State, Store};
 
 /// One step towards the desired roles.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,8 +103,8 @@ pub fn plan(state: &State, raft: &RaftSummary) -> Vec<RoleAction> {
     out
 }
 
-/// The leader's role loop: a pass after every applied batch and every second (reachability
-/// changes without a batch), until `stop`.
+/// The leader's role loop: a pass after every batch that changed a node and every second
+/// (reachability changes without a batch), until `stop`.
 pub async fn role_loop(
     store: Store,
     proposer: Arc<dyn Proposer>,
@@ -150,12 +150,10 @@ pub async fn role_loop(
                 }
             }
         }
-        tokio::select! {
-            r = rx.recv() => if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.changed() => return,
-        }
-        if *stop.borrow() {
+        // Node changes only (not every write: most are configs, secrets, tasks), and every
+        // second for reachability.
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        if !super::loops::next_change(&mut rx, &mut stop, Some(tick), &[Kind::Node]).await {
             return;
         }
     }
