@@ -401,18 +401,7 @@ impl ClusterLab {
         cmd.arg("--token").arg(token).arg(self.manager_addr(via));
         let log = self.host_dir(i, "controller.log");
         let child = self.spawn(cmd, &log)?;
-        if let Some((_, p)) = self.managers.iter_mut().find(|(h, _)| *h == i) {
-            p.kill();
-            p.child = Some(child);
-        } else {
-            self.managers.push((
-                i,
-                Proc {
-                    child: Some(child),
-                    log,
-                },
-            ));
-        }
+        install(&mut self.managers, i, child, log);
         Ok(())
     }
 
@@ -537,18 +526,7 @@ impl ClusterLab {
         let cmd = self.manager_command(i, "serve");
         let log = self.host_dir(i, "controller.log");
         let child = self.spawn(cmd, &log)?;
-        if let Some((_, p)) = self.managers.iter_mut().find(|(h, _)| *h == i) {
-            p.kill();
-            p.child = Some(child);
-        } else {
-            self.managers.push((
-                i,
-                Proc {
-                    child: Some(child),
-                    log,
-                },
-            ));
-        }
+        install(&mut self.managers, i, child, log);
         Ok(())
     }
 
@@ -558,10 +536,7 @@ impl ClusterLab {
         cmd.arg("--force-new-cluster");
         let log = self.host_dir(i, "controller.log");
         let child = self.spawn(cmd, &log)?;
-        if let Some((_, p)) = self.managers.iter_mut().find(|(h, _)| *h == i) {
-            p.kill();
-            p.child = Some(child);
-        }
+        install(&mut self.managers, i, child, log);
         Ok(())
     }
 
@@ -674,18 +649,7 @@ impl ClusterLab {
         let cmd = self.agent_command(i, Some((via, token)));
         let log = self.host_dir(i, "agent.log");
         let child = self.spawn(cmd, &log)?;
-        if let Some((_, p)) = self.agents.iter_mut().find(|(h, _)| *h == i) {
-            p.kill();
-            p.child = Some(child);
-        } else {
-            self.agents.push((
-                i,
-                Proc {
-                    child: Some(child),
-                    log,
-                },
-            ));
-        }
+        install(&mut self.agents, i, child, log);
         Ok(())
     }
 
@@ -1076,6 +1040,23 @@ fn wait_exit(p: &mut Proc, timeout: Duration) -> Result<Option<i32>> {
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes `child` host `i`'s process in `procs`: the one it replaces is killed first.
+fn install(procs: &mut Vec<(u8, Proc)>, i: u8, child: Child, log: PathBuf) {
+    match procs.iter_mut().find(|(h, _)| *h == i) {
+        Some((_, p)) => {
+            p.kill();
+            p.child = Some(child);
+        }
+        None => procs.push((
+            i,
+            Proc {
+                child: Some(child),
+                log,
+            },
+        )),
     }
 }
 
