@@ -4,12 +4,12 @@
 //! the controller uses to propose commands and read linearizably (`node`).
 //!
 //! Invariants:
-//! - One thread (the ready loop) owns the `RawNode`, the redb database and the writes to the
+//! - One thread (the ready loop) owns the `RawNode`, the raft-engine log and the writes to the
 //!   state machine; everything else talks to it through a channel. Readers of the state machine
 //!   take its lock briefly (`RaftNode::with_state`) and never go through the loop.
-//! - Nothing is acknowledged before it is durable: each `Ready` is persisted in one redb write
-//!   transaction committed with `Durability::Immediate` (one fsync per Ready, however many
-//!   proposals it carries) before its persisted messages are sent or its proposals answered.
+//! - Nothing is acknowledged before it is durable: each `Ready` is persisted in one raft-engine
+//!   batch written with sync (one `fdatasync` per Ready, however many proposals it carries)
+//!   before its persisted messages are sent or its proposals answered.
 //! - The state machine is in memory only; it is rebuilt on start from the last snapshot plus a
 //!   replay of the committed entries after it. The applied index persists with each snapshot.
 //! - A proposal is matched to its caller by a unique id in the entry's context (a random per-start
@@ -28,6 +28,7 @@
 //! forwarded write), then `propose` / `read_barrier` + `with_state` from any manager.
 
 mod error;
+mod legacy_redb;
 mod logger;
 mod node;
 mod ready_loop;
@@ -150,7 +151,7 @@ pub struct RaftStatus {
 pub struct RaftConfig {
     /// This manager's raft id, non-zero and unique in the cluster.
     pub raft_id: u64,
-    /// Directory of the durable state (`raft.redb`).
+    /// Directory of the durable state (the raft-engine log `log/` and the last snapshot).
     pub state_dir: PathBuf,
     /// host:port advertised to peers.
     pub listen_addr: String,

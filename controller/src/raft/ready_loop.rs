@@ -2,7 +2,7 @@
 //! machine. It waits on one channel of [`Event`]s (peer messages, proposals, read requests,
 //! membership changes, transport reports) with a timeout until the next tick, drains what queued
 //! up, then handles one `Ready` in the order raft-rs requires: send the leader's messages, install
-//! a snapshot, apply committed entries, persist entries and hard state (one redb transaction, one
+//! a snapshot, apply committed entries, persist entries and hard state (one raft-engine batch, one
 //! fsync), send the persisted messages, advance, and handle the `LightReady` the same way.
 //!
 //! Invariants:

@@ -1,45 +1,72 @@
 //! The durable raft log: raft-rs's read-only `Storage` over an in-memory cache of everything in
-//! `<state_dir>/raft.redb` (entries, hard state, the last snapshot with its metadata, the last
-//! known members, and the raft id the directory belongs to).
+//! the raft state directory:
+//! - `log/`: a raft-engine log (tikv's append-only store for raft logs: one record per batch,
+//!   checksummed, `fdatasync` on a preallocated file, tail corruption of an unfinished write
+//!   tolerated on recovery). Region [`META`] holds key-value pairs (raft id, hard state, the
+//!   truncation point, the members, the snapshot's metadata, which region holds the entries);
+//!   the entries live in their own region, replaced by a fresh one when a snapshot from the
+//!   leader replaces the log;
+//! - `snapshot-<index>.bin`: the data of the last snapshot, written and fsync'd before the batch
+//!   that refers to it (its length and CRC-32 are in that batch, checked on load).
 //!
 //! Invariants:
-//! - The cache is only changed by [`RaftStorage::commit`], after the redb transaction holding
-//!   the same change committed; a batch is one transaction, fsync'd (`Durability::Immediate`)
-//!   whenever it carries entries, a snapshot, or a new term or vote. A batch changing only the
-//!   commit index or the members is committed without fsync: both are rebuilt from the log.
+//! - The cache is only changed by [`RaftStorage::commit`], after the raft-engine batch holding the
+//!   same change was written; a batch is fsync'd whenever it carries entries, a snapshot, or a
+//!   new term or vote. A batch changing only the commit index or the members is written without
+//!   fsync: both are rebuilt from the log.
 //! - The log is contiguous: `entries[i].index == truncated_index + 1 + i`; the entry at
 //!   `truncated_index` is gone but its term is kept (`truncated_term`) for raft's log matching.
 //! - The snapshot's index is at least `truncated_index`, so a follower behind the log can always
 //!   be sent the snapshot; `hard_state.commit` is at least the snapshot's index.
 //! - The `ConfState` given to raft at start is the snapshot's: the conf changes after it are
 //!   replayed with the committed entries, exactly like the state machine's commands.
+//! - Each local snapshot rewrites every key of [`META`], so the log files before it hold nothing
+//!   live and raft-engine's purge can delete them.
 
 use std::cell::Cell;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use ::raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use ::raft::{GetEntriesContext, RaftState, Storage, StorageError};
 use prost::Message as _;
 use protobuf::Message as _;
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use raft_engine::{Command, Engine, LogBatch, MessageExt, ReadableSize, RecoveryMode};
 
+use super::legacy_redb;
 use super::{Member, RaftError};
 
-const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const MEMBERS: TableDefinition<u64, &[u8]> = TableDefinition::new("members");
-/// The snapshot's data alone in its table: redb copies a B-tree leaf on every write, and the
-/// hard state written with each Ready must not drag a multi-megabyte value along.
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+/// The region of the key-value pairs.
+const META: u64 = 1;
+/// The region of the entries of a fresh log; each installed snapshot moves them to the next.
+const FIRST_LOG_REGION: u64 = 2;
 
-const K_RAFT_ID: &str = "raft_id";
-const K_HARD_STATE: &str = "hard_state";
-const K_SNAPSHOT_META: &str = "snapshot_meta";
-const K_SNAPSHOT_DATA: &str = "snapshot_data";
-const K_TRUNCATED: &str = "truncated";
+const K_RAFT_ID: &[u8] = b"raft_id";
+const K_HARD_STATE: &[u8] = b"hard_state";
+const K_TRUNCATED: &[u8] = b"truncated";
+const K_MEMBERS: &[u8] = b"members";
+const K_LOG_REGION: &[u8] = b"log_region";
+/// The snapshot's data length (8 bytes), CRC-32 (4 bytes), then its encoded metadata.
+const K_SNAPSHOT: &[u8] = b"snapshot";
 
-/// The file name of the database inside the state directory.
-pub(crate) const DB_FILE: &str = "raft.redb";
+/// The raft-engine directory inside the state directory.
+pub(crate) const LOG_DIR: &str = "log";
+const SNAPSHOT_PREFIX: &str = "snapshot-";
+const SNAPSHOT_SUFFIX: &str = ".bin";
+
+/// raft-engine's file size and the total after which it purges the files compaction emptied.
+const TARGET_FILE_SIZE: u64 = 16 << 20;
+const PURGE_THRESHOLD: u64 = 64 << 20;
+
+#[derive(Clone)]
+struct Entries;
+
+impl MessageExt for Entries {
+    type Entry = Entry;
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
 
 /// One durable change, committed in one transaction.
 #[derive(Default)]
@@ -66,8 +93,13 @@ impl WriteBatch {
 }
 
 pub(crate) struct RaftStorage {
-    db: Database,
+    engine: Engine,
+    /// The raft state directory.
+    dir: PathBuf,
+    /// The raft-engine directory, named in errors.
     path: PathBuf,
+    raft_id: u64,
+    log_region: u64,
     hard_state: HardState,
     /// The hard state as last written, to skip writing an unchanged one.
     persisted_hs: HardState,
@@ -81,59 +113,56 @@ pub(crate) struct RaftStorage {
     snapshot_wanted: Cell<bool>,
 }
 
-fn read_meta<'a>(
-    table: &'a impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<redb::AccessGuard<'a, &'static [u8]>>, redb::StorageError> {
-    table.get(key)
+fn be_u64(b: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(b.try_into().ok()?))
+}
+
+fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
+    dir.join(format!("{SNAPSHOT_PREFIX}{index:020}{SNAPSHOT_SUFFIX}"))
+}
+
+fn encode_members(ms: &[Member]) -> Vec<u8> {
+    flotilla_proto::raft::v1::Members {
+        members: ms.iter().cloned().map(Into::into).collect(),
+    }
+    .encode_to_vec()
+}
+
+fn encode_truncated(index: u64, term: u64) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16);
+    b.extend_from_slice(&index.to_be_bytes());
+    b.extend_from_slice(&term.to_be_bytes());
+    b
 }
 
 impl RaftStorage {
-    /// Opens (creating it if needed) the log in `dir` for raft id `raft_id`.
+    /// Opens (creating it if needed) the log in `dir` for raft id `raft_id`. A state written by
+    /// an older flotilla (`raft.redb`) is imported once and the old file kept as
+    /// `raft.redb.imported`.
     pub fn open(dir: &Path, raft_id: u64) -> Result<Self, RaftError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| RaftError::storage(dir, "creating the state directory", e))?;
-        let path = dir.join(DB_FILE);
+        let path = dir.join(LOG_DIR);
         let err = |what: &str, e: &dyn std::fmt::Display| RaftError::storage(&path, what, e);
-        let db = Database::create(&path).map_err(|e| err("opening the database", &e))?;
-
-        // Create the tables and record the owner id on first use.
-        let txn = db
-            .begin_write()
-            .map_err(|e| err("starting a transaction", &e))?;
-        let stored_id = {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| err("opening the meta table", &e))?;
-            txn.open_table(ENTRIES)
-                .map_err(|e| err("opening the entries table", &e))?;
-            txn.open_table(MEMBERS)
-                .map_err(|e| err("opening the members table", &e))?;
-            txn.open_table(SNAPSHOT)
-                .map_err(|e| err("opening the snapshot table", &e))?;
-            let stored = read_meta(&meta, K_RAFT_ID)
-                .map_err(|e| err("reading the raft id", &e))?
-                .map(|v| decode_u64(v.value()));
-            if stored.is_none() {
-                meta.insert(K_RAFT_ID, raft_id.to_be_bytes().as_slice())
-                    .map_err(|e| err("writing the raft id", &e))?;
-            }
-            stored
+        let cfg = raft_engine::Config {
+            dir: path
+                .to_str()
+                .ok_or_else(|| err("opening the log", &"the path is not UTF-8"))?
+                .to_string(),
+            recovery_mode: RecoveryMode::TolerateTailCorruption,
+            recovery_threads: 1,
+            target_file_size: ReadableSize(TARGET_FILE_SIZE),
+            purge_threshold: ReadableSize(PURGE_THRESHOLD),
+            enable_log_recycle: false,
+            ..Default::default()
         };
-        txn.commit().map_err(|e| err("committing", &e))?;
-        if let Some(found) = stored_id.flatten() {
-            if found != raft_id {
-                return Err(RaftError::WrongId {
-                    path,
-                    found,
-                    expected: raft_id,
-                });
-            }
-        }
-
+        let engine = Engine::open(cfg).map_err(|e| err("opening the log", &e))?;
         let mut s = RaftStorage {
-            db,
+            engine,
+            dir: dir.to_path_buf(),
             path,
+            raft_id,
+            log_region: FIRST_LOG_REGION,
             hard_state: HardState::default(),
             persisted_hs: HardState::default(),
             snapshot: Snapshot::default(),
@@ -143,7 +172,28 @@ impl RaftStorage {
             members: Vec::new(),
             snapshot_wanted: Cell::new(false),
         };
+        let legacy = dir.join(legacy_redb::DB_FILE);
+        if s.engine.get(META, K_RAFT_ID).is_none() && legacy.exists() {
+            s.import(&legacy)?;
+        }
+        match s.engine.get(META, K_RAFT_ID).and_then(|b| be_u64(&b)) {
+            Some(found) if found != raft_id => {
+                return Err(RaftError::WrongId {
+                    path: s.path,
+                    found,
+                    expected: raft_id,
+                });
+            }
+            Some(_) => {}
+            None => {
+                let mut b = LogBatch::default();
+                b.put(META, K_RAFT_ID.to_vec(), raft_id.to_be_bytes().to_vec())
+                    .map_err(|e| s.err("recording the raft id", e))?;
+                s.write(&mut b, true, "recording the raft id")?;
+            }
+        }
         s.load()?;
+        s.remove_stale_snapshot_files();
         Ok(s)
     }
 
@@ -151,78 +201,129 @@ impl RaftStorage {
         RaftError::storage(&self.path, what, e)
     }
 
-    fn load(&mut self) -> Result<(), RaftError> {
-        let txn = self
-            .db
-            .begin_read()
-            .map_err(|e| self.err("starting a read", e))?;
-        let meta = txn
-            .open_table(META)
-            .map_err(|e| self.err("opening the meta table", e))?;
-        let path = self.path.clone();
-        let get = |key: &str| -> Result<Option<Vec<u8>>, RaftError> {
-            Ok(read_meta(&meta, key)
-                .map_err(|e| RaftError::storage(&path, format!("reading {key}"), e))?
-                .map(|v| v.value().to_vec()))
+    fn write(&self, b: &mut LogBatch, sync: bool, what: &str) -> Result<(), RaftError> {
+        self.engine
+            .write(b, sync)
+            .map(|_| ())
+            .map_err(|e| self.err(what, e))
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.engine.get(META, key)
+    }
+
+    /// Moves the state of an older flotilla's `raft.redb` into the log, in one synced batch.
+    fn import(&mut self, legacy: &Path) -> Result<(), RaftError> {
+        let old = legacy_redb::read(legacy)?;
+        if let Some(found) = old.raft_id.filter(|found| *found != self.raft_id) {
+            return Err(RaftError::WrongId {
+                path: legacy.to_path_buf(),
+                found,
+                expected: self.raft_id,
+            });
+        }
+        if old.snapshot.get_metadata().index > 0 {
+            self.write_snapshot_file(&old.snapshot)?;
+        }
+        let mut b = LogBatch::default();
+        let put = |b: &mut LogBatch, k: &[u8], v: Vec<u8>| {
+            b.put(META, k.to_vec(), v)
+                .map_err(|e| RaftError::storage(legacy, "importing", e))
         };
-        if let Some(b) = get(K_HARD_STATE)? {
+        put(&mut b, K_RAFT_ID, self.raft_id.to_be_bytes().to_vec())?;
+        put(
+            &mut b,
+            K_LOG_REGION,
+            FIRST_LOG_REGION.to_be_bytes().to_vec(),
+        )?;
+        put(
+            &mut b,
+            K_HARD_STATE,
+            old.hard_state
+                .write_to_bytes()
+                .map_err(|e| self.err("encoding the hard state", e))?,
+        )?;
+        put(
+            &mut b,
+            K_TRUNCATED,
+            encode_truncated(old.truncated_index, old.truncated_term),
+        )?;
+        put(&mut b, K_MEMBERS, encode_members(&old.members))?;
+        if old.snapshot.get_metadata().index > 0 {
+            put(
+                &mut b,
+                K_SNAPSHOT,
+                self.encode_snapshot_meta(&old.snapshot)?,
+            )?;
+        }
+        if !old.entries.is_empty() {
+            b.add_entries::<Entries>(FIRST_LOG_REGION, &old.entries)
+                .map_err(|e| self.err("importing the entries", e))?;
+        }
+        self.write(&mut b, true, "importing the old raft database")?;
+        let kept = legacy.with_extension("redb.imported");
+        std::fs::rename(legacy, &kept)
+            .map_err(|e| RaftError::storage(legacy, "renaming the imported database", e))?;
+        tracing::info!(from = %legacy.display(), entries = old.entries.len(),
+            kept = %kept.display(), "imported the raft state of an older flotilla");
+        Ok(())
+    }
+
+    fn load(&mut self) -> Result<(), RaftError> {
+        if let Some(b) = self.get(K_LOG_REGION) {
+            self.log_region =
+                be_u64(&b).ok_or_else(|| self.err("decoding the log region", "not 8 bytes"))?;
+        }
+        if let Some(b) = self.get(K_HARD_STATE) {
             self.hard_state = HardState::parse_from_bytes(&b)
                 .map_err(|e| self.err("decoding the hard state", e))?;
         }
-        if let Some(b) = get(K_SNAPSHOT_META)? {
-            let meta = ::raft::eraftpb::SnapshotMetadata::parse_from_bytes(&b)
-                .map_err(|e| self.err("decoding the snapshot metadata", e))?;
-            let snap_table = txn
-                .open_table(SNAPSHOT)
-                .map_err(|e| self.err("opening the snapshot table", e))?;
-            let data = read_meta(&snap_table, K_SNAPSHOT_DATA)
-                .map_err(|e| self.err("reading the snapshot data", e))?
-                .map(|v| v.value().to_vec())
-                .unwrap_or_default();
-            self.snapshot.set_metadata(meta);
-            self.snapshot.data = data.into();
-        }
-        if let Some(b) = get(K_TRUNCATED)? {
+        if let Some(b) = self.get(K_TRUNCATED) {
             if b.len() != 16 {
                 return Err(self.err("decoding the truncated state", "not 16 bytes"));
             }
-            self.truncated_index = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
-            self.truncated_term = u64::from_be_bytes(b[8..].try_into().unwrap_or_default());
+            self.truncated_index = be_u64(&b[..8]).unwrap_or_default();
+            self.truncated_term = be_u64(&b[8..]).unwrap_or_default();
         }
-        let entries = txn
-            .open_table(ENTRIES)
-            .map_err(|e| self.err("opening the entries table", e))?;
-        let iter = entries
-            .range((self.truncated_index + 1)..)
-            .map_err(|e| self.err("reading the entries", e))?;
-        for item in iter {
-            let (k, v) = item.map_err(|e| self.err("reading an entry", e))?;
-            let e = Entry::parse_from_bytes(v.value())
-                .map_err(|e| self.err(&format!("decoding entry {}", k.value()), e))?;
-            let expected = self.truncated_index + 1 + self.entries.len() as u64;
-            if e.index != expected || k.value() != expected {
+        if let Some(b) = self.get(K_SNAPSHOT) {
+            self.snapshot = self.read_snapshot(&b)?;
+        }
+        if let Some(b) = self.get(K_MEMBERS) {
+            let ms = flotilla_proto::raft::v1::Members::decode(&b[..])
+                .map_err(|e| self.err("decoding the members", e))?;
+            self.members = ms.members.into_iter().map(Into::into).collect();
+        }
+        let region = self.log_region;
+        if let (Some(first), Some(last)) = (
+            self.engine.first_index(region),
+            self.engine.last_index(region),
+        ) {
+            let from = self.truncated_index + 1;
+            if first > from {
                 return Err(self.err(
                     "checking the log",
                     format!(
-                        "found entry {} (key {}) where {expected} was expected",
-                        e.index,
-                        k.value()
+                        "it starts at entry {first}, but the snapshot is at {}",
+                        from - 1
                     ),
                 ));
             }
-            self.entries.push(e);
-        }
-        let members = txn
-            .open_table(MEMBERS)
-            .map_err(|e| self.err("opening the members table", e))?;
-        for item in members
-            .iter()
-            .map_err(|e| self.err("reading the members", e))?
-        {
-            let (_, v) = item.map_err(|e| self.err("reading a member", e))?;
-            let m = flotilla_proto::raft::v1::Member::decode(v.value())
-                .map_err(|e| self.err("decoding a member", e))?;
-            self.members.push(m.into());
+            if last >= from {
+                let mut ents = Vec::with_capacity((last + 1 - from) as usize);
+                self.engine
+                    .fetch_entries_to::<Entries>(region, from, last + 1, None, &mut ents)
+                    .map_err(|e| self.err("reading the entries", e))?;
+                for (i, e) in ents.iter().enumerate() {
+                    let expected = from + i as u64;
+                    if e.index != expected {
+                        return Err(self.err(
+                            "checking the log",
+                            format!("found entry {} where {expected} was expected", e.index),
+                        ));
+                    }
+                }
+                self.entries = ents;
+            }
         }
         // The snapshot's entries are committed, whatever the lazily written commit says.
         let snap_index = self.snapshot.get_metadata().index;
@@ -231,6 +332,90 @@ impl RaftStorage {
         }
         self.persisted_hs = self.hard_state.clone();
         Ok(())
+    }
+
+    fn encode_snapshot_meta(&self, s: &Snapshot) -> Result<Vec<u8>, RaftError> {
+        let meta = s
+            .get_metadata()
+            .write_to_bytes()
+            .map_err(|e| self.err("encoding the snapshot metadata", e))?;
+        let mut b = Vec::with_capacity(12 + meta.len());
+        b.extend_from_slice(&(s.data.len() as u64).to_be_bytes());
+        b.extend_from_slice(&crc32fast::hash(&s.data).to_be_bytes());
+        b.extend_from_slice(&meta);
+        Ok(b)
+    }
+
+    /// Reads the snapshot `K_SNAPSHOT`'s value describes, checking its length and checksum.
+    fn read_snapshot(&self, b: &[u8]) -> Result<Snapshot, RaftError> {
+        if b.len() < 12 {
+            return Err(self.err("decoding the snapshot metadata", "too short"));
+        }
+        let len = be_u64(&b[..8]).unwrap_or_default();
+        let crc = u32::from_be_bytes(b[8..12].try_into().unwrap_or_default());
+        let meta = SnapshotMetadata::parse_from_bytes(&b[12..])
+            .map_err(|e| self.err("decoding the snapshot metadata", e))?;
+        let file = snapshot_file(&self.dir, meta.index);
+        let data = std::fs::read(&file)
+            .map_err(|e| RaftError::storage(&file, "reading the snapshot", e))?;
+        if data.len() as u64 != len || crc32fast::hash(&data) != crc {
+            return Err(RaftError::storage(
+                &file,
+                "checking the snapshot",
+                format!(
+                    "{} bytes with CRC-32 {:08x}, the log recorded {len} bytes with {crc:08x}",
+                    data.len(),
+                    crc32fast::hash(&data)
+                ),
+            ));
+        }
+        let mut s = Snapshot::default();
+        s.set_metadata(meta);
+        s.data = data.into();
+        Ok(s)
+    }
+
+    /// Writes a snapshot's data durably (temporary file, fsync, rename, fsync of the directory).
+    fn write_snapshot_file(&self, s: &Snapshot) -> Result<(), RaftError> {
+        let file = snapshot_file(&self.dir, s.get_metadata().index);
+        let tmp = file.with_extension("tmp");
+        let io = |what: &str, e: std::io::Error| RaftError::storage(&file, what, e);
+        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating the snapshot", e))?;
+        f.write_all(&s.data)
+            .map_err(|e| io("writing the snapshot", e))?;
+        f.sync_all().map_err(|e| io("syncing the snapshot", e))?;
+        drop(f);
+        std::fs::rename(&tmp, &file).map_err(|e| io("renaming the snapshot", e))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("syncing the state directory", e))?;
+        Ok(())
+    }
+
+    /// Deletes snapshot files other than the current one (left by a crash between writing a
+    /// snapshot and committing the batch naming it, or replaced since).
+    fn remove_stale_snapshot_files(&self) {
+        let current = self.snapshot.get_metadata().index;
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for f in dir.flatten() {
+            let name = f.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let Some(rest) = name.strip_prefix(SNAPSHOT_PREFIX) else {
+                continue;
+            };
+            let keep = rest
+                .strip_suffix(SNAPSHOT_SUFFIX)
+                .and_then(|i| i.parse::<u64>().ok())
+                .is_some_and(|i| i == current && current > 0);
+            if !keep {
+                if let Err(e) = std::fs::remove_file(f.path()) {
+                    tracing::warn!(file = %f.path().display(), error = %e,
+                        "could not remove an old snapshot file");
+                }
+            }
+        }
     }
 
     /// Whether the directory holds a raft state (a node that started before).
@@ -291,7 +476,8 @@ impl RaftStorage {
         self.snapshot_wanted.replace(false)
     }
 
-    /// Persists `batch` in one transaction, then applies it to the cache.
+    /// Persists `batch` in one raft-engine write (fsync'd when it must be), then applies it to
+    /// the cache.
     pub fn commit(&mut self, batch: WriteBatch) -> Result<(), RaftError> {
         let mut hs = batch
             .hard_state
@@ -316,6 +502,29 @@ impl RaftStorage {
             return Ok(());
         }
 
+        // Where the log starts once the install (if any) is applied, and where appends go.
+        let (base, region) = match &batch.install {
+            Some(s) => (s.get_metadata().index, self.log_region + 1),
+            None => (self.truncated_index, self.log_region),
+        };
+        if let Some(first) = batch.entries.first() {
+            let last = if batch.install.is_some() {
+                base
+            } else {
+                self.last_index_inner()
+            };
+            // raft never does this; refuse rather than leave a hole or rewrite compacted entries.
+            if first.index <= base || first.index > last + 1 {
+                return Err(self.err(
+                    "appending to the log",
+                    format!(
+                        "entry {} cannot follow a log of entries {}..={last}",
+                        first.index,
+                        base + 1
+                    ),
+                ));
+            }
+        }
         // The compaction point of a local snapshot, and the term to keep for it.
         let compact = match &batch.snapshot {
             Some((_, c)) if *c > self.truncated_index => {
@@ -327,105 +536,61 @@ impl RaftStorage {
             _ => None,
         };
 
-        let mut txn = self
-            .db
-            .begin_write()
-            .map_err(|e| self.err("starting a transaction", e))?;
-        txn.set_durability(if must_sync {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })
-        .map_err(|e| self.err("setting the durability", e))?;
-        {
-            let mut meta = txn
-                .open_table(META)
-                .map_err(|e| self.err("opening the meta table", e))?;
-            let mut entries = txn
-                .open_table(ENTRIES)
-                .map_err(|e| self.err("opening the entries table", e))?;
-            let mut snap_table = txn
-                .open_table(SNAPSHOT)
-                .map_err(|e| self.err("opening the snapshot table", e))?;
-            let mut put_snapshot = |s: &Snapshot| -> Result<(), RaftError> {
-                let m = s
-                    .get_metadata()
-                    .write_to_bytes()
-                    .map_err(|e| self.err("encoding the snapshot metadata", e))?;
-                meta.insert(K_SNAPSHOT_META, m.as_slice())
-                    .map_err(|e| self.err("writing the snapshot metadata", e))?;
-                snap_table
-                    .insert(K_SNAPSHOT_DATA, s.get_data())
-                    .map_err(|e| self.err("writing the snapshot data", e))?;
-                Ok(())
-            };
-            let mut truncated = None;
-            if let Some(s) = &batch.install {
-                put_snapshot(s)?;
-                entries
-                    .retain(|_, _| false)
-                    .map_err(|e| self.err("clearing the log", e))?;
-                truncated = Some((s.get_metadata().index, s.get_metadata().term));
-            }
-            if let Some(first) = batch.entries.first() {
-                entries
-                    .retain_in(first.index.., |_, _| false)
-                    .map_err(|e| self.err("truncating the log", e))?;
-                for e in &batch.entries {
-                    let b = e
-                        .write_to_bytes()
-                        .map_err(|err| self.err(&format!("encoding entry {}", e.index), err))?;
-                    entries
-                        .insert(e.index, b.as_slice())
-                        .map_err(|err| self.err(&format!("writing entry {}", e.index), err))?;
-                }
-            }
-            if let Some((s, _)) = &batch.snapshot {
-                put_snapshot(s)?;
-            }
-            if let Some((c, term)) = compact {
-                entries
-                    .retain_in(..=c, |_, _| false)
-                    .map_err(|e| self.err("compacting the log", e))?;
-                truncated = Some((c, term));
-            }
-            if let Some((i, t)) = truncated {
-                let mut b = [0u8; 16];
-                b[..8].copy_from_slice(&i.to_be_bytes());
-                b[8..].copy_from_slice(&t.to_be_bytes());
-                meta.insert(K_TRUNCATED, b.as_slice())
-                    .map_err(|e| self.err("writing the truncated state", e))?;
-            }
-            if write_hs {
-                let b = hs
-                    .write_to_bytes()
-                    .map_err(|e| self.err("encoding the hard state", e))?;
-                meta.insert(K_HARD_STATE, b.as_slice())
-                    .map_err(|e| self.err("writing the hard state", e))?;
-            }
-            if let Some(ms) = &batch.members {
-                let mut table = txn
-                    .open_table(MEMBERS)
-                    .map_err(|e| self.err("opening the members table", e))?;
-                table
-                    .retain(|_, _| false)
-                    .map_err(|e| self.err("clearing the members", e))?;
-                for m in ms {
-                    let b = flotilla_proto::raft::v1::Member::from(m.clone()).encode_to_vec();
-                    table
-                        .insert(m.raft_id, b.as_slice())
-                        .map_err(|e| self.err("writing a member", e))?;
-                }
-            }
+        let mut b = LogBatch::default();
+        let put = |b: &mut LogBatch, k: &[u8], v: Vec<u8>| -> Result<(), RaftError> {
+            b.put(META, k.to_vec(), v)
+                .map_err(|e| RaftError::storage(&self.path, "preparing a write", e))
+        };
+        let mut truncated = None;
+        if let Some(s) = &batch.install {
+            self.write_snapshot_file(s)?;
+            // The whole old log goes; the entries continue in a fresh region.
+            b.add_command(self.log_region, Command::Clean);
+            put(&mut b, K_LOG_REGION, region.to_be_bytes().to_vec())?;
+            put(&mut b, K_SNAPSHOT, self.encode_snapshot_meta(s)?)?;
+            truncated = Some((s.get_metadata().index, s.get_metadata().term));
         }
-        txn.commit().map_err(|e| self.err("committing", e))?;
+        if !batch.entries.is_empty() {
+            b.add_entries::<Entries>(region, &batch.entries)
+                .map_err(|e| self.err("encoding entries", e))?;
+        }
+        let members = batch.members.as_deref().unwrap_or(&self.members);
+        if let Some((s, _)) = &batch.snapshot {
+            self.write_snapshot_file(s)?;
+            put(&mut b, K_SNAPSHOT, self.encode_snapshot_meta(s)?)?;
+            // Every live key again, so that older log files hold nothing live.
+            put(&mut b, K_RAFT_ID, self.raft_id.to_be_bytes().to_vec())?;
+            put(&mut b, K_LOG_REGION, region.to_be_bytes().to_vec())?;
+            put(&mut b, K_MEMBERS, encode_members(members))?;
+            let (i, t) = compact.unwrap_or((self.truncated_index, self.truncated_term));
+            truncated = Some((i, t));
+        }
+        if let Some((c, term)) = compact {
+            b.add_command(region, Command::Compact { index: c + 1 });
+            truncated = Some((c, term));
+        }
+        if let Some((i, t)) = truncated {
+            put(&mut b, K_TRUNCATED, encode_truncated(i, t))?;
+        }
+        if write_hs || batch.snapshot.is_some() {
+            let v = hs
+                .write_to_bytes()
+                .map_err(|e| self.err("encoding the hard state", e))?;
+            put(&mut b, K_HARD_STATE, v)?;
+        }
+        if batch.members.is_some() && batch.snapshot.is_none() {
+            put(&mut b, K_MEMBERS, encode_members(members))?;
+        }
+        self.write(&mut b, must_sync, "writing the log")?;
 
         // Durable: now the cache.
+        let old_snapshot = self.snapshot.get_metadata().index;
         if let Some(s) = batch.install {
             self.truncated_index = s.get_metadata().index;
             self.truncated_term = s.get_metadata().term;
             self.entries.clear();
             self.snapshot = s;
+            self.log_region = region;
         }
         if let Some(first) = batch.entries.first() {
             let keep = first.index.saturating_sub(self.truncated_index + 1) as usize;
@@ -446,12 +611,16 @@ impl RaftStorage {
         }
         self.hard_state = hs.clone();
         self.persisted_hs = hs;
+        if self.snapshot.get_metadata().index != old_snapshot {
+            self.remove_stale_snapshot_files();
+            // Files before the snapshot's batch hold nothing live any more.
+            if let Err(e) = self.engine.purge_expired_files() {
+                tracing::warn!(path = %self.path.display(), error = %e,
+                    "could not purge old raft log files");
+            }
+        }
         Ok(())
     }
-}
-
-fn decode_u64(b: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
 fn conf_has(cs: &ConfState, id: u64) -> bool {
@@ -703,6 +872,234 @@ mod tests {
             }) => {}
             Err(e) => panic!("unexpected error {e}"),
             Ok(_) => panic!("opened another node's state"),
+        }
+    }
+    #[test]
+    fn a_snapshot_from_the_leader_leaves_no_stale_entry_after_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut s = RaftStorage::open(dir.path(), 2).expect("open");
+            // A log of another history, longer than the snapshot's index.
+            append(&mut s, (1..=30).map(|i| entry(i, 1)).collect());
+            s.commit(WriteBatch {
+                install: Some(snapshot(20, 3, vec![1, 2], b"state@20")),
+                ..Default::default()
+            })
+            .expect("install");
+            assert_eq!(s.last_index().unwrap(), 20);
+        }
+        let mut s = RaftStorage::open(dir.path(), 2).expect("reopen");
+        assert_eq!(s.first_index().unwrap(), 21);
+        assert_eq!(
+            s.last_index().unwrap(),
+            20,
+            "entries 21..=30 of the old log came back"
+        );
+        assert_eq!(&s.snapshot_ref().data[..], b"state@20");
+        append(&mut s, vec![entry(21, 3), entry(22, 3)]);
+        drop(s);
+        let s = RaftStorage::open(dir.path(), 2).expect("reopen");
+        assert_eq!(indexes_terms(&s, 21, 23), vec![(21, 3), (22, 3)]);
+    }
+
+    #[test]
+    fn appends_that_would_leave_a_hole_or_rewrite_compacted_entries_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut s = RaftStorage::open(dir.path(), 1).expect("open");
+        append(&mut s, (1..=5).map(|i| entry(i, 1)).collect());
+        let hole = s.commit(WriteBatch {
+            entries: vec![entry(7, 1)],
+            ..Default::default()
+        });
+        assert!(
+            matches!(&hole, Err(e) if e.to_string().contains("entry 7 cannot follow a log of entries 1..=5")),
+            "{:?}",
+            hole.err().map(|e| e.to_string())
+        );
+        s.commit(WriteBatch {
+            snapshot: Some((snapshot(4, 1, vec![1], b"s4"), 4)),
+            ..Default::default()
+        })
+        .expect("snapshot");
+        assert!(s
+            .commit(WriteBatch {
+                entries: vec![entry(3, 2)],
+                ..Default::default()
+            })
+            .is_err());
+        // Nothing changed.
+        assert_eq!(indexes_terms(&s, 5, 6), vec![(5, 1)]);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_file_is_an_error_and_stale_ones_are_removed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut s = RaftStorage::open(dir.path(), 1).expect("open");
+            append(&mut s, (1..=10).map(|i| entry(i, 1)).collect());
+            for at in [4, 8] {
+                s.commit(WriteBatch {
+                    snapshot: Some((
+                        snapshot(at, 1, vec![1], format!("state@{at}").as_bytes()),
+                        at,
+                    )),
+                    ..Default::default()
+                })
+                .expect("snapshot");
+            }
+        }
+        let files = |d: &Path| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|f| f.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(SNAPSHOT_PREFIX))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(files(dir.path()), vec![format!("snapshot-{:020}.bin", 8)]);
+        // A crash after writing a newer snapshot file but before its batch: ignored, removed.
+        std::fs::write(snapshot_file(dir.path(), 9), b"orphan").unwrap();
+        let s = RaftStorage::open(dir.path(), 1).expect("reopen");
+        assert_eq!(&s.snapshot_ref().data[..], b"state@8");
+        assert_eq!(files(dir.path()).len(), 1);
+        drop(s);
+        // The current one damaged: opening fails and says which file.
+        std::fs::write(snapshot_file(dir.path(), 8), b"state@X").unwrap();
+        let err = RaftStorage::open(dir.path(), 1)
+            .err()
+            .expect("a damaged snapshot");
+        let msg = err.to_string();
+        assert!(msg.contains("snapshot-") && msg.contains("CRC-32"), "{msg}");
+    }
+
+    #[test]
+    fn many_snapshots_keep_the_log_small_and_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Incompressible (raft-engine compresses large batches): an xorshift stream.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut big = || -> Vec<u8> {
+            (0..(64 << 10) / 8)
+                .flat_map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()
+                })
+                .collect()
+        };
+        {
+            let mut s = RaftStorage::open(dir.path(), 1).expect("open");
+            // 2,000 entries of 64 KiB (125 MiB) with a snapshot every 100: raft-engine's files
+            // before each snapshot hold nothing live, and are purged past its threshold.
+            for i in 1..=2000u64 {
+                let mut e = entry(i, 1);
+                e.data = big().into();
+                append(&mut s, vec![e]);
+                if i % 100 == 0 {
+                    s.commit(WriteBatch {
+                        snapshot: Some((snapshot(i, 1, vec![1], b"state"), i - 10)),
+                        ..Default::default()
+                    })
+                    .expect("snapshot");
+                }
+            }
+        }
+        let used: u64 = std::fs::read_dir(dir.path().join(LOG_DIR))
+            .unwrap()
+            .flatten()
+            .filter_map(|f| f.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        assert!(
+            used < PURGE_THRESHOLD + 2 * TARGET_FILE_SIZE,
+            "the log uses {used} bytes after compactions"
+        );
+        let s = RaftStorage::open(dir.path(), 1).expect("reopen");
+        assert_eq!(s.first_index().unwrap(), 1991);
+        assert_eq!(s.last_index().unwrap(), 2000);
+        assert_eq!(s.term(1990).unwrap(), 1);
+    }
+
+    #[test]
+    fn the_state_of_an_older_flotilla_is_imported_once() {
+        use redb::Database;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let legacy = dir.path().join(legacy_redb::DB_FILE);
+        {
+            // The layout flotilla wrote before the log moved to raft-engine.
+            let db = Database::create(&legacy).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(legacy_redb::META).unwrap();
+                meta.insert("raft_id", 5u64.to_be_bytes().as_slice())
+                    .unwrap();
+                let hs = HardState {
+                    term: 3,
+                    vote: 5,
+                    commit: 7,
+                    ..Default::default()
+                };
+                meta.insert("hard_state", hs.write_to_bytes().unwrap().as_slice())
+                    .unwrap();
+                let snap = snapshot(4, 2, vec![5, 6], b"old state");
+                meta.insert(
+                    "snapshot_meta",
+                    snap.get_metadata().write_to_bytes().unwrap().as_slice(),
+                )
+                .unwrap();
+                let mut t = [0u8; 16];
+                t[..8].copy_from_slice(&4u64.to_be_bytes());
+                t[8..].copy_from_slice(&2u64.to_be_bytes());
+                meta.insert("truncated", t.as_slice()).unwrap();
+                let mut snaps = txn.open_table(legacy_redb::SNAPSHOT).unwrap();
+                snaps
+                    .insert("snapshot_data", b"old state".as_slice())
+                    .unwrap();
+                let mut ents = txn.open_table(legacy_redb::ENTRIES).unwrap();
+                for i in 5..=8u64 {
+                    let e = entry(i, 3).write_to_bytes().unwrap();
+                    ents.insert(i, e.as_slice()).unwrap();
+                }
+                let mut members = txn.open_table(legacy_redb::MEMBERS).unwrap();
+                let m = flotilla_proto::raft::v1::Member {
+                    raft_id: 6,
+                    addr: "127.0.0.1:9".into(),
+                    node_id: "n6".into(),
+                }
+                .encode_to_vec();
+                members.insert(6u64, m.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        // Another raft id: refused, nothing moved.
+        assert!(matches!(
+            RaftStorage::open(dir.path(), 9),
+            Err(RaftError::WrongId {
+                found: 5,
+                expected: 9,
+                ..
+            })
+        ));
+        assert!(legacy.exists());
+        for _ in 0..2 {
+            let s = RaftStorage::open(dir.path(), 5).expect("open with the old state");
+            assert!(s.is_initialized());
+            let hs = s.hard_state();
+            assert_eq!((hs.term, hs.vote, hs.commit), (3, 5, 7));
+            assert_eq!(s.first_index().unwrap(), 5);
+            assert_eq!(
+                indexes_terms(&s, 5, 9),
+                vec![(5, 3), (6, 3), (7, 3), (8, 3)]
+            );
+            assert_eq!(s.term(4).unwrap(), 2);
+            assert_eq!(&s.snapshot_ref().data[..], b"old state");
+            assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![5, 6]);
+            assert_eq!(s.members().len(), 1);
+            assert_eq!(s.members()[0].node_id, "n6");
+            assert!(!legacy.exists());
+            assert!(dir.path().join("raft.redb.imported").exists());
         }
     }
 }
