@@ -378,6 +378,91 @@ async fn three_nodes_replicate_and_forward() {
     c.shutdown().await;
 }
 
+fn slow_ticks(cfg: &mut RaftConfig) {
+    // One tick (a heartbeat) per second, elections after 10 s: a follower that waits for the
+    // next heartbeat to learn a commit index is plain to see.
+    cfg.tick_ms = 1000;
+}
+
+/// The leader does not broadcast each commit index while only its own clients write (followers
+/// learn it with the next append or heartbeat), but a follower's forwarded writes and reads never
+/// wait for a heartbeat: they are answered and applied there at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_learn_commits_at_once_only_when_they_wait_for_them() {
+    let _serial = SERIAL.lock().await;
+    let c = Cluster::new(3, slow_ticks).await;
+    let leader = c.wait_leader(&c.ids()).await;
+    let follower = c.followers(leader)[0];
+    // Let the first heartbeats after the election pass.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Writes through the followers: each one applied on its follower before it returns, and
+    // fast: 10 writes well within one tick (each would wait ~half a tick for a heartbeat if
+    // the leader held the commit index back).
+    let started = Instant::now();
+    for i in 0..10 {
+        let index = c.set(follower, &format!("f{i}"), "x").await;
+        assert!(c.node(follower).status().applied_index >= index);
+        assert_eq!(c.value(follower, &format!("f{i}")).as_deref(), Some("x"));
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "10 writes via a follower took {took:?}: did they wait for heartbeats?"
+    );
+    // A read barrier on a follower: the same.
+    let started = Instant::now();
+    for _ in 0..10 {
+        within(
+            Duration::from_secs(5),
+            "barrier",
+            c.node(follower).read_barrier(),
+        )
+        .await
+        .expect("read barrier");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_millis(900),
+        "10 follower reads took {took:?}"
+    );
+
+    // Once no follower forwarded anything for a while (2 s), the leader's own writes reach
+    // the followers' state machines with the next heartbeat (at most a tick later), not at once.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let mut lagged = 0;
+    for i in 0..5 {
+        let index = c.set(leader, &format!("l{i}"), "y").await;
+        // Plenty for a broadcast commit index to be applied; a heartbeat lands in it 5 % of
+        // the time.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if c.followers(leader)
+            .iter()
+            .all(|f| c.node(*f).status().applied_index < index)
+        {
+            lagged += 1;
+        }
+    }
+    // Only a heartbeat landing between a commit and this check can make a follower current.
+    assert!(
+        lagged >= 3,
+        "followers applied the leader's writes at once {} of 5 times",
+        5 - lagged
+    );
+    let last = c.node(leader).status().applied_index;
+    eventually(
+        Duration::from_millis(2500),
+        "followers catch up within a heartbeat",
+        || {
+            c.followers(leader)
+                .iter()
+                .all(|f| c.node(*f).status().applied_index >= last)
+        },
+    )
+    .await;
+    c.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_shows_who_is_reachable() {
     let _serial = SERIAL.lock().await;
@@ -556,9 +641,14 @@ async fn quorum_loss_refuses_writes_with_no_leader() {
     let _serial = SERIAL.lock().await;
     let mut c = Cluster::new(3, default_tweak).await;
     let leader = c.wait_leader(&c.ids()).await;
-    c.set(leader, "x", "1").await;
-    // Keep a follower: it sees the leader vanish.
+    let index = c.set(leader, "x", "1").await;
+    // Keep a follower: it sees the leader vanish. It learns that x=1 is committed with the
+    // next heartbeat (the leader does not broadcast commits nobody waits for).
     let survivor = c.followers(leader)[0];
+    eventually(Duration::from_secs(2), "the follower applies x=1", || {
+        c.node(survivor).status().applied_index >= index
+    })
+    .await;
     for id in c.ids() {
         if id != survivor {
             c.kill(id).await;

@@ -239,7 +239,7 @@ impl<S: StateMachine> RaftNode<S> {
         loop {
             let leader = self.wait_leader(deadline).await?;
             let result = if leader.is_leader {
-                self.propose_as_leader_until(command.clone(), deadline)
+                self.propose_as_leader_until(command.clone(), false, deadline)
                     .await
             } else {
                 match self.leader_addr(leader.leader_id) {
@@ -280,7 +280,7 @@ impl<S: StateMachine> RaftNode<S> {
         loop {
             let leader = self.wait_leader(deadline).await?;
             let result = if leader.is_leader {
-                self.read_index_as_leader_until(deadline).await
+                self.read_index_as_leader_until(false, deadline).await
             } else {
                 match self.leader_addr(leader.leader_id) {
                     None => Err(RaftError::NotLeader {
@@ -395,19 +395,32 @@ impl<S: StateMachine> RaftNode<S> {
     async fn propose_as_leader_until(
         &self,
         command: Vec<u8>,
+        forwarded: bool,
         deadline: Instant,
     ) -> Result<(u64, Vec<u8>), RaftError> {
         self.ask(
-            |reply| Event::Propose { command, reply },
+            |reply| Event::Propose {
+                command,
+                reply,
+                forwarded,
+            },
             "proposal",
             deadline,
         )
         .await
     }
 
-    async fn read_index_as_leader_until(&self, deadline: Instant) -> Result<u64, RaftError> {
-        self.ask(|reply| Event::ReadIndex { reply }, "read barrier", deadline)
-            .await
+    async fn read_index_as_leader_until(
+        &self,
+        forwarded: bool,
+        deadline: Instant,
+    ) -> Result<u64, RaftError> {
+        self.ask(
+            |reply| Event::ReadIndex { reply, forwarded },
+            "read barrier",
+            deadline,
+        )
+        .await
     }
 
     async fn change_as_leader_until(
@@ -423,17 +436,19 @@ impl<S: StateMachine> RaftNode<S> {
         .await
     }
 
-    pub(crate) async fn propose_as_leader(
+    /// A proposal a follower forwarded (`Raft.Propose`).
+    pub(crate) async fn propose_forwarded(
         &self,
         command: Vec<u8>,
     ) -> Result<(u64, Vec<u8>), RaftError> {
         let deadline = Instant::now() + self.inner.cfg.request_timeout;
-        self.propose_as_leader_until(command, deadline).await
+        self.propose_as_leader_until(command, true, deadline).await
     }
 
-    pub(crate) async fn read_index_as_leader(&self) -> Result<u64, RaftError> {
+    /// A read barrier a follower forwarded (`Raft.ReadIndex`).
+    pub(crate) async fn read_index_forwarded(&self) -> Result<u64, RaftError> {
         let deadline = Instant::now() + self.inner.cfg.request_timeout;
-        self.read_index_as_leader_until(deadline).await
+        self.read_index_as_leader_until(true, deadline).await
     }
 
     pub(crate) async fn change_as_leader(

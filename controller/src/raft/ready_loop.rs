@@ -41,6 +41,12 @@ use super::{
 /// cannot starve the log writes (it also bounds one batch of proposals).
 const MAX_EVENTS_PER_READY: usize = 4096;
 
+/// How long after the last proposal or read forwarded by a follower the leader keeps sending
+/// each new commit index to the followers at once (raft's commit broadcast). Otherwise they
+/// learn it with the next append or heartbeat (one tick), which halves the messages per write:
+/// nobody waits on a follower's apply then, and its own writes and reads are forwarded ones.
+const BCAST_COMMIT_WINDOW: Duration = Duration::from_secs(2);
+
 pub(crate) type ProposeReply = oneshot::Sender<Result<(u64, Vec<u8>), RaftError>>;
 pub(crate) type MembersReply = oneshot::Sender<Result<Vec<Member>, RaftError>>;
 pub(crate) type ReadReply = oneshot::Sender<Result<u64, RaftError>>;
@@ -78,9 +84,13 @@ pub(crate) enum Event {
     Propose {
         command: Vec<u8>,
         reply: ProposeReply,
+        /// Forwarded by a follower, which waits until it applied the entry itself.
+        forwarded: bool,
     },
     ReadIndex {
         reply: ReadReply,
+        /// Forwarded by a follower, which waits until it applied the read index itself.
+        forwarded: bool,
     },
     ChangeMembership {
         change: MemberChange,
@@ -219,6 +229,9 @@ pub(crate) struct ReadyLoop<S: StateMachine> {
     last_heard: HashMap<u64, Instant>,
     reachable: usize,
     heard_ids: Vec<u64>,
+    /// Until when the leader broadcasts each new commit index (see [`BCAST_COMMIT_WINDOW`]);
+    /// `None` while it skips that broadcast.
+    bcast_commit_until: Option<Instant>,
 }
 
 impl<S: StateMachine> ReadyLoop<S> {
@@ -319,6 +332,8 @@ impl<S: StateMachine> ReadyLoop<S> {
             check_quorum: true,
             pre_vote: true,
             batch_append: true,
+            // Until a follower forwards something (`note_forwarded`).
+            skip_bcast_commit: true,
             max_uncommitted_size: 64 << 20,
             max_committed_size_per_ready: 16 << 20,
             ..Default::default()
@@ -376,6 +391,7 @@ impl<S: StateMachine> ReadyLoop<S> {
             last_heard: HashMap::new(),
             heard_ids: vec![id],
             reachable: 1,
+            bcast_commit_until: None,
             cfg,
         })
     }
@@ -482,10 +498,17 @@ impl<S: StateMachine> ReadyLoop<S> {
                     self.transport.set_peer(raft_id, &addr);
                 }
             }
-            Event::Propose { command, reply } => {
+            Event::Propose {
+                command,
+                reply,
+                forwarded,
+            } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
                     return Ok(true);
+                }
+                if forwarded {
+                    self.note_forwarded();
                 }
                 let (id, ctx) = self.next_ctx();
                 match self.raw.propose(ctx, command) {
@@ -497,10 +520,15 @@ impl<S: StateMachine> ReadyLoop<S> {
                     }
                 }
             }
-            Event::ReadIndex { reply } => {
+            Event::ReadIndex { reply, forwarded } => {
                 if !self.is_leader() {
                     let _ = reply.send(Err(self.not_leader()));
-                } else if !self.raw.raft.commit_to_current_term() {
+                    return Ok(true);
+                }
+                if forwarded {
+                    self.note_forwarded();
+                }
+                if !self.raw.raft.commit_to_current_term() {
                     // raft-rs ignores reads until the leader committed in its term.
                     self.deferred_reads.push(reply);
                 } else {
@@ -527,6 +555,17 @@ impl<S: StateMachine> ReadyLoop<S> {
             Event::Shutdown => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// A follower waits on its own apply of what the leader commits now: from now on (for
+    /// [`BCAST_COMMIT_WINDOW`]) each new commit index goes to the followers at once, and the
+    /// current one too when it was held back.
+    fn note_forwarded(&mut self) {
+        if self.bcast_commit_until.is_none() {
+            self.raw.raft.skip_bcast_commit(false);
+            self.raw.raft.bcast_append();
+        }
+        self.bcast_commit_until = Some(Instant::now() + BCAST_COMMIT_WINDOW);
     }
 
     fn issue_read(&mut self, reply: ReadReply) {
@@ -711,6 +750,10 @@ impl<S: StateMachine> ReadyLoop<S> {
     }
 
     fn on_tick(&mut self, now: Instant) {
+        if self.bcast_commit_until.is_some_and(|t| now >= t) {
+            self.raw.raft.skip_bcast_commit(true);
+            self.bcast_commit_until = None;
+        }
         let window = self.cfg.election_timeout() * 2;
         self.last_heard
             .retain(|_, t| now.duration_since(*t) < window);
@@ -1108,7 +1151,7 @@ impl<S: StateMachine> ReadyLoop<S> {
                 Event::Propose { reply, .. } => {
                     let _ = reply.send(Err(err()));
                 }
-                Event::ReadIndex { reply } => {
+                Event::ReadIndex { reply, .. } => {
                     let _ = reply.send(Err(err()));
                 }
                 Event::ChangeMembership { reply, .. } => {

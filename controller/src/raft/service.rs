@@ -77,7 +77,7 @@ impl<S: StateMachine> Raft for RaftService<S> {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let (index, result) = self
             .node
-            .propose_as_leader(request.into_inner().command)
+            .propose_forwarded(request.into_inner().command)
             .await?;
         Ok(Response::new(pb::ProposeResponse { result, index }))
     }
@@ -86,7 +86,7 @@ impl<S: StateMachine> Raft for RaftService<S> {
         &self,
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        let index = self.node.read_index_as_leader().await?;
+        let index = self.node.read_index_forwarded().await?;
         Ok(Response::new(pb::ReadIndexResponse { index }))
     }
 
