@@ -54,8 +54,8 @@ pub use tls::{
 };
 pub use token::{match_join_token, JoinToken};
 pub use transport::{
-    channel, connect, fetch_and_verify_root_ca, tls_incoming, MtlsConnector, MtlsStream,
-    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
+    channel, connect, fetch_and_verify_root_ca, never_sent, tls_incoming, MtlsConnector,
+    MtlsStream, CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT,
 };
 
 /// sha256 of a DER blob, lower-case hex: the CA digest join tokens carry.

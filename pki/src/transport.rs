@@ -409,3 +409,21 @@ fn status_text(s: &tonic::Status) -> String {
     }
     text
 }
+
+/// Whether the request behind `status` never reached the server (the connection was refused),
+/// so sending it again cannot execute it twice (and it had no effect).
+pub fn never_sent(status: &tonic::Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
+            ) {
+                return true;
+            }
+        }
+        source = e.source();
+    }
+    false
+}

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flotilla_pki::MtlsConnector;
+use flotilla_pki::{never_sent, MtlsConnector};
 use flotilla_proto::control::v1::{self as pb, control_client::ControlClient, service_spec::Mode};
 use flotilla_tests::cluster::ClusterLab;
 use flotilla_tests::linearizability::{
@@ -170,23 +170,6 @@ fn spec(k: usize, v: u64) -> pb::ServiceSpec {
         mode: Some(Mode::Replicated(pb::ReplicatedService { replicas: 0 })),
         ..Default::default()
     }
-}
-
-/// Whether the request never reached the server (connection refused): it had no effect.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            ) {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// How a failed write ended: `Failed` only when the error proves nothing was proposed (the

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::{status_of, validate, Ctx};
 use crate::dispatcher::now_ms;
 use crate::manager::random_id;
-use crate::store::{Batch, State};
+use crate::store::{Batch, Kind, State};
 
 /// How long `node promote/demote` waits for the role to follow before answering.
 const ROLE_CHANGE_WAIT: Duration = Duration::from_secs(15);
@@ -112,23 +112,52 @@ fn resolve<'a, T>(
     input: &str,
     name_of: impl Fn(&T) -> &str,
 ) -> Result<&'a T, Status> {
+    resolve_with(kind, map, input, &name_of, |n| {
+        map.values().find(|o| name_of(o) == n)
+    })
+}
+
+/// [`resolve`] for the kinds whose names are unique, through the store's name index.
+fn resolve_named<'a, T>(
+    state: &'a State,
+    k: Kind,
+    map: &'a BTreeMap<String, T>,
+    input: &str,
+    name_of: impl Fn(&T) -> &str,
+) -> Result<&'a T, Status> {
+    let kind = k.to_string();
+    resolve_with(&kind, map, input, &name_of, |n| {
+        state.id_named(k, n).and_then(|id| map.get(id))
+    })
+}
+
+/// An id, then a name (`by_name`), then an unambiguous id prefix.
+fn resolve_with<'a, T>(
+    kind: &str,
+    map: &'a BTreeMap<String, T>,
+    input: &str,
+    name_of: &impl Fn(&T) -> &str,
+    by_name: impl FnOnce(&str) -> Option<&'a T>,
+) -> Result<&'a T, Status> {
     if input.is_empty() {
         return Err(Status::invalid_argument(format!("no {kind} given")));
     }
     if let Some(o) = map.get(input) {
         return Ok(o);
     }
-    if let Some(o) = map.values().find(|o| name_of(o) == input) {
+    if let Some(o) = by_name(input) {
         return Ok(o);
     }
-    let mut prefixed = map.iter().filter(|(id, _)| id.starts_with(input));
+    let mut prefixed = map
+        .range::<str, _>((std::ops::Bound::Included(input), std::ops::Bound::Unbounded))
+        .take_while(|(id, _)| id.starts_with(input));
     match (prefixed.next(), prefixed.next()) {
         (Some((_, o)), None) => Ok(o),
         (Some(_), Some(_)) => Err(Status::invalid_argument(format!(
             "{kind} {input:?} is ambiguous: give more of the id"
         ))),
         _ => {
-            let names: Vec<&str> = map.values().map(&name_of).collect();
+            let names: Vec<&str> = map.values().map(name_of).collect();
             let hint = closest(input, &names)
                 .map(|n| format!(" (did you mean {n:?}?)"))
                 .unwrap_or_default();
@@ -200,7 +229,6 @@ fn touch(meta: &mut Option<Meta>, version: u64) {
     m.updated_at = now_ms();
 }
 
-/// Secrets and configs a spec refers to must exist; their ids are filled in from names.
 fn resolve_refs(state: &State, spec: &mut pb::ServiceSpec) -> Result<(), Status> {
     let Some(c) = spec.task.as_mut().and_then(|t| t.container.as_mut()) else {
         return Ok(());
@@ -211,7 +239,7 @@ fn resolve_refs(state: &State, spec: &mut pb::ServiceSpec) -> Result<(), Status>
         } else {
             r.secret_id.clone()
         };
-        let s = resolve("secret", &state.secrets, &key, secret_name)?;
+        let s = resolve_named(state, Kind::Secret, &state.secrets, &key, secret_name)?;
         r.secret_id = s.id.clone();
         r.secret_name = secret_name(s).to_string();
         if r.target.is_empty() {
@@ -233,7 +261,7 @@ fn resolve_refs(state: &State, spec: &mut pb::ServiceSpec) -> Result<(), Status>
         } else {
             r.config_id.clone()
         };
-        let s = resolve("config", &state.configs, &key, config_name)?;
+        let s = resolve_named(state, Kind::Config, &state.configs, &key, config_name)?;
         r.config_id = s.id.clone();
         r.config_name = config_name(s).to_string();
         if r.target.is_empty() {
@@ -772,7 +800,7 @@ impl Control for ControlService {
         let mut service_ids = Vec::new();
         for s in &r.services {
             service_ids.push(
-                resolve("service", &state.services, s, service_name)?
+                resolve_named(&state, Kind::Service, &state.services, s, service_name)?
                     .id
                     .clone(),
             );
@@ -834,7 +862,13 @@ impl Control for ControlService {
         let mut changes = self.ctx.store.watch();
         let (service_id, tasks, hosts) = {
             let state = self.ctx.store.read();
-            let s = resolve("service", &state.services, &r.service, service_name)?;
+            let s = resolve_named(
+                &state,
+                Kind::Service,
+                &state.services,
+                &r.service,
+                service_name,
+            )?;
             let tasks: Vec<Task> = state
                 .tasks_of_service(&s.id)
                 .filter(|t| !t.node_id.is_empty())
@@ -955,7 +989,13 @@ impl Control for ControlService {
         self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
-        let s = resolve("secret", &state.secrets, &req.get_ref().name, secret_name)?;
+        let s = resolve_named(
+            &state,
+            Kind::Secret,
+            &state.secrets,
+            &req.get_ref().name,
+            secret_name,
+        )?;
         Ok(Response::new(redact(s.clone())))
     }
 
@@ -985,7 +1025,14 @@ impl Control for ControlService {
         self.ctx.barrier().await?;
         let s = {
             let state = self.ctx.store.read();
-            let s = resolve("secret", &state.secrets, &req.get_ref().name, secret_name)?.clone();
+            let s = resolve_named(
+                &state,
+                Kind::Secret,
+                &state.secrets,
+                &req.get_ref().name,
+                secret_name,
+            )?
+            .clone();
             let users: Vec<&str> = state
                 .services
                 .values()
@@ -1047,7 +1094,13 @@ impl Control for ControlService {
         self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
-        let c = resolve("config", &state.configs, &req.get_ref().name, config_name)?;
+        let c = resolve_named(
+            &state,
+            Kind::Config,
+            &state.configs,
+            &req.get_ref().name,
+            config_name,
+        )?;
         Ok(Response::new(c.clone()))
     }
 
@@ -1076,7 +1129,14 @@ impl Control for ControlService {
         self.ctx.barrier().await?;
         let c = {
             let state = self.ctx.store.read();
-            let c = resolve("config", &state.configs, &req.get_ref().name, config_name)?.clone();
+            let c = resolve_named(
+                &state,
+                Kind::Config,
+                &state.configs,
+                &req.get_ref().name,
+                config_name,
+            )?
+            .clone();
             let users: Vec<&str> = state
                 .services
                 .values()
@@ -1195,5 +1255,42 @@ mod tests {
         let e = resolve("service", &m, "wbe", name).expect_err("missing");
         assert_eq!(e.code(), tonic::Code::NotFound);
         assert_eq!(e.message(), "no such service: wbe (did you mean \"web\"?)");
+    }
+
+    #[test]
+    fn resolve_named_uses_the_name_index_and_id_prefixes() {
+        let mut state = State::default();
+        let mut b = Batch::new();
+        for (id, name) in [("abc123", "web"), ("abd456", "api"), ("web", "other")] {
+            b.create(pb::Service {
+                id: id.into(),
+                spec: Some(pb::ServiceSpec {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        state.apply(1, &b.into_proto()).expect("create");
+        let find = |input: &str| {
+            resolve_named(&state, Kind::Service, &state.services, input, service_name)
+                .map(|s| s.id.clone())
+        };
+        // An id wins over a name; names and unambiguous prefixes resolve.
+        assert_eq!(find("web").expect("id"), "web");
+        assert_eq!(find("api").expect("name"), "abd456");
+        assert_eq!(find("other").expect("name"), "web");
+        assert_eq!(find("abc").expect("prefix"), "abc123");
+        assert_eq!(
+            find("ab").expect_err("ambiguous").code(),
+            tonic::Code::InvalidArgument
+        );
+        let e = find("apj").expect_err("missing");
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert_eq!(e.message(), "no such service: apj (did you mean \"api\"?)");
+        assert_eq!(
+            find("").expect_err("empty").code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -108,24 +108,6 @@ async fn poll_leader_view<S: StateMachine>(inner: Weak<Inner<S>>) {
     }
 }
 
-/// Whether the request behind `status` never reached the server (the connection was refused),
-/// so sending it again cannot execute it twice.
-fn never_sent(status: &tonic::Status) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable
-            ) {
-                return true;
-            }
-        }
-        source = e.source();
-    }
-    false
-}
-
 impl<S: StateMachine> RaftNode<S> {
     /// Starts a node: a brand-new single-member cluster, an empty node joining one, a restart
     /// from the state directory, or a forced new cluster from it (see [`Bootstrap`]). Must be
@@ -576,7 +558,7 @@ impl<S: StateMachine> RaftNode<S> {
             .max_decoding_message_size(self.inner.cfg.max_message_bytes);
         match tokio::time::timeout_at(deadline, call(client)).await {
             Ok(Ok(resp)) => Ok(resp.into_inner()),
-            Ok(Err(status)) if never_sent(&status) => {
+            Ok(Err(status)) if flotilla_pki::never_sent(&status) => {
                 tracing::debug!(leader_id, %addr, error = %status, "raft leader unreachable");
                 Err(RaftError::NotLeader {
                     raft_id: leader_id,

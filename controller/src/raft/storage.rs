@@ -1,8 +1,10 @@
 //! The durable raft log: raft-rs's read-only `Storage` over an in-memory cache of everything in
 //! the raft state directory:
 //! - `log/`: a raft-engine log (tikv's append-only store for raft logs: one record per batch,
-//!   checksummed, `fdatasync` on a preallocated file, tail corruption of an unfinished write
-//!   tolerated on recovery). Region [`META`] holds key-value pairs (raft id, hard state, the
+//!   checksummed, `fdatasync` after each batch that must be durable). On start, a damaged record
+//!   in the newest file is taken for a write a crash cut short and the file is truncated there
+//!   (raft-engine's `TolerateTailCorruption`, TiKV's default); damage in an older file stops the
+//!   start with an error. Region [`META`] holds key-value pairs (raft id, hard state, the
 //!   truncation point, the members, the snapshot's metadata, which region holds the entries);
 //!   the entries live in their own region, replaced by a fresh one when a snapshot from the
 //!   leader replaces the log;
@@ -977,18 +979,8 @@ mod tests {
     #[test]
     fn many_snapshots_keep_the_log_small_and_readable() {
         let dir = tempfile::tempdir().expect("tempdir");
-        // Incompressible (raft-engine compresses large batches): an xorshift stream.
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut big = || -> Vec<u8> {
-            (0..(64 << 10) / 8)
-                .flat_map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()
-                })
-                .collect()
-        };
+        let mut big = || noise(&mut x, 64 << 10);
         {
             let mut s = RaftStorage::open(dir.path(), 1).expect("open");
             // 2,000 entries of 64 KiB (125 MiB) with a snapshot every 100: raft-engine's files
@@ -1101,5 +1093,93 @@ mod tests {
             assert!(!legacy.exists());
             assert!(dir.path().join("raft.redb.imported").exists());
         }
+    }
+    /// Incompressible bytes (raft-engine compresses large batches): an xorshift stream.
+    fn noise(x: &mut u64, len: usize) -> Vec<u8> {
+        (0..len / 8)
+            .flat_map(|_| {
+                *x ^= *x << 13;
+                *x ^= *x >> 7;
+                *x ^= *x << 17;
+                x.to_le_bytes()
+            })
+            .collect()
+    }
+
+    /// The log files raft-engine wrote, oldest first.
+    fn log_files(dir: &Path) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join(LOG_DIR))
+            .unwrap()
+            .flatten()
+            .map(|f| f.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "raftlog"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    /// Overwrites 4 bytes at `at` bytes before the end of the written data (the file may be
+    /// preallocated with zeros past it).
+    fn damage(file: &Path, from_end: usize) {
+        let mut b = std::fs::read(file).unwrap();
+        let end = b.iter().rposition(|x| *x != 0).expect("data") + 1;
+        for x in &mut b[end - from_end..end - from_end + 4] {
+            *x ^= 0xff;
+        }
+        std::fs::write(file, b).unwrap();
+    }
+
+    #[test]
+    fn a_torn_last_write_is_dropped_and_the_log_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut s = RaftStorage::open(dir.path(), 1).expect("open");
+            for i in 1..=5 {
+                append(&mut s, vec![entry(i, 1)]);
+            }
+        }
+        // A crash in the middle of writing entry 5 (never acknowledged: it was not synced).
+        let files = log_files(dir.path());
+        assert_eq!(files.len(), 1);
+        damage(&files[0], 6);
+        let mut s = RaftStorage::open(dir.path(), 1).expect("reopen after a torn write");
+        assert_eq!(s.last_index().unwrap(), 4);
+        assert_eq!(
+            indexes_terms(&s, 1, 5),
+            vec![(1, 1), (2, 1), (3, 1), (4, 1)]
+        );
+        append(&mut s, vec![entry(5, 2)]);
+        drop(s);
+        let s = RaftStorage::open(dir.path(), 1).expect("reopen");
+        assert_eq!(indexes_terms(&s, 4, 6), vec![(4, 1), (5, 2)]);
+    }
+
+    /// raft-engine (as TiKV runs it) takes damage in the last file for a write cut short by a
+    /// crash and truncates it there; damage in an older file is never dropped silently.
+    #[test]
+    fn damage_in_an_older_log_file_stops_the_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        {
+            let mut s = RaftStorage::open(dir.path(), 1).expect("open");
+            // 20 MiB: more than one file.
+            for i in 1..=320 {
+                let mut e = entry(i, 1);
+                e.data = noise(&mut x, 64 << 10).into();
+                append(&mut s, vec![e]);
+            }
+        }
+        let files = log_files(dir.path());
+        assert!(files.len() >= 2, "{files:?}");
+        let len = std::fs::read(&files[0])
+            .unwrap()
+            .iter()
+            .rposition(|x| *x != 0)
+            .unwrap();
+        damage(&files[0], len / 2);
+        let err = RaftStorage::open(dir.path(), 1)
+            .err()
+            .expect("a damaged log must not open");
+        assert!(err.to_string().contains(LOG_DIR), "{err}");
     }
 }

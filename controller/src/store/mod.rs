@@ -214,6 +214,13 @@ impl State {
         self.names.get(&(kind, name.to_string())).cloned()
     }
 
+    /// The id of the service, secret or config named `name` (the kinds with unique names).
+    pub fn id_named(&self, kind: Kind, name: &str) -> Option<&str> {
+        self.names
+            .get(&(kind, name.to_string()))
+            .map(String::as_str)
+    }
+
     /// Keeps the name index in step with a put (`old` is the object it replaces).
     fn index_name(&mut self, old: Option<&Object>, new: Option<&Object>) {
         if let Some(o) = old {
