@@ -458,36 +458,61 @@ impl Control for ControlService {
         let spec = r
             .spec
             .ok_or_else(|| Status::invalid_argument("no node spec given"))?;
-        self.ctx.barrier().await?;
-        let mut n = resolve("node", &self.ctx.store.read().nodes, &r.node, node_name)?.clone();
-        let current_version = n.meta.map_or(0, |m| m.version);
-        if r.version != 0 && r.version != current_version {
-            return Err(Status::aborted(format!(
-                "node {} changed since it was read (version {}, now {current_version}): retry",
-                n.id, r.version
-            )));
-        }
-        let old_role = n.spec.as_ref().map_or(n.role, |s| s.desired_role);
-        let demoting =
-            spec.desired_role == NodeRole::Worker as i32 && old_role != spec.desired_role;
-        if demoting {
-            crate::manager::roles::demotion_check(&self.ctx.membership.summary(), &n.id)
-                .map_err(Status::failed_precondition)?;
-        }
-        let role_change = old_role != spec.desired_role;
-        n.spec = Some(spec);
-        touch(&mut n.meta, 0);
-        let mut b = Batch::new();
-        b.update(n.clone());
-        let index = self
-            .ctx
-            .proposer
-            .propose(b.into_proto())
-            .await
-            .map_err(status_of)?;
-        if let Some(m) = n.meta.as_mut() {
-            m.version = index;
-        }
+        // The write below is a compare-and-set on the version read here, so a stale read can
+        // only make it fail, never overwrite a newer node. The leader, which applied every write
+        // it acknowledged, reads its own store and takes a read barrier only when the read may
+        // have been stale (node not found, not the caller's version, a conflict): one consensus
+        // round instead of two. Any other manager takes the barrier first.
+        let mut fresh = !self.ctx.membership.summary().is_leader();
+        let (mut n, role_change) = loop {
+            if fresh {
+                self.ctx.barrier().await?;
+            }
+            let found = resolve("node", &self.ctx.store.read().nodes, &r.node, node_name).cloned();
+            let mut n = match found {
+                Ok(n) => n,
+                Err(_) if !fresh => {
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let current_version = n.meta.map_or(0, |m| m.version);
+            if r.version != 0 && r.version != current_version {
+                if !fresh {
+                    fresh = true;
+                    continue;
+                }
+                return Err(Status::aborted(format!(
+                    "node {} changed since it was read (version {}, now {current_version}): retry",
+                    n.id, r.version
+                )));
+            }
+            let old_role = n.spec.as_ref().map_or(n.role, |s| s.desired_role);
+            let demoting =
+                spec.desired_role == NodeRole::Worker as i32 && old_role != spec.desired_role;
+            if demoting {
+                crate::manager::roles::demotion_check(&self.ctx.membership.summary(), &n.id)
+                    .map_err(Status::failed_precondition)?;
+            }
+            let role_change = old_role != spec.desired_role;
+            n.spec = Some(spec.clone());
+            touch(&mut n.meta, 0);
+            let mut b = Batch::new();
+            b.update(n.clone());
+            let index = match self.ctx.proposer.propose(b.into_proto()).await {
+                Ok(index) => index,
+                Err(e) if !fresh && e.is_conflict() => {
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(status_of(e)),
+            };
+            if let Some(m) = n.meta.as_mut() {
+                m.version = index;
+            }
+            break (n, role_change);
+        };
         if role_change {
             // The leader's role loop makes the role follow (a demoted manager leaves the raft
             // group first): answer once it has, or with the node as it is after a while.
@@ -1292,5 +1317,212 @@ mod tests {
             find("").expect_err("empty").code(),
             tonic::Code::InvalidArgument
         );
+    }
+    mod update_node_reads {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        use std::sync::Mutex;
+
+        use super::super::*;
+        use crate::api::{Membership, RaftSummary};
+        use crate::dispatcher::Dispatcher;
+        use crate::manager::proposer::{BoxFuture, ProposeError, Proposer};
+        use crate::store::Store;
+        use flotilla_pki::{MtlsConnectInfo, PeerIdentity, PeerRole};
+
+        /// A manager whose store misses writes raft already committed (`behind`): they are
+        /// applied by its read barrier, or before its own next proposal, as raft would.
+        struct Behind {
+            store: Store,
+            behind: Mutex<Vec<pb::StoreBatch>>,
+            index: AtomicU64,
+            barriers: AtomicUsize,
+        }
+
+        impl Behind {
+            fn catch_up(&self) -> Result<(), ProposeError> {
+                for b in std::mem::take(&mut *self.behind.lock().unwrap()) {
+                    self.apply(b)?;
+                }
+                Ok(())
+            }
+            fn apply(&self, b: pb::StoreBatch) -> Result<u64, ProposeError> {
+                let i = self.index.fetch_add(1, Ordering::SeqCst) + 1;
+                self.store
+                    .apply_command(i, &prost::Message::encode_to_vec(&b))
+                    .map_err(ProposeError::Refused)?;
+                Ok(i)
+            }
+        }
+
+        impl Proposer for Behind {
+            fn propose(&self, b: pb::StoreBatch) -> BoxFuture<'_, Result<u64, ProposeError>> {
+                Box::pin(async move {
+                    self.catch_up()?;
+                    self.apply(b)
+                })
+            }
+            fn read_barrier(&self) -> BoxFuture<'_, Result<(), ProposeError>> {
+                Box::pin(async {
+                    self.barriers.fetch_add(1, Ordering::SeqCst);
+                    self.catch_up()
+                })
+            }
+        }
+
+        struct Leading(bool);
+
+        impl Membership for Leading {
+            fn summary(&self) -> RaftSummary {
+                RaftSummary {
+                    raft_id: 1,
+                    leader_raft_id: if self.0 { 1 } else { 2 },
+                    ..Default::default()
+                }
+            }
+            fn add_member(
+                &self,
+                _: u64,
+                _: String,
+                _: String,
+            ) -> BoxFuture<'_, Result<Vec<String>, String>> {
+                Box::pin(async { Err("no".into()) })
+            }
+            fn remove_member(&self, _: u64) -> BoxFuture<'_, Result<(), String>> {
+                Box::pin(async { Err("no".into()) })
+            }
+        }
+
+        fn node(id: &str, labels: &[(&str, &str)]) -> pb::StoreBatch {
+            let mut b = Batch::new();
+            b.create(Node {
+                id: id.into(),
+                role: NodeRole::Worker as i32,
+                spec: Some(pb::NodeSpec {
+                    desired_role: NodeRole::Worker as i32,
+                    labels: labels
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+            b.into_proto()
+        }
+
+        fn api(leader: bool) -> (ControlService, Arc<Behind>) {
+            let store = Store::new();
+            let proposer = Arc::new(Behind {
+                store: store.clone(),
+                behind: Mutex::new(Vec::new()),
+                index: AtomicU64::new(0),
+                barriers: AtomicUsize::new(0),
+            });
+            let dispatcher = Dispatcher::new(
+                store.clone(),
+                proposer.clone(),
+                Arc::new(|_: &pb::Secret| Ok(Vec::new())),
+                Arc::new(Vec::new),
+            );
+            let ctx = Ctx {
+                store,
+                proposer: proposer.clone(),
+                membership: Arc::new(Leading(leader)),
+                dispatcher,
+                data_key: Arc::new(flotilla_pki::DataKey::generate().unwrap()),
+                node_id: "m1".into(),
+                dial: Arc::new(|_: &str| {
+                    tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
+                }),
+            };
+            (ControlService { ctx: Arc::new(ctx) }, proposer)
+        }
+
+        fn update(node: &str, version: u64, zone: &str) -> Request<pb::UpdateNodeRequest> {
+            let mut r = Request::new(pb::UpdateNodeRequest {
+                node: node.into(),
+                version,
+                spec: Some(pb::NodeSpec {
+                    desired_role: NodeRole::Worker as i32,
+                    labels: [("zone".to_string(), zone.to_string())].into(),
+                    ..Default::default()
+                }),
+            });
+            r.extensions_mut().insert(MtlsConnectInfo {
+                remote_addr: None,
+                local_addr: None,
+                peer_certs: None,
+                identity: Some(Ok(PeerIdentity {
+                    node_id: "admin-test".into(),
+                    cluster_id: "c1".into(),
+                    role: PeerRole::Admin,
+                    serial: "1".into(),
+                })),
+            });
+            r
+        }
+
+        fn zone(p: &Behind, id: &str) -> String {
+            p.store.read().nodes[id].spec.as_ref().unwrap().labels["zone"].clone()
+        }
+
+        #[tokio::test]
+        async fn the_leader_skips_the_read_barrier_unless_its_read_may_be_stale() {
+            // Up to date: one consensus round, no barrier.
+            let (api, p) = api(true);
+            p.apply(node("n1", &[])).unwrap();
+            let n = api.update_node(update("n1", 0, "a")).await.expect("update");
+            assert_eq!(n.get_ref().spec.as_ref().unwrap().labels["zone"], "a");
+            assert_eq!(p.barriers.load(Ordering::SeqCst), 0);
+
+            // A node the leader has not applied yet: not "not found", a barrier and found.
+            p.behind.lock().unwrap().push(node("n2", &[]));
+            api.update_node(update("n2", 0, "b"))
+                .await
+                .expect("found after a barrier");
+            assert_eq!(zone(&p, "n2"), "b");
+            assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+
+            // A committed change the leader has not applied: its compare-and-set conflicts,
+            // it reads again after a barrier and writes on top of that change.
+            let mut b = Batch::new();
+            let mut changed = p.store.read().nodes["n1"].clone();
+            changed.spec.as_mut().unwrap().availability = pb::NodeAvailability::Drain as i32;
+            b.update(changed);
+            p.behind.lock().unwrap().push(b.into_proto());
+            api.update_node(update("n1", 0, "c"))
+                .await
+                .expect("retried after a conflict");
+            let n1 = p.store.read().nodes["n1"].clone();
+            assert_eq!(n1.spec.as_ref().unwrap().labels["zone"], "c");
+            assert_eq!(p.barriers.load(Ordering::SeqCst), 2);
+
+            // The caller's version differs: checked again after a barrier, then refused.
+            let e = api
+                .update_node(update("n1", 1, "d"))
+                .await
+                .expect_err("stale version");
+            assert_eq!(e.code(), tonic::Code::Aborted);
+            assert!(e.message().contains("changed since it was read"), "{e:?}");
+            assert_eq!(p.barriers.load(Ordering::SeqCst), 3);
+            assert_eq!(zone(&p, "n1"), "c");
+
+            // Missing everywhere: not found after one barrier.
+            let e = api
+                .update_node(update("n9", 0, "e"))
+                .await
+                .expect_err("missing");
+            assert_eq!(e.code(), tonic::Code::NotFound);
+            assert_eq!(p.barriers.load(Ordering::SeqCst), 4);
+        }
+
+        #[tokio::test]
+        async fn a_follower_reads_after_a_barrier() {
+            let (api, p) = api(false);
+            p.behind.lock().unwrap().push(node("n1", &[("zone", "a")]));
+            api.update_node(update("n1", 0, "b")).await.expect("update");
+            assert_eq!(zone(&p, "n1"), "b");
+            assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+        }
     }
 }
