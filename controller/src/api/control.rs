@@ -131,6 +131,19 @@ fn resolve_named<'a, T>(
     })
 }
 
+/// A service, secret or config by id, name (the store's name index) or unique id prefix.
+fn find_service<'a>(state: &'a State, input: &str) -> Result<&'a Service, Status> {
+    resolve_named(state, Kind::Service, &state.services, input, service_name)
+}
+
+fn find_secret<'a>(state: &'a State, input: &str) -> Result<&'a Secret, Status> {
+    resolve_named(state, Kind::Secret, &state.secrets, input, secret_name)
+}
+
+fn find_config<'a>(state: &'a State, input: &str) -> Result<&'a Config, Status> {
+    resolve_named(state, Kind::Config, &state.configs, input, config_name)
+}
+
 /// An id, then a name (`by_name`), then an unambiguous id prefix.
 fn resolve_with<'a, T>(
     kind: &str,
@@ -239,7 +252,7 @@ fn resolve_refs(state: &State, spec: &mut pb::ServiceSpec) -> Result<(), Status>
         } else {
             r.secret_id.clone()
         };
-        let s = resolve_named(state, Kind::Secret, &state.secrets, &key, secret_name)?;
+        let s = find_secret(state, &key)?;
         r.secret_id = s.id.clone();
         r.secret_name = secret_name(s).to_string();
         if r.target.is_empty() {
@@ -261,7 +274,7 @@ fn resolve_refs(state: &State, spec: &mut pb::ServiceSpec) -> Result<(), Status>
         } else {
             r.config_id.clone()
         };
-        let s = resolve_named(state, Kind::Config, &state.configs, &key, config_name)?;
+        let s = find_config(state, &key)?;
         r.config_id = s.id.clone();
         r.config_name = config_name(s).to_string();
         if r.target.is_empty() {
@@ -824,11 +837,7 @@ impl Control for ControlService {
         let state = self.ctx.store.read();
         let mut service_ids = Vec::new();
         for s in &r.services {
-            service_ids.push(
-                resolve_named(&state, Kind::Service, &state.services, s, service_name)?
-                    .id
-                    .clone(),
-            );
+            service_ids.push(find_service(&state, s)?.id.clone());
         }
         let mut node_ids = Vec::new();
         for n in &r.nodes {
@@ -887,13 +896,7 @@ impl Control for ControlService {
         let mut changes = self.ctx.store.watch();
         let (service_id, tasks, hosts) = {
             let state = self.ctx.store.read();
-            let s = resolve_named(
-                &state,
-                Kind::Service,
-                &state.services,
-                &r.service,
-                service_name,
-            )?;
+            let s = find_service(&state, &r.service)?;
             let tasks: Vec<Task> = state
                 .tasks_of_service(&s.id)
                 .filter(|t| !t.node_id.is_empty())
@@ -1014,13 +1017,7 @@ impl Control for ControlService {
         self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
-        let s = resolve_named(
-            &state,
-            Kind::Secret,
-            &state.secrets,
-            &req.get_ref().name,
-            secret_name,
-        )?;
+        let s = find_secret(&state, &req.get_ref().name)?;
         Ok(Response::new(redact(s.clone())))
     }
 
@@ -1050,14 +1047,7 @@ impl Control for ControlService {
         self.ctx.barrier().await?;
         let s = {
             let state = self.ctx.store.read();
-            let s = resolve_named(
-                &state,
-                Kind::Secret,
-                &state.secrets,
-                &req.get_ref().name,
-                secret_name,
-            )?
-            .clone();
+            let s = find_secret(&state, &req.get_ref().name)?.clone();
             let users: Vec<&str> = state
                 .services
                 .values()
@@ -1119,13 +1109,7 @@ impl Control for ControlService {
         self.ctx.require_admin(&req)?;
         self.ctx.barrier().await?;
         let state = self.ctx.store.read();
-        let c = resolve_named(
-            &state,
-            Kind::Config,
-            &state.configs,
-            &req.get_ref().name,
-            config_name,
-        )?;
+        let c = find_config(&state, &req.get_ref().name)?;
         Ok(Response::new(c.clone()))
     }
 
@@ -1154,14 +1138,7 @@ impl Control for ControlService {
         self.ctx.barrier().await?;
         let c = {
             let state = self.ctx.store.read();
-            let c = resolve_named(
-                &state,
-                Kind::Config,
-                &state.configs,
-                &req.get_ref().name,
-                config_name,
-            )?
-            .clone();
+            let c = find_config(&state, &req.get_ref().name)?.clone();
             let users: Vec<&str> = state
                 .services
                 .values()
@@ -1297,10 +1274,7 @@ mod tests {
             });
         }
         state.apply(1, &b.into_proto()).expect("create");
-        let find = |input: &str| {
-            resolve_named(&state, Kind::Service, &state.services, input, service_name)
-                .map(|s| s.id.clone())
-        };
+        let find = |input: &str| find_service(&state, input).map(|s| s.id.clone());
         // An id wins over a name; names and unambiguous prefixes resolve.
         assert_eq!(find("web").expect("id"), "web");
         assert_eq!(find("api").expect("name"), "abd456");
@@ -1319,78 +1293,9 @@ mod tests {
         );
     }
     mod update_node_reads {
-        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-        use std::sync::Mutex;
-
         use super::super::*;
-        use crate::api::{Membership, RaftSummary};
-        use crate::dispatcher::Dispatcher;
-        use crate::manager::proposer::{BoxFuture, ProposeError, Proposer};
-        use crate::store::Store;
+        use crate::api::test_support::{self, Behind};
         use flotilla_pki::{MtlsConnectInfo, PeerIdentity, PeerRole};
-
-        /// A manager whose store misses writes raft already committed (`behind`): they are
-        /// applied by its read barrier, or before its own next proposal, as raft would.
-        struct Behind {
-            store: Store,
-            behind: Mutex<Vec<pb::StoreBatch>>,
-            index: AtomicU64,
-            barriers: AtomicUsize,
-        }
-
-        impl Behind {
-            fn catch_up(&self) -> Result<(), ProposeError> {
-                for b in std::mem::take(&mut *self.behind.lock().unwrap()) {
-                    self.apply(b)?;
-                }
-                Ok(())
-            }
-            fn apply(&self, b: pb::StoreBatch) -> Result<u64, ProposeError> {
-                let i = self.index.fetch_add(1, Ordering::SeqCst) + 1;
-                self.store
-                    .apply_command(i, &prost::Message::encode_to_vec(&b))
-                    .map_err(ProposeError::Refused)?;
-                Ok(i)
-            }
-        }
-
-        impl Proposer for Behind {
-            fn propose(&self, b: pb::StoreBatch) -> BoxFuture<'_, Result<u64, ProposeError>> {
-                Box::pin(async move {
-                    self.catch_up()?;
-                    self.apply(b)
-                })
-            }
-            fn read_barrier(&self) -> BoxFuture<'_, Result<(), ProposeError>> {
-                Box::pin(async {
-                    self.barriers.fetch_add(1, Ordering::SeqCst);
-                    self.catch_up()
-                })
-            }
-        }
-
-        struct Leading(bool);
-
-        impl Membership for Leading {
-            fn summary(&self) -> RaftSummary {
-                RaftSummary {
-                    raft_id: 1,
-                    leader_raft_id: if self.0 { 1 } else { 2 },
-                    ..Default::default()
-                }
-            }
-            fn add_member(
-                &self,
-                _: u64,
-                _: String,
-                _: String,
-            ) -> BoxFuture<'_, Result<Vec<String>, String>> {
-                Box::pin(async { Err("no".into()) })
-            }
-            fn remove_member(&self, _: u64) -> BoxFuture<'_, Result<(), String>> {
-                Box::pin(async { Err("no".into()) })
-            }
-        }
 
         fn node(id: &str, labels: &[(&str, &str)]) -> pb::StoreBatch {
             let mut b = Batch::new();
@@ -1411,31 +1316,8 @@ mod tests {
         }
 
         fn api(leader: bool) -> (ControlService, Arc<Behind>) {
-            let store = Store::new();
-            let proposer = Arc::new(Behind {
-                store: store.clone(),
-                behind: Mutex::new(Vec::new()),
-                index: AtomicU64::new(0),
-                barriers: AtomicUsize::new(0),
-            });
-            let dispatcher = Dispatcher::new(
-                store.clone(),
-                proposer.clone(),
-                Arc::new(|_: &pb::Secret| Ok(Vec::new())),
-                Arc::new(Vec::new),
-            );
-            let ctx = Ctx {
-                store,
-                proposer: proposer.clone(),
-                membership: Arc::new(Leading(leader)),
-                dispatcher,
-                data_key: Arc::new(flotilla_pki::DataKey::generate().unwrap()),
-                node_id: "m1".into(),
-                dial: Arc::new(|_: &str| {
-                    tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
-                }),
-            };
-            (ControlService { ctx: Arc::new(ctx) }, proposer)
+            let (ctx, p) = test_support::ctx(leader);
+            (ControlService { ctx }, p)
         }
 
         fn update(node: &str, version: u64, zone: &str) -> Request<pb::UpdateNodeRequest> {
@@ -1473,7 +1355,7 @@ mod tests {
             p.apply(node("n1", &[])).unwrap();
             let n = api.update_node(update("n1", 0, "a")).await.expect("update");
             assert_eq!(n.get_ref().spec.as_ref().unwrap().labels["zone"], "a");
-            assert_eq!(p.barriers.load(Ordering::SeqCst), 0);
+            assert_eq!(p.barriers(), 0);
 
             // A node the leader has not applied yet: not "not found", a barrier and found.
             p.behind.lock().unwrap().push(node("n2", &[]));
@@ -1481,7 +1363,7 @@ mod tests {
                 .await
                 .expect("found after a barrier");
             assert_eq!(zone(&p, "n2"), "b");
-            assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+            assert_eq!(p.barriers(), 1);
 
             // A committed change the leader has not applied: its compare-and-set conflicts,
             // it reads again after a barrier and writes on top of that change.
@@ -1495,7 +1377,7 @@ mod tests {
                 .expect("retried after a conflict");
             let n1 = p.store.read().nodes["n1"].clone();
             assert_eq!(n1.spec.as_ref().unwrap().labels["zone"], "c");
-            assert_eq!(p.barriers.load(Ordering::SeqCst), 2);
+            assert_eq!(p.barriers(), 2);
 
             // The caller's version differs: checked again after a barrier, then refused.
             let e = api
@@ -1504,7 +1386,7 @@ mod tests {
                 .expect_err("stale version");
             assert_eq!(e.code(), tonic::Code::Aborted);
             assert!(e.message().contains("changed since it was read"), "{e:?}");
-            assert_eq!(p.barriers.load(Ordering::SeqCst), 3);
+            assert_eq!(p.barriers(), 3);
             assert_eq!(zone(&p, "n1"), "c");
 
             // Missing everywhere: not found after one barrier.
@@ -1513,7 +1395,7 @@ mod tests {
                 .await
                 .expect_err("missing");
             assert_eq!(e.code(), tonic::Code::NotFound);
-            assert_eq!(p.barriers.load(Ordering::SeqCst), 4);
+            assert_eq!(p.barriers(), 4);
         }
 
         #[tokio::test]
@@ -1522,7 +1404,7 @@ mod tests {
             p.behind.lock().unwrap().push(node("n1", &[("zone", "a")]));
             api.update_node(update("n1", 0, "b")).await.expect("update");
             assert_eq!(zone(&p, "n1"), "b");
-            assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+            assert_eq!(p.barriers(), 1);
         }
     }
 }

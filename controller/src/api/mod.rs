@@ -4,6 +4,8 @@
 
 pub mod control;
 pub mod nodeca;
+#[cfg(test)]
+mod test_support;
 pub mod validate;
 
 use std::sync::Arc;

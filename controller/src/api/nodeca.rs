@@ -373,85 +373,9 @@ impl NodeCa for NodeCaService {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-
     use super::*;
-    use crate::api::{Membership, RaftSummary};
-    use crate::dispatcher::Dispatcher;
-    use crate::manager::proposer::{BoxFuture, ProposeError, Proposer};
-    use crate::store::Store;
-
-    /// A manager that is behind: its read barrier applies what the leader had committed.
-    struct Behind {
-        store: Store,
-        committed: Mutex<Option<Vec<u8>>>,
-        barriers: AtomicUsize,
-    }
-
-    impl Proposer for Behind {
-        fn propose(&self, _: pb::StoreBatch) -> BoxFuture<'_, Result<u64, ProposeError>> {
-            Box::pin(async { Err(ProposeError::Unavailable("read-only test".into())) })
-        }
-        fn read_barrier(&self) -> BoxFuture<'_, Result<(), ProposeError>> {
-            Box::pin(async {
-                self.barriers.fetch_add(1, Ordering::SeqCst);
-                let pending = self.committed.lock().unwrap().take();
-                if let Some(cmd) = pending {
-                    self.store
-                        .apply_command(1, &cmd)
-                        .map_err(ProposeError::Refused)?;
-                }
-                Ok(())
-            })
-        }
-    }
-
-    struct NoMembers;
-
-    impl Membership for NoMembers {
-        fn summary(&self) -> RaftSummary {
-            RaftSummary::default()
-        }
-        fn add_member(
-            &self,
-            _: u64,
-            _: String,
-            _: String,
-        ) -> BoxFuture<'_, Result<Vec<String>, String>> {
-            Box::pin(async { Err("no".into()) })
-        }
-        fn remove_member(&self, _: u64) -> BoxFuture<'_, Result<(), String>> {
-            Box::pin(async { Err("no".into()) })
-        }
-    }
-
-    fn service(committed: Option<Vec<u8>>) -> (NodeCaService, Arc<Behind>) {
-        let store = Store::new();
-        let proposer = Arc::new(Behind {
-            store: store.clone(),
-            committed: Mutex::new(committed),
-            barriers: AtomicUsize::new(0),
-        });
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            proposer.clone(),
-            Arc::new(|_: &pb::Secret| Ok(Vec::new())),
-            Arc::new(Vec::new),
-        );
-        let ctx = Ctx {
-            store,
-            proposer: proposer.clone(),
-            membership: Arc::new(NoMembers),
-            dispatcher,
-            data_key: Arc::new(flotilla_pki::DataKey::generate().unwrap()),
-            node_id: "m2".into(),
-            dial: Arc::new(|_: &str| {
-                tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy()
-            }),
-        };
-        (NodeCaService { ctx: Arc::new(ctx) }, proposer)
-    }
+    use crate::api::test_support;
+    use crate::store::Batch;
 
     #[tokio::test]
     async fn root_ca_of_a_manager_that_is_behind_waits_for_the_log() {
@@ -462,23 +386,26 @@ mod tests {
         };
         let mut b = Batch::new();
         b.create(cluster.clone());
-        let cmd = prost::Message::encode_to_vec(&b.into_proto());
-
-        let (svc, p) = service(Some(cmd));
+        // A follower that has not applied the cluster object yet.
+        let (ctx, p) = test_support::ctx(false);
+        p.behind.lock().unwrap().push(b.into_proto());
+        let svc = NodeCaService { ctx };
         let r = svc
             .get_root_ca_certificate(Request::new(pb::GetRootCaRequest {}))
             .await
             .expect("answered once caught up");
         assert_eq!(r.into_inner().cert_pem, cluster.root_ca_cert);
-        assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+        assert_eq!(p.barriers(), 1);
         // Known now: answered from the store, no barrier for an anonymous caller.
         svc.get_root_ca_certificate(Request::new(pb::GetRootCaRequest {}))
             .await
             .expect("answered");
-        assert_eq!(p.barriers.load(Ordering::SeqCst), 1);
+        assert_eq!(p.barriers(), 1);
 
         // Nothing committed yet anywhere: still initializing.
-        let (svc, _) = service(None);
+        let svc = NodeCaService {
+            ctx: test_support::ctx(false).0,
+        };
         let e = svc
             .get_root_ca_certificate(Request::new(pb::GetRootCaRequest {}))
             .await
