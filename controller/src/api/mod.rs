@@ -5,7 +5,7 @@
 pub mod control;
 pub mod nodeca;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 pub mod validate;
 
 use std::sync::Arc;

@@ -36,6 +36,25 @@ pub async fn leader_loops(
     loop {
         let leading = leadership.borrow_and_update().is_leader;
         if leading {
+            // A new leader's store may still miss writes the previous one committed (they are
+            // applied once this term's first entry commits): the loops and the agents'
+            // sessions act on the whole log only, or a pass could recreate tasks for slots
+            // already filled.
+            let caught_up = tokio::select! {
+                r = proposer.read_barrier() => r,
+                _ = stop.changed() => return,
+            };
+            if let Err(e) = caught_up {
+                warn!(error = %e, "leading, but the store cannot catch up yet: retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => return,
+                }
+                continue;
+            }
+            if !leadership.borrow().is_leader {
+                continue;
+            }
             info!(node = %identity.node_id, "leading: starting the orchestrators, the scheduler and the dispatcher");
             let (term_stop_tx, term_stop) = watch::channel(false);
             let tasks = [
@@ -506,5 +525,65 @@ mod tests {
             state.apply(4, &b.into_proto()).expect("applies");
             assert_eq!(assigned(&state), vec!["x1".to_string()], "with a {a} task");
         }
+    }
+    /// A new leader whose store misses tasks the previous leader created acts only after its
+    /// read barrier brought them in: no second set of tasks for the same slots.
+    #[tokio::test]
+    async fn a_new_leader_acts_once_its_store_holds_the_whole_log() {
+        use crate::api::test_support;
+        use flotilla_proto::control::v1::{service_spec::Mode, ReplicatedService};
+
+        let (ctx, p) = test_support::ctx(true);
+        let mut b = Batch::new();
+        b.create(node("n1", NodeAvailability::Active, "a"));
+        b.create(Service {
+            id: "s".into(),
+            spec: Some(ServiceSpec {
+                name: "web".into(),
+                task: Some(spec("node.labels.zone==a", 0)),
+                mode: Some(Mode::Replicated(ReplicatedService { replicas: 2 })),
+                ..Default::default()
+            }),
+            spec_version: 1,
+            ..Default::default()
+        });
+        p.apply(b.into_proto()).expect("applies");
+        // The previous leader's pass, committed but not applied here yet.
+        let created = orchestrator::reconcile(&ctx.store.read(), now_ms(), &mut Env).batch;
+        assert_eq!(created.len(), 2);
+        p.behind.lock().unwrap().push(created.into_proto());
+
+        let (_lead_tx, lead) = watch::channel(LeaderState {
+            leader_id: 1,
+            term: 2,
+            is_leader: true,
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let loops = tokio::spawn(leader_loops(
+            lead,
+            ctx.store.clone(),
+            ctx.proposer.clone(),
+            ctx.dispatcher.clone(),
+            ctx.membership.clone(),
+            Identity {
+                node_id: "m1".into(),
+                raft_id: 1,
+                cluster_id: "c1".into(),
+                advertise: "127.0.0.1:1".into(),
+            },
+            stop,
+        ));
+        // Long enough for the passes (the scheduler places both tasks).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = stop_tx.send(true);
+        loops.await.expect("loops end");
+        let state = ctx.store.read();
+        let tasks: Vec<&Task> = state
+            .tasks
+            .values()
+            .filter(|t| t.service_id == "s")
+            .collect();
+        assert_eq!(tasks.len(), 2, "{tasks:#?}");
+        assert!(p.barriers() >= 1);
     }
 }

@@ -59,14 +59,24 @@ pub(crate) fn read(path: &Path) -> Result<LegacyState, RaftError> {
     if let Some(b) = get("snapshot_meta")? {
         let m = SnapshotMetadata::parse_from_bytes(&b)
             .map_err(|e| err("decoding the snapshot metadata", &e))?;
-        let snap_table = txn
-            .open_table(SNAPSHOT)
-            .map_err(|e| err("opening the snapshot table", &e))?;
-        let data = snap_table
-            .get("snapshot_data")
-            .map_err(|e| err("reading the snapshot data", &e))?
-            .map(|v| v.value().to_vec())
-            .unwrap_or_default();
+        // In its own table since f98408e, in the meta table before.
+        let in_table = match txn.open_table(SNAPSHOT) {
+            Ok(t) => t
+                .get("snapshot_data")
+                .map_err(|e| err("reading the snapshot data", &e))?
+                .map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(err("opening the snapshot table", &e)),
+        };
+        let data = match in_table {
+            Some(d) => d,
+            None => get("snapshot_data")?.ok_or_else(|| {
+                err(
+                    "reading the snapshot",
+                    &format!("the data of the snapshot at {} is missing", m.index),
+                )
+            })?,
+        };
         st.snapshot.set_metadata(m);
         st.snapshot.data = data.into();
     }

@@ -1039,6 +1039,14 @@ impl<S: StateMachine> ReadyLoop<S> {
                 "raft leadership changed"
             );
         }
+        if now.is_leader && !prev.is_leader {
+            // Followers may wait on writes the previous leader left them to apply: this
+            // leader's first commit goes to them at once.
+            self.bcast_commit_until = None;
+            self.note_forwarded();
+        } else if !now.is_leader && self.bcast_commit_until.take().is_some() {
+            self.raw.raft.skip_bcast_commit(true);
+        }
         self.leader = now;
         self.published.leadership.send_replace(now);
     }

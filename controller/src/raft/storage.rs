@@ -119,8 +119,13 @@ fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
-fn snapshot_file(dir: &Path, index: u64) -> PathBuf {
-    dir.join(format!("{SNAPSHOT_PREFIX}{index:020}{SNAPSHOT_SUFFIX}"))
+/// A snapshot's file, named by its index and the CRC-32 of its data: another snapshot at the same
+/// index (`init --force-new-cluster` installs one with other members) never overwrites the file
+/// the log still refers to.
+fn snapshot_file(dir: &Path, index: u64, crc: u32) -> PathBuf {
+    dir.join(format!(
+        "{SNAPSHOT_PREFIX}{index:020}-{crc:08x}{SNAPSHOT_SUFFIX}"
+    ))
 }
 
 fn encode_members(ms: &[Member]) -> Vec<u8> {
@@ -175,8 +180,13 @@ impl RaftStorage {
             snapshot_wanted: Cell::new(false),
         };
         let legacy = dir.join(legacy_redb::DB_FILE);
-        if s.engine.get(META, K_RAFT_ID).is_none() && legacy.exists() {
-            s.import(&legacy)?;
+        if legacy.exists() {
+            if s.engine.get(META, K_RAFT_ID).is_none() {
+                s.import(&legacy)?;
+            } else {
+                // Imported before a crash cut the rename short.
+                s.keep_imported(&legacy)?;
+            }
         }
         match s.engine.get(META, K_RAFT_ID).and_then(|b| be_u64(&b)) {
             Some(found) if found != raft_id => {
@@ -263,11 +273,17 @@ impl RaftStorage {
                 .map_err(|e| self.err("importing the entries", e))?;
         }
         self.write(&mut b, true, "importing the old raft database")?;
+        tracing::info!(from = %legacy.display(), entries = old.entries.len(),
+            "imported the raft state of an older flotilla");
+        self.keep_imported(legacy)
+    }
+
+    /// Renames an imported `raft.redb` out of the way (kept, never read again).
+    fn keep_imported(&self, legacy: &Path) -> Result<(), RaftError> {
         let kept = legacy.with_extension("redb.imported");
         std::fs::rename(legacy, &kept)
             .map_err(|e| RaftError::storage(legacy, "renaming the imported database", e))?;
-        tracing::info!(from = %legacy.display(), entries = old.entries.len(),
-            kept = %kept.display(), "imported the raft state of an older flotilla");
+        tracing::info!(kept = %kept.display(), "the old raft database is kept, unused");
         Ok(())
     }
 
@@ -305,7 +321,7 @@ impl RaftStorage {
                 return Err(self.err(
                     "checking the log",
                     format!(
-                        "it starts at entry {first}, but the snapshot is at {}",
+                        "it starts at entry {first}, but was truncated at {} (entries are missing)",
                         from - 1
                     ),
                 ));
@@ -357,7 +373,7 @@ impl RaftStorage {
         let crc = u32::from_be_bytes(b[8..12].try_into().unwrap_or_default());
         let meta = SnapshotMetadata::parse_from_bytes(&b[12..])
             .map_err(|e| self.err("decoding the snapshot metadata", e))?;
-        let file = snapshot_file(&self.dir, meta.index);
+        let file = snapshot_file(&self.dir, meta.index, crc);
         let data = std::fs::read(&file)
             .map_err(|e| RaftError::storage(&file, "reading the snapshot", e))?;
         if data.len() as u64 != len || crc32fast::hash(&data) != crc {
@@ -379,7 +395,7 @@ impl RaftStorage {
 
     /// Writes a snapshot's data durably (temporary file, fsync, rename, fsync of the directory).
     fn write_snapshot_file(&self, s: &Snapshot) -> Result<(), RaftError> {
-        let file = snapshot_file(&self.dir, s.get_metadata().index);
+        let file = snapshot_file(&self.dir, s.get_metadata().index, crc32fast::hash(&s.data));
         let tmp = file.with_extension("tmp");
         let io = |what: &str, e: std::io::Error| RaftError::storage(&file, what, e);
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating the snapshot", e))?;
@@ -397,21 +413,22 @@ impl RaftStorage {
     /// Deletes snapshot files other than the current one (left by a crash between writing a
     /// snapshot and committing the batch naming it, or replaced since).
     fn remove_stale_snapshot_files(&self) {
-        let current = self.snapshot.get_metadata().index;
+        let current = (self.snapshot.get_metadata().index > 0).then(|| {
+            snapshot_file(
+                &self.dir,
+                self.snapshot.get_metadata().index,
+                crc32fast::hash(&self.snapshot.data),
+            )
+        });
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
             return;
         };
         for f in dir.flatten() {
-            let name = f.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let Some(rest) = name.strip_prefix(SNAPSHOT_PREFIX) else {
-                continue;
-            };
-            let keep = rest
-                .strip_suffix(SNAPSHOT_SUFFIX)
-                .and_then(|i| i.parse::<u64>().ok())
-                .is_some_and(|i| i == current && current > 0);
-            if !keep {
+            let is_snapshot = f
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(SNAPSHOT_PREFIX));
+            if is_snapshot && current.as_deref() != Some(f.path().as_path()) {
                 if let Err(e) = std::fs::remove_file(f.path()) {
                     tracing::warn!(file = %f.path().display(), error = %e,
                         "could not remove an old snapshot file");
@@ -586,7 +603,7 @@ impl RaftStorage {
         self.write(&mut b, must_sync, "writing the log")?;
 
         // Durable: now the cache.
-        let old_snapshot = self.snapshot.get_metadata().index;
+        let batch_had_snapshot = batch.install.is_some() || batch.snapshot.is_some();
         if let Some(s) = batch.install {
             self.truncated_index = s.get_metadata().index;
             self.truncated_term = s.get_metadata().term;
@@ -613,7 +630,7 @@ impl RaftStorage {
         }
         self.hard_state = hs.clone();
         self.persisted_hs = hs;
-        if self.snapshot.get_metadata().index != old_snapshot {
+        if batch_had_snapshot {
             self.remove_stale_snapshot_files();
             // Files before the snapshot's batch hold nothing live any more.
             if let Err(e) = self.engine.purge_expired_files() {
@@ -960,15 +977,26 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(files(dir.path()), vec![format!("snapshot-{:020}.bin", 8)]);
+        assert_eq!(
+            files(dir.path()),
+            vec![format!(
+                "snapshot-{:020}-{:08x}.bin",
+                8,
+                crc32fast::hash(b"state@8")
+            )]
+        );
         // A crash after writing a newer snapshot file but before its batch: ignored, removed.
-        std::fs::write(snapshot_file(dir.path(), 9), b"orphan").unwrap();
+        std::fs::write(snapshot_file(dir.path(), 9, 1), b"orphan").unwrap();
         let s = RaftStorage::open(dir.path(), 1).expect("reopen");
         assert_eq!(&s.snapshot_ref().data[..], b"state@8");
         assert_eq!(files(dir.path()).len(), 1);
         drop(s);
         // The current one damaged: opening fails and says which file.
-        std::fs::write(snapshot_file(dir.path(), 8), b"state@X").unwrap();
+        std::fs::write(
+            snapshot_file(dir.path(), 8, crc32fast::hash(b"state@8")),
+            b"state@X",
+        )
+        .unwrap();
         let err = RaftStorage::open(dir.path(), 1)
             .err()
             .expect("a damaged snapshot");
@@ -1016,6 +1044,12 @@ mod tests {
 
     #[test]
     fn the_state_of_an_older_flotilla_is_imported_once() {
+        import_case(false);
+        // Before f98408e the snapshot's data was in the meta table.
+        import_case(true);
+    }
+
+    fn import_case(snapshot_in_meta: bool) {
         use redb::Database;
         let dir = tempfile::tempdir().expect("tempdir");
         let legacy = dir.path().join(legacy_redb::DB_FILE);
@@ -1045,10 +1079,15 @@ mod tests {
                 t[..8].copy_from_slice(&4u64.to_be_bytes());
                 t[8..].copy_from_slice(&2u64.to_be_bytes());
                 meta.insert("truncated", t.as_slice()).unwrap();
-                let mut snaps = txn.open_table(legacy_redb::SNAPSHOT).unwrap();
-                snaps
-                    .insert("snapshot_data", b"old state".as_slice())
-                    .unwrap();
+                if snapshot_in_meta {
+                    meta.insert("snapshot_data", b"old state".as_slice())
+                        .unwrap();
+                } else {
+                    let mut snaps = txn.open_table(legacy_redb::SNAPSHOT).unwrap();
+                    snaps
+                        .insert("snapshot_data", b"old state".as_slice())
+                        .unwrap();
+                }
                 let mut ents = txn.open_table(legacy_redb::ENTRIES).unwrap();
                 for i in 5..=8u64 {
                     let e = entry(i, 3).write_to_bytes().unwrap();
@@ -1092,6 +1131,8 @@ mod tests {
             assert_eq!(s.members()[0].node_id, "n6");
             assert!(!legacy.exists());
             assert!(dir.path().join("raft.redb.imported").exists());
+            // A crash between the import and the rename: set aside at the next start.
+            std::fs::copy(dir.path().join("raft.redb.imported"), &legacy).unwrap();
         }
     }
     /// Incompressible bytes (raft-engine compresses large batches): an xorshift stream.
