@@ -11,7 +11,7 @@
 use flotilla_proto::control::v1::{PlacementPreference, Task};
 
 use super::constraint::{normalize_arch, Constraint};
-use super::node::{HostPort, Interner, NodeInfo};
+use super::node::{HostPort, Interner, NodeInfo, TaskUse};
 
 /// What the filters need to know about a task (all tasks of one service at one spec version
 /// ask the same thing).
@@ -128,6 +128,17 @@ pub fn validate_preferences(preferences: &[PlacementPreference]) -> Result<(), S
 }
 
 impl TaskRequest {
+    /// What a task of this request holds once placed on the node in `slot`.
+    pub fn use_on(&self, slot: u32, service: u32) -> TaskUse {
+        TaskUse {
+            node: slot,
+            service,
+            nano_cpus: self.nano_cpus,
+            memory_bytes: self.memory_bytes,
+            ports: self.ports.clone().into_boxed_slice(),
+        }
+    }
+
     /// The request of `task`, its service interned as `service`, labels and platforms looked
     /// up in `strings`. Errs with the user's message when the placement cannot be understood
     /// (the API should have refused it).

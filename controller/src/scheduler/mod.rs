@@ -260,13 +260,7 @@ impl Scheduler {
         if !pipeline.check(node) {
             return pending(pipeline.explain(std::iter::once(node)));
         }
-        let u = TaskUse {
-            node: slot,
-            service,
-            nano_cpus: req.nano_cpus,
-            memory_bytes: req.memory_bytes,
-            ports: req.ports.clone().into_boxed_slice(),
-        };
+        let u = req.use_on(slot, service);
         self.apply(&u);
         self.tasks.insert(task.id.clone(), u);
         Decision::Assign {
@@ -430,13 +424,7 @@ impl Scheduler {
                 break;
             };
             let slot = self.order[rank as usize];
-            let u = TaskUse {
-                node: slot,
-                service,
-                nano_cpus: req.nano_cpus,
-                memory_bytes: req.memory_bytes,
-                ports: req.ports.clone().into_boxed_slice(),
-            };
+            let u = req.use_on(slot, service);
             self.apply(&u);
             let node = &self.nodes[slot as usize];
             let key = pipeline
