@@ -112,7 +112,7 @@ fn resolve<'a, T>(
     input: &str,
     name_of: impl Fn(&T) -> &str,
 ) -> Result<&'a T, Status> {
-    resolve_with(kind, map, input, &name_of, |n| {
+    resolve_with(&kind, map, input, &name_of, |n| {
         map.values().find(|o| name_of(o) == n)
     })
 }
@@ -125,8 +125,7 @@ fn resolve_named<'a, T>(
     input: &str,
     name_of: impl Fn(&T) -> &str,
 ) -> Result<&'a T, Status> {
-    let kind = k.to_string();
-    resolve_with(&kind, map, input, &name_of, |n| {
+    resolve_with(&k, map, input, &name_of, |n| {
         state.id_named(k, n).and_then(|id| map.get(id))
     })
 }
@@ -146,7 +145,7 @@ fn find_config<'a>(state: &'a State, input: &str) -> Result<&'a Config, Status> 
 
 /// An id, then a name (`by_name`), then an unambiguous id prefix.
 fn resolve_with<'a, T>(
-    kind: &str,
+    kind: &dyn std::fmt::Display,
     map: &'a BTreeMap<String, T>,
     input: &str,
     name_of: &impl Fn(&T) -> &str,

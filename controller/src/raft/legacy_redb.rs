@@ -10,6 +10,7 @@ use prost::Message as _;
 use protobuf::Message as _;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use super::storage::be_u64;
 use super::{Member, RaftError};
 
 pub(crate) const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("entries");
@@ -30,10 +31,6 @@ pub(crate) struct LegacyState {
     pub truncated_term: u64,
     pub entries: Vec<Entry>,
     pub members: Vec<Member>,
-}
-
-fn be_u64(b: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
 /// Reads the whole old database at `path`, checking that its log is contiguous.

@@ -106,6 +106,8 @@ pub(crate) struct RaftStorage {
     /// The hard state as last written, to skip writing an unchanged one.
     persisted_hs: HardState,
     snapshot: Snapshot,
+    /// CRC-32 of the snapshot's data (part of its file name).
+    snapshot_crc: u32,
     truncated_index: u64,
     truncated_term: u64,
     entries: Vec<Entry>,
@@ -115,7 +117,7 @@ pub(crate) struct RaftStorage {
     snapshot_wanted: Cell<bool>,
 }
 
-fn be_u64(b: &[u8]) -> Option<u64> {
+pub(crate) fn be_u64(b: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(b.try_into().ok()?))
 }
 
@@ -173,6 +175,7 @@ impl RaftStorage {
             hard_state: HardState::default(),
             persisted_hs: HardState::default(),
             snapshot: Snapshot::default(),
+            snapshot_crc: 0,
             truncated_index: 0,
             truncated_term: 0,
             entries: Vec::new(),
@@ -234,9 +237,11 @@ impl RaftStorage {
                 expected: self.raft_id,
             });
         }
-        if old.snapshot.get_metadata().index > 0 {
-            self.write_snapshot_file(&old.snapshot)?;
-        }
+        let snapshot = if old.snapshot.get_metadata().index > 0 {
+            Some(self.write_snapshot(&old.snapshot)?.1)
+        } else {
+            None
+        };
         let mut b = LogBatch::default();
         let put = |b: &mut LogBatch, k: &[u8], v: Vec<u8>| {
             b.put(META, k.to_vec(), v)
@@ -261,12 +266,8 @@ impl RaftStorage {
             encode_truncated(old.truncated_index, old.truncated_term),
         )?;
         put(&mut b, K_MEMBERS, encode_members(&old.members))?;
-        if old.snapshot.get_metadata().index > 0 {
-            put(
-                &mut b,
-                K_SNAPSHOT,
-                self.encode_snapshot_meta(&old.snapshot)?,
-            )?;
+        if let Some(value) = snapshot {
+            put(&mut b, K_SNAPSHOT, value)?;
         }
         if !old.entries.is_empty() {
             b.add_entries::<Entries>(FIRST_LOG_REGION, &old.entries)
@@ -304,7 +305,7 @@ impl RaftStorage {
             self.truncated_term = be_u64(&b[8..]).unwrap_or_default();
         }
         if let Some(b) = self.get(K_SNAPSHOT) {
-            self.snapshot = self.read_snapshot(&b)?;
+            (self.snapshot, self.snapshot_crc) = self.read_snapshot(&b)?;
         }
         if let Some(b) = self.get(K_MEMBERS) {
             let ms = flotilla_proto::raft::v1::Members::decode(&b[..])
@@ -352,20 +353,8 @@ impl RaftStorage {
         Ok(())
     }
 
-    fn encode_snapshot_meta(&self, s: &Snapshot) -> Result<Vec<u8>, RaftError> {
-        let meta = s
-            .get_metadata()
-            .write_to_bytes()
-            .map_err(|e| self.err("encoding the snapshot metadata", e))?;
-        let mut b = Vec::with_capacity(12 + meta.len());
-        b.extend_from_slice(&(s.data.len() as u64).to_be_bytes());
-        b.extend_from_slice(&crc32fast::hash(&s.data).to_be_bytes());
-        b.extend_from_slice(&meta);
-        Ok(b)
-    }
-
     /// Reads the snapshot `K_SNAPSHOT`'s value describes, checking its length and checksum.
-    fn read_snapshot(&self, b: &[u8]) -> Result<Snapshot, RaftError> {
+    fn read_snapshot(&self, b: &[u8]) -> Result<(Snapshot, u32), RaftError> {
         if b.len() < 12 {
             return Err(self.err("decoding the snapshot metadata", "too short"));
         }
@@ -376,26 +365,36 @@ impl RaftStorage {
         let file = snapshot_file(&self.dir, meta.index, crc);
         let data = std::fs::read(&file)
             .map_err(|e| RaftError::storage(&file, "reading the snapshot", e))?;
-        if data.len() as u64 != len || crc32fast::hash(&data) != crc {
+        let got = crc32fast::hash(&data);
+        if data.len() as u64 != len || got != crc {
             return Err(RaftError::storage(
                 &file,
                 "checking the snapshot",
                 format!(
-                    "{} bytes with CRC-32 {:08x}, the log recorded {len} bytes with {crc:08x}",
+                    "{} bytes with CRC-32 {got:08x}, the log recorded {len} bytes with {crc:08x}",
                     data.len(),
-                    crc32fast::hash(&data)
                 ),
             ));
         }
         let mut s = Snapshot::default();
         s.set_metadata(meta);
         s.data = data.into();
-        Ok(s)
+        Ok((s, crc))
     }
 
-    /// Writes a snapshot's data durably (temporary file, fsync, rename, fsync of the directory).
-    fn write_snapshot_file(&self, s: &Snapshot) -> Result<(), RaftError> {
-        let file = snapshot_file(&self.dir, s.get_metadata().index, crc32fast::hash(&s.data));
+    /// Writes a snapshot's data durably (temporary file, fsync, rename, fsync of the directory);
+    /// returns its CRC-32 and the `K_SNAPSHOT` value describing it (length, CRC-32, metadata).
+    fn write_snapshot(&self, s: &Snapshot) -> Result<(u32, Vec<u8>), RaftError> {
+        let crc = crc32fast::hash(&s.data);
+        let meta = s
+            .get_metadata()
+            .write_to_bytes()
+            .map_err(|e| self.err("encoding the snapshot metadata", e))?;
+        let mut value = Vec::with_capacity(12 + meta.len());
+        value.extend_from_slice(&(s.data.len() as u64).to_be_bytes());
+        value.extend_from_slice(&crc.to_be_bytes());
+        value.extend_from_slice(&meta);
+        let file = snapshot_file(&self.dir, s.get_metadata().index, crc);
         let tmp = file.with_extension("tmp");
         let io = |what: &str, e: std::io::Error| RaftError::storage(&file, what, e);
         let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating the snapshot", e))?;
@@ -407,7 +406,7 @@ impl RaftStorage {
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(|e| io("syncing the state directory", e))?;
-        Ok(())
+        Ok((crc, value))
     }
 
     /// Deletes snapshot files other than the current one (left by a crash between writing a
@@ -417,7 +416,7 @@ impl RaftStorage {
             snapshot_file(
                 &self.dir,
                 self.snapshot.get_metadata().index,
-                crc32fast::hash(&self.snapshot.data),
+                self.snapshot_crc,
             )
         });
         let Ok(dir) = std::fs::read_dir(&self.dir) else {
@@ -561,12 +560,14 @@ impl RaftStorage {
                 .map_err(|e| RaftError::storage(&self.path, "preparing a write", e))
         };
         let mut truncated = None;
+        let mut new_crc = None;
         if let Some(s) = &batch.install {
-            self.write_snapshot_file(s)?;
+            let (crc, value) = self.write_snapshot(s)?;
+            new_crc = Some(crc);
             // The whole old log goes; the entries continue in a fresh region.
             b.add_command(self.log_region, Command::Clean);
             put(&mut b, K_LOG_REGION, region.to_be_bytes().to_vec())?;
-            put(&mut b, K_SNAPSHOT, self.encode_snapshot_meta(s)?)?;
+            put(&mut b, K_SNAPSHOT, value)?;
             truncated = Some((s.get_metadata().index, s.get_metadata().term));
         }
         if !batch.entries.is_empty() {
@@ -575,8 +576,9 @@ impl RaftStorage {
         }
         let members = batch.members.as_deref().unwrap_or(&self.members);
         if let Some((s, _)) = &batch.snapshot {
-            self.write_snapshot_file(s)?;
-            put(&mut b, K_SNAPSHOT, self.encode_snapshot_meta(s)?)?;
+            let (crc, value) = self.write_snapshot(s)?;
+            new_crc = Some(crc);
+            put(&mut b, K_SNAPSHOT, value)?;
             // Every live key again, so that older log files hold nothing live.
             put(&mut b, K_RAFT_ID, self.raft_id.to_be_bytes().to_vec())?;
             put(&mut b, K_LOG_REGION, region.to_be_bytes().to_vec())?;
@@ -603,7 +605,6 @@ impl RaftStorage {
         self.write(&mut b, must_sync, "writing the log")?;
 
         // Durable: now the cache.
-        let batch_had_snapshot = batch.install.is_some() || batch.snapshot.is_some();
         if let Some(s) = batch.install {
             self.truncated_index = s.get_metadata().index;
             self.truncated_term = s.get_metadata().term;
@@ -630,7 +631,8 @@ impl RaftStorage {
         }
         self.hard_state = hs.clone();
         self.persisted_hs = hs;
-        if batch_had_snapshot {
+        if let Some(crc) = new_crc {
+            self.snapshot_crc = crc;
             self.remove_stale_snapshot_files();
             // Files before the snapshot's batch hold nothing live any more.
             if let Err(e) = self.engine.purge_expired_files() {
